@@ -1,0 +1,75 @@
+"""bgdl_nb: background downloads for Jupyter notebooks.
+
+Start large downloads from a cell and keep working: tasks are resumable, journaled
+under a session identifier, and survive kernel restarts. The API follows Apple's
+URLSession background downloads, in Python's naming::
+
+    import bgdl_nb as bg
+
+    paths = bg.fetch(["https://example.org/big.parquet"], dest="data/", identifier="datasets")
+
+    session = bg.Session(bg.Configuration.background("datasets"), delegate=MyDelegate())
+    task = session.download_task("https://example.org/big.parquet", destination="data/big.parquet")
+    task.resume()
+    path = task.wait()          # or: path = await task
+"""
+
+from ._config import Configuration
+from ._delegate import SessionDelegate
+from ._events import Event, EventKind
+from ._exceptions import (
+    BgdlError,
+    Cancelled,
+    ChecksumMismatch,
+    DiskFull,
+    FetchError,
+    HTTPStatusError,
+    InvalidConfiguration,
+    InvalidDestination,
+    InvalidInput,
+    InvalidResumeData,
+    NetworkError,
+    SessionBusy,
+    SessionError,
+    SessionInvalidated,
+    TransferError,
+    TransferTimeout,
+    UnsupportedURL,
+)
+from ._fetch import fetch, fetch_async
+from ._session import Session
+from ._task import DownloadTask, Progress, Request, Response, TaskState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BgdlError",
+    "Cancelled",
+    "ChecksumMismatch",
+    "Configuration",
+    "DiskFull",
+    "DownloadTask",
+    "Event",
+    "EventKind",
+    "FetchError",
+    "HTTPStatusError",
+    "InvalidConfiguration",
+    "InvalidDestination",
+    "InvalidInput",
+    "InvalidResumeData",
+    "NetworkError",
+    "Progress",
+    "Request",
+    "Response",
+    "Session",
+    "SessionBusy",
+    "SessionDelegate",
+    "SessionError",
+    "SessionInvalidated",
+    "TaskState",
+    "TransferError",
+    "TransferTimeout",
+    "UnsupportedURL",
+    "fetch",
+    "fetch_async",
+]

@@ -1,0 +1,129 @@
+"""Session configuration: what URLSessionConfiguration is to URLSession.
+
+``Configuration.default()`` runs transfers on the in-kernel engine thread and keeps
+nothing on disk but partial files (resume data still works).
+``Configuration.background(identifier)`` journals every task and event under the
+identifier in the user state directory, so a new process that creates a session with
+the same identifier reattaches to its tasks.
+
+Every field is keyword-only and documented where it is declared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from ._exceptions import InvalidConfiguration
+
+__all__ = ["Configuration", "state_dir"]
+
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def state_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """The directory holding journals, resume-data keys and inboxes.
+
+    ``override`` wins, then the ``BGDL_STATE_DIR`` environment variable, then the
+    platform's user state directory (``platformdirs.user_state_dir("bgdl_nb")``).
+    """
+    if override is not None:
+        return Path(override).expanduser().resolve()
+    env = os.environ.get("BGDL_STATE_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path(platformdirs.user_state_dir("bgdl_nb")).resolve()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Configuration:
+    """How a :class:`~bgdl_nb.Session` behaves. Build one with :meth:`default` or
+    :meth:`background`, then adjust fields with :meth:`replace`."""
+
+    identifier: str | None = None
+    """Name of a background session; ``None`` for a default (non-journaled) session."""
+
+    state_directory: Path | None = None
+    """Where journals live; ``None`` means :func:`state_dir` decides."""
+
+    max_concurrent_tasks: int = 4
+    """How many tasks transfer at once; waiting tasks start as soon as a slot frees
+    (the "N downloads in parallel" of a download manager)."""
+
+    http_maximum_connections_per_host: int = 6
+    """Upper bound on simultaneous connections to one host (URLSession's name)."""
+
+    timeout_interval_for_request: float = 60.0
+    """Seconds without a single byte before a connection counts as stalled and is
+    retried from the durable offset. There is no total timeout on a body: a download
+    that takes hours is normal."""
+
+    timeout_interval_for_resource: float = 7 * 24 * 3600.0
+    """Seconds a task may exist (waiting and running) before it fails (URLSession's
+    default is seven days)."""
+
+    max_retries: int = 8
+    """Consecutive failed attempts (without a byte of progress) before a task fails."""
+
+    retry_backoff: float = 0.5
+    """First retry delay in seconds; it doubles up to 30 s. A server's Retry-After wins."""
+
+    progress_interval: float = 0.5
+    """Seconds between two ``did_write_data`` calls (and journaled progress rows) per task."""
+
+    allows_insecure_redirects: bool = False
+    """Follow an https URL's redirect to plain http (refused by default)."""
+
+    verify_tls: bool = True
+    """Verify TLS certificates."""
+
+    max_redirects: int = 10
+    """Redirect hops followed before the task fails."""
+
+    def __post_init__(self) -> None:
+        if self.identifier is not None and not _IDENTIFIER.match(self.identifier):
+            raise InvalidConfiguration(
+                f"session identifier {self.identifier!r} is not allowed: use 1-128 letters, "
+                "digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        for name in ("max_concurrent_tasks", "http_maximum_connections_per_host", "max_redirects"):
+            if getattr(self, name) < 1:
+                raise InvalidConfiguration(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("timeout_interval_for_request", "timeout_interval_for_resource",
+                     "progress_interval", "retry_backoff"):
+            if not getattr(self, name) > 0:
+                raise InvalidConfiguration(f"{name} must be a positive number of seconds")
+        if self.max_retries < 0:
+            raise InvalidConfiguration("max_retries must be 0 or more")
+
+    @classmethod
+    def default(cls, **fields: object) -> Configuration:
+        """A session whose transfers run inside this process, with no journal."""
+        return cls(**fields)  # type: ignore[arg-type]
+
+    @classmethod
+    def background(cls, identifier: str, **fields: object) -> Configuration:
+        """A journaled session: tasks and events outlive the process under ``identifier``."""
+        return cls(identifier=identifier, **fields)  # type: ignore[arg-type]
+
+    @property
+    def is_background(self) -> bool:
+        return self.identifier is not None
+
+    def replace(self, **changes: object) -> Configuration:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def resolved_state_dir(self) -> Path:
+        return state_dir(self.state_directory)
+
+    def journal_path(self) -> Path:
+        if self.identifier is None:
+            raise InvalidConfiguration("a default configuration has no journal")
+        return self.resolved_state_dir() / "sessions" / f"{self.identifier}.sqlite3"
+

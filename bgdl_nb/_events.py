@@ -1,0 +1,86 @@
+"""The event record: one row per delegate callback and lifecycle event.
+
+The same frozen :class:`Event` object is journaled, handed to
+``SessionDelegate.did_receive_event`` and becomes a row of ``session.events``. One
+dataclass with an ``event`` kind (rather than one class per kind) keeps that row shape
+identical for every kind, which is what the journal and the DataFrame need; the kinds
+are listed in :class:`EventKind` with the circumstances that produce each.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["Event", "EventKind", "EVENT_COLUMNS"]
+
+
+class EventKind(str, enum.Enum):
+    """What an event row records."""
+
+    CREATED = "created"            # download_task() made the task (it starts suspended)
+    RESUMED = "resumed"            # task.resume() was called: the scheduler delay starts here
+    WAITING = "waiting"            # the task is ready but waits; detail says why
+    STARTED = "started"            # a request went out (first attempt or a retry)
+    REDIRECT = "redirect"          # a redirect hop was followed; detail has the new URL
+    RESPONSE = "response"          # response headers arrived; status is set
+    RESUMED_AT_OFFSET = "resumed_at_offset"  # a range request continued at total_bytes_written
+    RESTARTED = "restarted"        # resuming was impossible; the file starts over at byte 0
+    PROGRESS = "progress"          # coalesced did_write_data (at most every progress_interval)
+    RETRY = "retry"                # an attempt failed and will be retried; detail has the delay
+    SUSPENDED = "suspended"        # task.suspend()
+    CANCELED = "canceled"          # task.cancel() or cancel_by_producing_resume_data()
+    FINISHED = "finished"          # did_finish_downloading_to: the file is complete
+    COMPLETED = "completed"        # did_complete_with_error(error=None)
+    FAILED = "failed"              # did_complete_with_error(error=...)
+    REATTACHED = "reattached"      # a process reattached to a journaled background session
+    FINISHED_EVENTS = "finished_events"  # did_finish_events_for_background_session
+
+
+EVENT_COLUMNS = (
+    "seq", "time", "identifier", "task_identifier", "event", "bytes_written",
+    "total_bytes_written", "total_bytes_expected", "status", "error", "detail",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One journaled event.
+
+    Attributes
+    ----------
+    seq
+        Position in the session's log (strictly increasing, survives restarts).
+    time
+        Seconds since the epoch, UTC.
+    identifier
+        The session identifier (``None`` for default sessions).
+    task_identifier
+        The task, or ``None`` for session-level events.
+    event
+        The :class:`EventKind` value.
+    bytes_written, total_bytes_written, total_bytes_expected
+        As in ``did_write_data``; ``total_bytes_expected`` is ``None`` when unknown.
+    status
+        HTTP status for ``response`` rows.
+    error
+        The error's type and message for ``failed``/``retry`` rows.
+    detail
+        Human-readable specifics: why a task waits, why it restarted, where it redirected.
+    """
+
+    seq: int
+    time: float
+    identifier: str | None
+    task_identifier: int | None
+    event: str
+    bytes_written: int | None = None
+    total_bytes_written: int | None = None
+    total_bytes_expected: int | None = None
+    status: int | None = None
+    error: str | None = None
+    detail: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

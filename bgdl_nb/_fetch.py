@@ -1,0 +1,309 @@
+"""``fetch()``: the one call for notebooks and the engine of ``bgdl fetch``.
+
+It is idempotent. Re-running it (after a kernel restart, a ``kill -9``, or just
+re-running the cell) reattaches to the background session named by ``identifier``,
+continues unfinished tasks from their partial files, never creates a second task for a
+URL and destination, and never downloads again a file that the manifest says is
+complete and whose size and modification time still match.
+
+The manifest (``.bgdl-manifest.json`` in the destination directory) records, per file,
+the URL, the final URL after redirects, the validator, the size, the sha256 and the
+completion time. It is rewritten atomically after every file that completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+from urllib.parse import unquote, urlsplit
+
+from ._config import Configuration
+from ._exceptions import BgdlError, FetchError, InvalidDestination, InvalidInput
+from ._progress import progress_display
+from ._session import Session, _registry, _registry_lock
+from ._task import DownloadTask, TaskState
+from ._transfer import check_url
+
+__all__ = ["Manifest", "fetch", "fetch_async", "file_name_for"]
+
+MANIFEST_NAME = ".bgdl-manifest.json"
+_SAFE = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def file_name_for(url: str) -> str:
+    """A safe file name from the URL's last path segment (never a path, never hidden)."""
+    raw = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    name = _SAFE.sub("_", raw).lstrip(".")[:200]
+    return name or "download"
+
+
+def _unique_names(urls: Sequence[str]) -> list[str]:
+    names = [file_name_for(u) for u in urls]
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    result = []
+    for url, name in zip(urls, names):
+        if counts[name] > 1:  # same last segment from different URLs: keep both, tell them apart
+            stem, dot, ext = name.partition(".")
+            name = f"{stem}-{hashlib.sha256(url.encode()).hexdigest()[:8]}{dot}{ext}"
+        result.append(name)
+    return result
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(4 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class ManifestEntry:
+    url: str
+    final_url: str
+    validator: str | None
+    size: int
+    sha256: str
+    completed: str
+    mtime_ns: int
+
+    def matches(self, path: Path) -> bool:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return False
+        return st.st_size == self.size and st.st_mtime_ns == self.mtime_ns
+
+
+class Manifest:
+    """The record of completed files in one destination directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / MANIFEST_NAME
+        self.files: dict[str, ManifestEntry] = {}
+        try:
+            data = json.loads(self.path.read_text())
+            for name, entry in data.get("files", {}).items():
+                self.files[name] = ManifestEntry(**entry)
+        except FileNotFoundError:
+            pass
+        except (ValueError, TypeError) as exc:
+            raise InvalidDestination(f"{self.path} is not a bgdl_nb manifest ({exc}); move it away") from None
+
+    def record(self, name: str, task: DownloadTask, path: Path) -> None:
+        response = task.response
+        validator = None
+        if response is not None:
+            headers = {k.lower(): v for k, v in response.headers.items()}
+            validator = headers.get("etag") or headers.get("last-modified")
+        st = path.stat()
+        self.files[name] = ManifestEntry(
+            url=task.original_request.url, final_url=task.current_request.url, validator=validator,
+            size=st.st_size, sha256=task.sha256 or _sha256_file(path),
+            completed=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), mtime_ns=st.st_mtime_ns)
+
+    def adopt(self, name: str, url: str, path: Path, digest: str) -> None:
+        st = path.stat()
+        self.files[name] = ManifestEntry(url, url, None, st.st_size, digest,
+                                         _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                                         st.st_mtime_ns)
+
+    def save(self) -> None:
+        body = json.dumps({"version": 1, "files": {n: asdict(e) for n, e in sorted(self.files.items())}}, indent=1)
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(body)
+        os.replace(tmp, self.path)
+
+
+def _expected(urls: Sequence[str], sha256: str | Mapping[str, str] | Sequence[str] | None) -> list[str | None]:
+    if sha256 is None:
+        return [None] * len(urls)
+    if isinstance(sha256, str):
+        if len(urls) != 1:
+            raise InvalidInput("a single sha256 string needs a single URL; pass a dict {url: sha256} for several")
+        values: list[str | None] = [sha256]
+    elif isinstance(sha256, Mapping):
+        values = [sha256.get(u) for u in urls]
+    else:
+        values = list(sha256)
+        if len(values) != len(urls):
+            raise InvalidInput(f"got {len(values)} sha256 values for {len(urls)} URLs")
+    for v in values:
+        if v is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", v):
+            raise InvalidInput(f"sha256 must be 64 hex digits, got {v!r}")
+    return [None if v is None else v.lower() for v in values]
+
+
+def default_identifier(dest: Path) -> str:
+    return "fetch-" + hashlib.sha256(str(dest).encode()).hexdigest()[:12]
+
+
+def fetch(
+    urls: str | Iterable[str],
+    dest: str | os.PathLike[str] = "data",
+    *,
+    identifier: str | None = None,
+    sha256: str | Mapping[str, str] | Sequence[str] | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    configuration: Configuration | None = None,
+    timeout: float | None = None,
+) -> list[Path]:
+    """Download ``urls`` into directory ``dest`` and return the final paths, in order.
+
+    Parameters
+    ----------
+    urls
+        One URL or several (http/https).
+    dest
+        The destination directory (created if needed).
+    identifier
+        The background session to use; by default one derived from ``dest``, so the
+        same call from a new kernel reattaches to the same downloads.
+    sha256
+        Expected digests: a string (one URL), a ``{url: hex}`` dict or a list.
+    progress
+        Show a progress display (a widget in notebooks, bars in a terminal).
+    overwrite
+        Replace existing files that bgdl_nb did not download.
+    configuration
+        A background :class:`Configuration` to use instead of the default one.
+    timeout
+        Seconds to wait before giving up (the downloads go on in the session).
+
+    Raises
+    ------
+    InvalidInput
+        Before any I/O, for bad URLs, digests or destinations.
+    FetchError
+        When some files could not be downloaded; ``.errors`` maps URL to error.
+    """
+    url_list = [urls] if isinstance(urls, str) else list(urls)
+    for url in url_list:
+        check_url(url)
+    expected = _expected(url_list, sha256)
+    dest_dir = Path(dest).expanduser().absolute()
+    if dest_dir.exists() and not dest_dir.is_dir():
+        raise InvalidDestination(f"dest {dest_dir} is a file; fetch() needs a directory")
+    names = _unique_names(url_list)
+    config = configuration or Configuration.background(identifier or default_identifier(dest_dir))
+    if not config.is_background:
+        raise InvalidInput("fetch() needs a background configuration (it journals its tasks)")
+    manifest = Manifest(dest_dir)
+
+    done: dict[int, Path] = {}
+    adopt: dict[int, str] = {}
+    for i, (url, name, exp) in enumerate(zip(url_list, names, expected)):
+        path = dest_dir / name
+        entry = manifest.files.get(name)
+        if not path.exists():
+            continue
+        if entry is not None and entry.url == url and entry.matches(path) and exp in (None, entry.sha256):
+            done[i] = path
+        elif entry is not None and entry.url == url and not entry.matches(path) and not overwrite:
+            raise InvalidDestination(f"{path} changed since bgdl_nb downloaded it; delete it (or pass "
+                                     "overwrite=True) to download it again")
+        elif exp is not None and _sha256_file(path) == exp:
+            adopt[i] = exp
+        elif not overwrite and (entry is None or entry.url != url):
+            raise InvalidDestination(f"{path} exists and was not downloaded from {url} by bgdl_nb; it was "
+                                     "left untouched. Remove it, choose another dest, or pass overwrite=True")
+    for i, digest in adopt.items():
+        manifest.adopt(names[i], url_list[i], dest_dir / names[i], digest)
+        done[i] = dest_dir / names[i]
+    if adopt:
+        manifest.save()
+    if len(done) == len(url_list):
+        return [done[i] for i in range(len(url_list))]
+
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    with _registry_lock:
+        shared = (str(config.resolved_state_dir()), str(config.identifier)) in _registry
+    session = Session(config)
+    try:
+        tasks = _tasks_for(session, url_list, names, expected, dest_dir, done, overwrite)
+        return _wait_all(tasks, url_list, names, manifest, done, progress, timeout)
+    finally:
+        if not shared:
+            session.close()
+
+
+def _tasks_for(session: Session, urls: list[str], names: list[str], expected: list[str | None],
+               dest_dir: Path, done: dict[int, Path], overwrite: bool) -> dict[int, DownloadTask]:
+    existing: dict[tuple[str, Path], DownloadTask] = {}
+    for task in session.all_tasks():  # newest last, so the newest task per file wins
+        if task.destination is not None:
+            existing[(task.original_request.url, task.destination)] = task
+    tasks: dict[int, DownloadTask] = {}
+    for i, (url, name, exp) in enumerate(zip(urls, names, expected)):
+        if i in done:
+            continue
+        path = dest_dir / name
+        task = existing.get((url, path))
+        if task is not None and task.state != TaskState.COMPLETED:
+            tasks[i] = task.resume()
+            continue
+        if task is not None and task.error is None and task.location == path and path.exists():
+            tasks[i] = task  # completed earlier; the manifest entry was not written yet
+            continue
+        resume = task.error.resume_data if task is not None and task.error is not None else None
+        replace = overwrite or path.exists()
+        if resume is not None:
+            try:
+                tasks[i] = session.download_task_with_resume_data(resume, path, overwrite=replace).resume()
+                continue
+            except BgdlError:
+                pass  # the partial file is gone: start again below
+        tasks[i] = session.download_task(url, path, description=name, sha256=exp, overwrite=replace).resume()
+    return tasks
+
+
+def _wait_all(tasks: dict[int, DownloadTask], urls: list[str], names: list[str],
+              manifest: Manifest, done: dict[int, Path], progress: bool, timeout: float | None) -> list[Path]:
+    errors: dict[str, BgdlError] = {}
+    pending = {t._done: i for i, t in tasks.items()}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with progress_display(list(tasks.values()), enabled=progress) as display:
+        while pending:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            finished, _ = concurrent.futures.wait(
+                list(pending), timeout=min(0.25, remaining) if remaining is not None else 0.25,
+                return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                i = pending.pop(future)
+                try:
+                    path = future.result()
+                except BgdlError as exc:
+                    errors[urls[i]] = exc
+                    continue
+                manifest.record(names[i], tasks[i], path)
+                manifest.save()
+                done[i] = path
+            display.refresh()
+    for future, i in pending.items():
+        errors[urls[i]] = BgdlError(
+            f"still downloading after {timeout} s ({tasks[i].count_of_bytes_received} bytes so far); "
+            "call fetch() again to wait for the rest", url=urls[i])
+    if errors:
+        lines = "\n".join(f"  {url}: {err}" for url, err in errors.items())
+        raise FetchError(f"{len(errors)} of {len(urls)} downloads did not complete:\n{lines}", errors=errors)
+    return [done[i] for i in range(len(urls))]
+
+
+async def fetch_async(urls: str | Iterable[str], dest: str | os.PathLike[str] = "data",
+                      **kwargs: object) -> list[Path]:
+    """``await``-able :func:`fetch`: the same call, run without blocking your event loop."""
+    return await asyncio.to_thread(fetch, urls, dest, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,2 @@
+"""Where an engine runs. ``thread`` hosts it on an event loop in a thread of this
+process; the transfer service will host the same engine in another process."""

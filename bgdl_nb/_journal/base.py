@@ -1,0 +1,72 @@
+"""The store protocol and the task record it keeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
+
+from .._events import Event
+
+__all__ = ["Store", "TaskRecord", "TASK_FIELDS"]
+
+
+@dataclass
+class TaskRecord:
+    """The durable part of a task. Only the engine changes it, and only through a store."""
+
+    task_identifier: int
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    destination: str | None = None
+    description: str | None = None
+    state: str = "suspended"
+    priority: float = 0.5
+    earliest_begin_date: float | None = None
+    expected_bytes: int | None = None
+    sha256: str | None = None
+    overwrite: bool = False
+    partial_path: str = ""
+    offset: int = 0
+    total: int | None = None
+    validator_kind: str | None = None
+    validator_value: str | None = None
+    accepts_ranges: bool = False
+    current_url: str | None = None
+    status: int | None = None
+    response_headers: dict[str, str] | None = None
+    error: dict[str, Any] | None = None
+    location: str | None = None
+    digest: str | None = None
+    created: float = 0.0
+    finished_at: float | None = None
+
+
+TASK_FIELDS = tuple(f.name for f in fields(TaskRecord))
+
+
+class Store(Protocol):
+    """What the engine needs from a journal. Every method is called from one thread."""
+
+    durable: bool
+
+    def load_tasks(self) -> list[TaskRecord]: ...
+
+    def next_task_identifier(self) -> int: ...
+
+    def put_task(self, record: TaskRecord) -> None: ...
+
+    def update_task(self, task_identifier: int, **changes: Any) -> None: ...
+
+    def set_offset(self, task_identifier: int, offset: int) -> None:
+        """Record the durable offset of the task's (single) segment."""
+
+    def append_event(self, event: Event) -> Event:
+        """Store ``event`` and return it with its ``seq`` assigned."""
+
+    def events(self, since_seq: int = 0, task_identifier: int | None = None) -> list[Event]: ...
+
+    def get_meta(self, key: str) -> str | None: ...
+
+    def set_meta(self, key: str, value: str) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,212 @@
+"""The SQLite journal of a background session (one database file per identifier).
+
+WAL mode with ``synchronous=NORMAL``: a commit survives the death of the process at
+any moment (``kill -9`` included) and readers (``bgdl list``, another kernel's
+``session.events``) never block the writer. The engine writes a segment's offset only
+after the bytes below it were handed to the operating system, so the journal never
+claims more than the partial file holds; on reattach the engine truncates a partial
+file back to its journaled offset.
+
+Schema (``PRAGMA user_version`` = 1)::
+
+    tasks(task_identifier PK, <TaskRecord fields>, headers/response_headers/error as JSON)
+    segments(task_identifier, idx, start, end, offset)   -- one segment per task for now
+    events(seq PK autoincrement, time, task_identifier, event, ..., detail)
+    meta(key PK, value)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from .._events import EVENT_COLUMNS, Event
+from .base import TASK_FIELDS, TaskRecord
+
+__all__ = ["SqliteStore", "read_journal"]
+
+SCHEMA_VERSION = 1
+_JSON_FIELDS = {"headers", "response_headers", "error"}
+_BOOL_FIELDS = {"overwrite", "accepts_ranges"}
+_TASK_COLUMNS = [f for f in TASK_FIELDS if f != "offset"]
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS tasks ({", ".join(
+    ("task_identifier INTEGER PRIMARY KEY" if f == "task_identifier" else f) for f in _TASK_COLUMNS)});
+CREATE TABLE IF NOT EXISTS segments (
+    task_identifier INTEGER NOT NULL, idx INTEGER NOT NULL, start INTEGER NOT NULL,
+    "end" INTEGER, offset INTEGER NOT NULL, PRIMARY KEY (task_identifier, idx));
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, task_identifier INTEGER,
+    event TEXT NOT NULL, bytes_written INTEGER, total_bytes_written INTEGER,
+    total_bytes_expected INTEGER, status INTEGER, error TEXT, detail TEXT);
+CREATE INDEX IF NOT EXISTS events_by_task ON events(task_identifier, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                               check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def _to_row(record: TaskRecord) -> list[Any]:
+    row = []
+    for name in _TASK_COLUMNS:
+        value = getattr(record, name)
+        if name in _JSON_FIELDS:
+            value = None if value is None else json.dumps(value)
+        elif name in _BOOL_FIELDS:
+            value = int(bool(value))
+        row.append(value)
+    return row
+
+
+def _from_row(names: list[str], row: tuple[Any, ...]) -> TaskRecord:
+    values = dict(zip(names, row))
+    for name in _JSON_FIELDS:
+        if values.get(name) is not None:
+            values[name] = json.loads(values[name])
+    for name in _BOOL_FIELDS:
+        values[name] = bool(values[name])
+    if values.get("headers") is None:
+        values["headers"] = {}
+    return TaskRecord(**values)
+
+
+class SqliteStore:
+    """A durable store in one SQLite file (created 0600 in a 0700 directory)."""
+
+    durable = True
+
+    def __init__(self, path: Path, identifier: str) -> None:
+        self.path = Path(path)
+        self.identifier = identifier
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        self._conn = _connect(self.path, readonly=False)
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            self._conn.close()
+            raise RuntimeError(
+                f"journal {self.path} was written by a newer bgdl_nb (schema {version}); upgrade bgdl_nb"
+            )
+        self._conn.executescript(_SCHEMA)
+        self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    # tasks -------------------------------------------------------------------------------
+
+    def load_tasks(self) -> list[TaskRecord]:
+        return _load_tasks(self._conn)
+
+    def next_task_identifier(self) -> int:
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            current = self.get_meta("next_task_identifier")
+            value = int(current or "1")
+            self.set_meta("next_task_identifier", str(value + 1))
+        return value
+
+    def put_task(self, record: TaskRecord) -> None:
+        cols = ", ".join(_TASK_COLUMNS)
+        marks = ", ".join("?" for _ in _TASK_COLUMNS)
+        self._conn.execute("BEGIN")
+        self._conn.execute(f"INSERT OR REPLACE INTO tasks ({cols}) VALUES ({marks})", _to_row(record))
+        self._conn.execute(
+            'INSERT OR REPLACE INTO segments (task_identifier, idx, start, "end", offset) VALUES (?, 0, 0, ?, ?)',
+            (record.task_identifier, record.total, record.offset),
+        )
+        self._conn.execute("COMMIT")
+
+    def update_task(self, task_identifier: int, **changes: Any) -> None:
+        offset = changes.pop("offset", None)
+        self._conn.execute("BEGIN")
+        if changes:
+            assigns, values = [], []
+            for name, value in changes.items():
+                if name in _JSON_FIELDS:
+                    value = None if value is None else json.dumps(value)
+                elif name in _BOOL_FIELDS:
+                    value = int(bool(value))
+                assigns.append(f"{name} = ?")
+                values.append(value)
+            self._conn.execute(f"UPDATE tasks SET {', '.join(assigns)} WHERE task_identifier = ?",
+                               (*values, task_identifier))
+            if "total" in changes:
+                self._conn.execute('UPDATE segments SET "end" = ? WHERE task_identifier = ? AND idx = 0',
+                                   (changes["total"], task_identifier))
+        if offset is not None:
+            self._conn.execute("UPDATE segments SET offset = ? WHERE task_identifier = ? AND idx = 0",
+                               (offset, task_identifier))
+        self._conn.execute("COMMIT")
+
+    def set_offset(self, task_identifier: int, offset: int) -> None:
+        self._conn.execute("UPDATE segments SET offset = ? WHERE task_identifier = ? AND idx = 0",
+                           (offset, task_identifier))
+
+    # events ------------------------------------------------------------------------------
+
+    def append_event(self, event: Event) -> Event:
+        cur = self._conn.execute(
+            "INSERT INTO events (time, task_identifier, event, bytes_written, total_bytes_written, "
+            "total_bytes_expected, status, error, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (event.time, event.task_identifier, event.event, event.bytes_written, event.total_bytes_written,
+             event.total_bytes_expected, event.status, event.error, event.detail),
+        )
+        return Event(cur.lastrowid or 0, *[getattr(event, c) for c in EVENT_COLUMNS[1:]])
+
+    def events(self, since_seq: int = 0, task_identifier: int | None = None) -> list[Event]:
+        return _load_events(self._conn, self.identifier, since_seq, task_identifier)
+
+    # meta --------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _load_tasks(conn: sqlite3.Connection) -> list[TaskRecord]:
+    cols = ", ".join(f"t.{c}" for c in _TASK_COLUMNS)
+    cur = conn.execute(
+        f"SELECT {cols}, COALESCE(s.offset, 0) FROM tasks t LEFT JOIN segments s "
+        "ON s.task_identifier = t.task_identifier AND s.idx = 0 ORDER BY t.task_identifier"
+    )
+    return [_from_row([*_TASK_COLUMNS, "offset"], row) for row in cur.fetchall()]
+
+
+def _load_events(conn: sqlite3.Connection, identifier: str, since_seq: int,
+                 task_identifier: int | None) -> list[Event]:
+    query = ("SELECT seq, time, task_identifier, event, bytes_written, total_bytes_written, "
+             "total_bytes_expected, status, error, detail FROM events WHERE seq > ?")
+    args: list[Any] = [since_seq]
+    if task_identifier is not None:
+        query += " AND task_identifier = ?"
+        args.append(task_identifier)
+    rows = conn.execute(query + " ORDER BY seq", args).fetchall()
+    return [Event(r[0], r[1], identifier, *r[2:]) for r in rows]
+
+
+def read_journal(path: Path, identifier: str) -> tuple[list[TaskRecord], list[Event]]:
+    """Read a journal without writing to it (safe while an engine holds the session)."""
+    conn = _connect(Path(path), readonly=True)
+    try:
+        return _load_tasks(conn), _load_events(conn, identifier, 0, None)
+    finally:
+        conn.close()

@@ -1,0 +1,97 @@
+"""Progress for code that waits on tasks: a widget panel in notebooks, rich bars in a
+terminal, nothing when disabled or when output is not a terminal.
+
+The display only reads task counters when :meth:`refresh` is called (a few times a
+second by the waiting loop); it never reaches into the engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any, Iterator, Protocol, Sequence
+
+from ._task import DownloadTask
+
+__all__ = ["progress_display", "in_notebook"]
+
+
+class Display(Protocol):
+    def refresh(self) -> None: ...
+
+
+class _Null:
+    def refresh(self) -> None:
+        pass
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (JupyterLab, Notebook 7, VS Code)."""
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    try:
+        ip = shell.get_ipython()  # type: ignore[attr-defined]
+    except AttributeError:
+        return False
+    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+
+
+class _Rich:
+    def __init__(self, tasks: Sequence[DownloadTask]) -> None:
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+
+        self.progress = Progress(
+            TextColumn("{task.description}", justify="left"), BarColumn(), DownloadColumn(),
+            TransferSpeedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[state]}"),
+            transient=False, refresh_per_second=4,
+        )
+        self.rows: list[tuple[DownloadTask, Any]] = []
+        for task in tasks:
+            name = task.task_description or task.original_request.url.rsplit("/", 1)[-1][:40]
+            row = self.progress.add_task(name, total=task.count_of_bytes_expected_to_receive,
+                                         completed=task.count_of_bytes_received, state="")
+            self.rows.append((task, row))
+
+    def refresh(self) -> None:
+        for task, row in self.rows:
+            state = task.waiting_reason or task.state.value
+            if task.done():
+                state = "done" if task.error is None and task.response and task.response.status < 300 else "failed"
+            self.progress.update(row, total=task.count_of_bytes_expected_to_receive,
+                                 completed=task.count_of_bytes_received, state=state)
+
+
+def _panel_class() -> Any:
+    try:
+        from .notebook.widgets import TaskPanel
+    except ImportError:  # ipywidgets missing: fall back to text progress
+        return None
+    return TaskPanel
+
+
+@contextlib.contextmanager
+def progress_display(tasks: Sequence[DownloadTask], *, enabled: bool = True) -> Iterator[Display]:
+    """Show progress of ``tasks`` for the duration of the block."""
+    if not enabled or not tasks:
+        yield _Null()
+        return
+    panel_class = _panel_class() if in_notebook() else None
+    if panel_class is not None:
+        panel = panel_class(tasks)
+        panel.display()
+        try:
+            yield panel
+        finally:
+            panel.refresh()
+        return
+    if not sys.stderr.isatty():
+        yield _Null()
+        return
+    display = _Rich(tasks)
+    with display.progress:
+        try:
+            yield display
+        finally:
+            display.refresh()

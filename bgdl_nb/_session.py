@@ -1,0 +1,333 @@
+"""The session: the public facade over an engine host.
+
+A :class:`Session` validates every request in the caller's thread (bad input fails
+before any I/O and before any journal record), then hands work to its engine on the
+engine thread. Background sessions hold a file lock per identifier, so one engine owns
+a journal at a time; within a process, sessions created with the same identifier share
+that engine (re-running a notebook cell reattaches instead of failing), and the newest
+session's delegate receives the callbacks.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as _dt
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import filelock
+
+from ._config import Configuration
+from ._delegate import SessionDelegate
+from ._engine import Engine
+from ._events import Event
+from ._exceptions import (InvalidDestination, InvalidInput, SessionBusy, SessionInvalidated)
+from ._hosts.thread import Call, EngineThread, engine_thread
+from ._journal import MemoryStore, SqliteStore, TaskRecord
+from ._resume import decode_resume_data, load_key
+from ._task import DownloadTask, Request
+from ._transfer import check_url
+
+if TYPE_CHECKING:
+    import pandas
+
+__all__ = ["Session", "check_destination"]
+
+_registry: dict[tuple[str, str], "_Attachment"] = {}
+_registry_lock = threading.Lock()
+
+
+class _Attachment:
+    """An engine of this process and the lock that makes it the only one for its journal."""
+
+    def __init__(self, engine: Engine, lock: filelock.BaseFileLock | None, thread: EngineThread) -> None:
+        self.engine = engine
+        self.lock = lock
+        self.thread = thread
+        self.closed = False
+
+    def close(self, mode: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.thread.run(self.engine.close(mode))
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+
+def check_destination(destination: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """Validate a destination file path without creating anything."""
+    path = Path(destination).expanduser().absolute()
+    if path.is_dir():
+        raise InvalidDestination(f"destination {path} is a directory; give a file path inside it")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InvalidDestination(f"destination {path} cannot be created: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidDestination(f"destination {path} is not writable (no write permission on {parent})")
+    if path.exists() and not overwrite:
+        raise InvalidDestination(
+            f"destination {path} already exists and was left untouched; remove it, choose another path, "
+            "or pass overwrite=True to replace it atomically once the download is complete")
+    return path
+
+
+def _timestamp(value: float | _dt.datetime | None) -> float | None:
+    if value is None or isinstance(value, (int, float)):
+        return value
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.astimezone()
+        return value.timestamp()
+    raise InvalidInput(f"earliest_begin_date must be a datetime or seconds since the epoch, not {value!r}")
+
+
+class Session:
+    """A download session, modelled on URLSession.
+
+    Parameters
+    ----------
+    configuration
+        ``Configuration.default()`` (the default) or ``Configuration.background(id)``.
+    delegate
+        A :class:`SessionDelegate` receiving the callbacks, or ``None``.
+
+    Raises
+    ------
+    SessionBusy
+        Another process holds the background session with this identifier.
+    """
+
+    def __init__(self, configuration: Configuration | None = None,
+                 delegate: SessionDelegate | None = None) -> None:
+        self.configuration = configuration or Configuration.default()
+        self.delegate = delegate
+        self._thread = engine_thread()
+        config = self.configuration
+        if config.is_background:
+            key = (str(config.resolved_state_dir()), str(config.identifier))
+            with _registry_lock:
+                attachment = _registry.get(key)
+                if attachment is not None and not attachment.closed:
+                    self._attachment = attachment
+                    attachment.engine.session, attachment.engine.delegate = self, delegate
+                    for task in list(attachment.engine.tasks.values()):
+                        task._session = self
+                    return
+                self._attachment = self._open_background(config)
+                _registry[key] = self._attachment
+        else:
+            root = config.resolved_state_dir()
+            engine = Engine(config, MemoryStore(), load_key(root), root / "default" / str(os.getpid()))
+            self._attachment = _Attachment(engine, None, self._thread)
+            self._thread.run(engine.open(self, delegate))
+
+    def _open_background(self, config: Configuration) -> _Attachment:
+        journal = config.journal_path()
+        journal.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = filelock.FileLock(str(journal) + ".lock", timeout=0)
+        owner = Path(str(journal) + ".owner")
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            holder = owner.read_text().strip() if owner.exists() else "another process"
+            raise SessionBusy(
+                f"background session {config.identifier!r} is held by {holder}; close that session "
+                "(session.close()) or stop that process, then create the Session again") from None
+        try:
+            owner.write_text(f"pid {os.getpid()}\n")
+            store = SqliteStore(journal, str(config.identifier))
+            root = config.resolved_state_dir()
+            engine = Engine(config, store, load_key(root), root / "work" / str(config.identifier))
+            self._thread.run(engine.open(self, self.delegate))
+        except BaseException:
+            lock.release()
+            raise
+        return _Attachment(engine, lock, self._thread)
+
+    # properties --------------------------------------------------------------------------
+
+    @property
+    def identifier(self) -> str | None:
+        return self.configuration.identifier
+
+    @property
+    def _engine(self) -> Engine:
+        if self._attachment.closed:
+            raise SessionInvalidated("this session was invalidated or closed; create a new Session")
+        return self._attachment.engine
+
+    # creating tasks ----------------------------------------------------------------------
+
+    def download_task(
+        self,
+        request: str | Request,
+        destination: str | os.PathLike[str] | None = None,
+        *,
+        description: str | None = None,
+        priority: float = 0.5,
+        earliest_begin_date: float | _dt.datetime | None = None,
+        count_of_bytes_client_expects_to_receive: int | None = None,
+        sha256: str | None = None,
+        overwrite: bool = False,
+    ) -> DownloadTask:
+        """Create a task (suspended: call ``resume()``) that downloads ``request``.
+
+        Parameters
+        ----------
+        request
+            An http(s) URL or a :class:`Request` (with headers).
+        destination
+            Where the finished file goes (moved there atomically). Without it, the file
+            is handed to ``did_finish_downloading_to`` at a temporary location.
+        description
+            A label shown in progress displays and the event log.
+        priority
+            0.0 to 1.0; among ready tasks the highest priority starts first.
+        earliest_begin_date
+            The task does not start before this time.
+        count_of_bytes_client_expects_to_receive
+            Your estimate of the size, used before the server tells the real one.
+        sha256
+            The expected hex digest; a mismatch fails the task and keeps nothing.
+        overwrite
+            Replace an existing ``destination`` when the download completes.
+        """
+        req = request if isinstance(request, Request) else Request(check_url(request))
+        check_url(req.url)
+        if not 0.0 <= float(priority) <= 1.0:
+            raise InvalidInput(f"priority must be between 0.0 and 1.0, got {priority}")
+        if sha256 is not None and (len(sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha256)):
+            raise InvalidInput(f"sha256 must be 64 hex digits, got {sha256!r}")
+        dest = None if destination is None else check_destination(destination, overwrite=overwrite)
+        engine = self._engine
+        if dest is not None:
+            for task in list(engine.tasks.values()):
+                if task.destination == dest and task.state.value != "completed":
+                    raise InvalidDestination(f"task {task.task_identifier} already downloads to {dest}; "
+                                             "wait for it or cancel it first")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        record = TaskRecord(
+            0, req.url, headers=dict(req.headers), destination=None if dest is None else str(dest),
+            description=description, priority=float(priority),
+            earliest_begin_date=_timestamp(earliest_begin_date),
+            expected_bytes=count_of_bytes_client_expects_to_receive,
+            sha256=sha256.lower() if sha256 else None, overwrite=overwrite,
+        )
+        return self._thread.run(_call(engine.create, record))
+
+    def download_task_with_resume_data(self, resume_data: bytes,
+                                       destination: str | os.PathLike[str] | None = None,
+                                       *, overwrite: bool = False) -> DownloadTask:
+        """Create a task that continues where ``resume_data`` left off.
+
+        Raises :class:`InvalidResumeData` (with no side effects) for data that is empty,
+        foreign, truncated, altered, or from a newer bgdl_nb.
+        """
+        state = decode_resume_data(resume_data, load_key(self.configuration.resolved_state_dir()))
+        target = destination if destination is not None else state.destination
+        dest = None if target is None else check_destination(target, overwrite=overwrite)
+        record = TaskRecord(
+            0, state.url, headers=dict(state.headers), destination=None if dest is None else str(dest),
+            partial_path=state.partial_path, offset=state.offset, total=state.total,
+            validator_kind=state.validator.kind if state.validator else None,
+            validator_value=state.validator.value if state.validator else None,
+            accepts_ranges=True, current_url=state.current_url, overwrite=overwrite,
+        )
+        return self._thread.run(_call(self._engine.create, record))
+
+    # reading -----------------------------------------------------------------------------
+
+    def all_tasks(self) -> list[DownloadTask]:
+        """Every task of the session, including those reattached from the journal."""
+        return sorted(self._engine.tasks.values(), key=lambda t: t.task_identifier)
+
+    def task(self, task_identifier: int) -> DownloadTask:
+        return self._engine.tasks[task_identifier]
+
+    def event_log(self, since_seq: int = 0) -> list[Event]:
+        """The journaled events after ``since_seq`` as :class:`Event` records."""
+        engine = self._engine
+        return self._thread.run(_call(engine.store.events, since_seq))
+
+    @property
+    def events(self) -> pandas.DataFrame:
+        """Every event of the session (across restarts, for background sessions) as a
+        pandas DataFrame; see :func:`bgdl_nb.notebook.frame.events_frame`."""
+        from .notebook.frame import events_frame
+        return events_frame(self.event_log())
+
+    def add_listener(self, listener: Callable[[Event], None]) -> None:
+        """Call ``listener(event)`` for every new event, on the engine thread (keep it quick)."""
+        self._engine.listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[Event], None]) -> None:
+        self._engine.listeners.remove(listener)
+
+    def wait(self, tasks: Iterable[DownloadTask] | None = None, timeout: float | None = None) -> list[Path]:
+        """Wait for ``tasks`` (default: all) and return their paths; raises the first error."""
+        return [t.wait(timeout) for t in (self.all_tasks() if tasks is None else tasks)]
+
+    # control -----------------------------------------------------------------------------
+
+    def _control(self, name: str, task_identifier: int) -> None:
+        engine = self._engine
+        self._thread.call(getattr(engine, name), task_identifier).result()
+
+    def _control_call(self, name: str, task_identifier: int) -> Call:
+        return self._thread.submit(getattr(self._engine, name)(task_identifier))
+
+    def finish_tasks_and_invalidate(self) -> None:
+        """Let running tasks finish, then close the session (no new tasks after this)."""
+        self._close("finish")
+
+    def invalidate_and_cancel(self) -> None:
+        """Cancel every unfinished task and close the session."""
+        self._close("cancel")
+
+    def close(self) -> None:
+        """Stop transfers and release the session. A background session's unfinished
+        tasks stay journaled and continue when the identifier is opened again."""
+        self._close("detach")
+
+    def _close(self, mode: str) -> None:
+        attachment = self._attachment
+        with _registry_lock:
+            for key, value in list(_registry.items()):
+                if value is attachment:
+                    del _registry[key]
+        attachment.close(mode)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        kind = f"background {self.identifier!r}" if self.identifier else "default"
+        state = "closed" if self._attachment.closed else f"{len(self._attachment.engine.tasks)} tasks"
+        return f"<Session {kind}, {state}>"
+
+
+async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+@atexit.register
+def _detach_all() -> None:
+    """At interpreter exit, journal the last offsets and release the locks."""
+    with _registry_lock:
+        attachments = list(_registry.values())
+        _registry.clear()
+    for attachment in attachments:
+        try:
+            attachment.close("detach")
+        except Exception:
+            pass

@@ -1,0 +1,230 @@
+"""Download tasks, their states, and the request/response records they carry.
+
+A task starts ``SUSPENDED``; nothing moves until ``resume()``. The transitions::
+
+    SUSPENDED --resume()--> RUNNING --(file complete / error)--> COMPLETED
+    RUNNING --suspend()--> SUSPENDED
+    SUSPENDED|RUNNING --cancel()--> CANCELING --> COMPLETED (error: Cancelled)
+
+``RUNNING`` covers waiting for a slot and transferring, as in URLSession;
+``waiting_reason`` tells which. ``COMPLETED`` is final: ``error`` says whether it
+succeeded, and ``response`` carries the HTTP status (a 404 completes without a
+client-side error, as in the seeds).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generator
+
+from ._exceptions import BgdlError, HTTPStatusError
+
+if TYPE_CHECKING:
+    from ._hosts.thread import Call
+    from ._journal import TaskRecord
+    from ._session import Session
+
+__all__ = ["DownloadTask", "Progress", "Request", "Response", "TaskState"]
+
+
+class TaskState(str, enum.Enum):
+    """Where a task is in its life."""
+
+    SUSPENDED = "suspended"   # created, or suspend() was called
+    RUNNING = "running"       # resume() was called: waiting for its turn or transferring
+    CANCELING = "canceling"   # cancel() was called and the transfer is being stopped
+    COMPLETED = "completed"   # finished, failed or cancelled; final
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to download. Only GET is supported: the seeds' resume conditions require it."""
+
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Response:
+    """The status and headers of the last response, and the URL that gave it."""
+
+    url: str
+    status: int
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """``completed_unit_count`` of ``total_unit_count`` bytes (``None`` when unknown)."""
+
+    completed_unit_count: int
+    total_unit_count: int | None
+
+    @property
+    def fraction_completed(self) -> float:
+        if not self.total_unit_count:
+            return 1.0 if self.total_unit_count == 0 else 0.0
+        return min(1.0, self.completed_unit_count / self.total_unit_count)
+
+
+class DownloadTask:
+    """One download. Create it with :meth:`Session.download_task`.
+
+    Await it (``path = await task``) or call :meth:`wait` to get the final path; both
+    raise the task's error, or :class:`HTTPStatusError` when the server answered with a
+    status that carries no file.
+    """
+
+    def __init__(self, session: Session, record: TaskRecord) -> None:
+        self._session = session
+        self._record = record
+        self._done: concurrent.futures.Future[Path] = concurrent.futures.Future()
+        self._received = record.offset  # live count, ahead of the journaled offset
+        self.waiting_reason: str | None = None
+        """Why a RUNNING task is not transferring yet (``None`` while it transfers)."""
+
+    # identity --------------------------------------------------------------------------
+
+    @property
+    def task_identifier(self) -> int:
+        """Unique within the session and stable across restarts."""
+        return self._record.task_identifier
+
+    @property
+    def task_description(self) -> str | None:
+        return self._record.description
+
+    @property
+    def original_request(self) -> Request:
+        return Request(self._record.url, dict(self._record.headers))
+
+    @property
+    def current_request(self) -> Request:
+        """The request after redirects (the original one until a response arrived)."""
+        return Request(self._record.current_url or self._record.url, dict(self._record.headers))
+
+    @property
+    def destination(self) -> Path | None:
+        return None if self._record.destination is None else Path(self._record.destination)
+
+    # state -----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> TaskState:
+        return TaskState(self._record.state)
+
+    @property
+    def response(self) -> Response | None:
+        rec = self._record
+        if rec.status is None:
+            return None
+        return Response(rec.current_url or rec.url, rec.status, dict(rec.response_headers or {}))
+
+    @property
+    def error(self) -> BgdlError | None:
+        return None if self._record.error is None else BgdlError.from_dict(self._record.error)
+
+    @property
+    def count_of_bytes_received(self) -> int:
+        return self._received
+
+    @property
+    def count_of_bytes_expected_to_receive(self) -> int | None:
+        return self._record.total
+
+    @property
+    def count_of_bytes_client_expects_to_receive(self) -> int | None:
+        return self._record.expected_bytes
+
+    @property
+    def earliest_begin_date(self) -> float | None:
+        """Seconds since the epoch before which the task does not start."""
+        return self._record.earliest_begin_date
+
+    @property
+    def priority(self) -> float:
+        return self._record.priority
+
+    @property
+    def progress(self) -> Progress:
+        return Progress(self._received, self._record.total)
+
+    @property
+    def location(self) -> Path | None:
+        """Where the finished file is (the destination, or the inbox when none was given)."""
+        return None if self._record.location is None or self._record.state != "completed" \
+            else Path(self._record.location)
+
+    @property
+    def sha256(self) -> str | None:
+        """Hex digest of the finished file, when it was computed."""
+        return self._record.digest
+
+    # control ---------------------------------------------------------------------------
+
+    def resume(self) -> DownloadTask:
+        """Start or continue the task (it continues from its partial file when it can)."""
+        self._session._control("resume", self.task_identifier)
+        return self
+
+    def suspend(self) -> DownloadTask:
+        """Pause the transfer; bytes received so far are kept for resume()."""
+        self._session._control("suspend", self.task_identifier)
+        return self
+
+    def cancel(self) -> None:
+        """Stop the task and delete its partial file."""
+        self._session._control("cancel", self.task_identifier)
+
+    def cancel_by_producing_resume_data(self) -> Call:
+        """Stop the task, keep its partial file, and produce resume data.
+
+        Returns an awaitable (``data = await task.cancel_by_producing_resume_data()``)
+        that is also a future (``.result(timeout)`` from sync code). The value is
+        ``None`` when the server gave no validator or does not support byte ranges,
+        since such a download cannot continue.
+        """
+        return self._session._control_call("cancel_with_resume_data", self.task_identifier)
+
+    # results ---------------------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None) -> Path:
+        """Block until the task completes; return the final path or raise its error."""
+        try:
+            return self._done.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(
+                f"task {self.task_identifier} still {self.state.value} after {timeout} s"
+            ) from None
+
+    def done(self) -> bool:
+        return self._done.done()
+
+    def __await__(self) -> Generator[Any, None, Path]:
+        import asyncio
+        return asyncio.wrap_future(self._done).__await__()
+
+    def __repr__(self) -> str:
+        total = self._record.total
+        size = f"{self._received}/{total if total is not None else '?'} bytes"
+        return f"<DownloadTask {self.task_identifier} {self.state.value} {size} {self._record.url}>"
+
+    # engine side -----------------------------------------------------------------------
+
+    def _settle(self) -> None:
+        """Resolve the waiters once the record is COMPLETED."""
+        if self._done.done():
+            return
+        rec = self._record
+        if rec.error is not None:
+            error = BgdlError.from_dict(rec.error)
+            self._done.set_exception(error)
+        elif rec.status is not None and not 200 <= rec.status < 300 and rec.status != 416:
+            self._done.set_exception(HTTPStatusError(
+                f"{rec.current_url or rec.url} answered HTTP {rec.status}; no file was written",
+                status=rec.status, url=rec.url, task_identifier=rec.task_identifier))
+        else:
+            self._done.set_result(Path(rec.location or ""))

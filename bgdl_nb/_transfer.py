@@ -1,0 +1,153 @@
+"""HTTP transfers: the only module that imports aiohttp.
+
+It opens a response (following redirects itself, so every hop can be checked and
+logged), hands the body out in chunks exactly as sent (``Accept-Encoding: identity``,
+no decoding), and translates aiohttp's exceptions into bgdl_nb's at one boundary
+(:func:`map_exceptions`). The engine decides what the bytes mean.
+
+Redirect rules: only http and https hops; https to http only when the configuration
+allows it; ``Authorization``, ``Cookie`` and ``Proxy-Authorization`` never travel to
+an origin other than the one the user named.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable, Iterator
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+
+from ._config import Configuration
+from ._exceptions import BgdlError, NetworkError, TransferTimeout, UnsupportedURL
+
+__all__ = ["Opened", "check_url", "map_exceptions", "new_client", "open_response"]
+
+_CREDENTIAL_HEADERS = {"authorization", "cookie", "proxy-authorization"}
+_REDIRECTS = {301, 302, 303, 307, 308}
+READ_SIZE = 256 * 1024
+
+
+def check_url(url: object, *, what: str = "URL") -> str:
+    """Return ``url`` if it is an absolute http(s) URL, else raise UnsupportedURL."""
+    if not isinstance(url, str):
+        raise UnsupportedURL(f"{what} must be a string, not {type(url).__name__}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a bad port
+    except ValueError as exc:
+        raise UnsupportedURL(f"{what} {url!r} is malformed ({exc})", url=url) from None
+    del port
+    if parts.scheme.lower() not in ("http", "https"):
+        shown = parts.scheme or "no scheme"
+        raise UnsupportedURL(
+            f"{what} {url!r} uses {shown}; only http:// and https:// URLs can be downloaded", url=url)
+    if not parts.hostname:
+        raise UnsupportedURL(f"{what} {url!r} has no host name", url=url)
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise UnsupportedURL(f"{what} {url!r} contains whitespace or control characters; "
+                             "percent-encode them", url=url)
+    return url
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or default
+
+
+@contextlib.contextmanager
+def map_exceptions(url: str) -> Iterator[None]:
+    """Translate aiohttp and OS errors raised inside the block into BgdlError."""
+    try:
+        yield
+    except BgdlError:
+        raise
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise TransferTimeout(f"no data from {url} in time ({type(exc).__name__}); "
+                              "it will be retried", url=url) from exc
+    except aiohttp.ClientSSLError as exc:
+        raise NetworkError(f"TLS failed for {url}: {exc}", url=url) from exc
+    except (aiohttp.ClientError, ConnectionError, OSError) as exc:
+        detail = str(exc) or type(exc).__name__
+        raise NetworkError(f"connection to {url} failed: {detail}", url=url) from exc
+
+
+def new_client(config: Configuration) -> aiohttp.ClientSession:
+    """An aiohttp session tuned for large downloads: no total timeout, an idle timeout,
+    no decompression, connection reuse across tasks."""
+    connector = aiohttp.TCPConnector(
+        limit=0,
+        limit_per_host=config.http_maximum_connections_per_host,
+        ssl=None if config.verify_tls else False,
+    )
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=config.timeout_interval_for_request)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
+                                 read_bufsize=READ_SIZE)
+
+
+@dataclass
+class Opened:
+    """An open response: status, headers and the body still to read."""
+
+    url: str
+    status: int
+    headers: dict[str, str]
+    _response: aiohttp.ClientResponse
+    _complete: bool = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as sent, chunk by chunk."""
+        with map_exceptions(self.url):
+            content = self._response.content
+            while True:
+                data = await content.readany()
+                if not data:
+                    self._complete = True
+                    return
+                yield data
+
+
+@contextlib.asynccontextmanager
+async def open_response(
+    client: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    config: Configuration,
+    on_redirect: Callable[[int, str], None],
+) -> AsyncIterator[Opened]:
+    """GET ``url``, follow redirects under the rules above, and yield the final response."""
+    first_origin = _origin(url)
+    current = url
+    for _ in range(config.max_redirects + 1):
+        sent = {k: v for k, v in headers.items()
+                if _origin(current) == first_origin or k.lower() not in _CREDENTIAL_HEADERS}
+        sent["Accept-Encoding"] = "identity"
+        with map_exceptions(current):
+            response = await client.get(current, headers=sent, allow_redirects=False,
+                                        ssl=None if config.verify_tls else False)
+        if response.status in _REDIRECTS and "Location" in response.headers:
+            target = urljoin(current, response.headers["Location"])
+            response.release()
+            check_url(target, what="redirect target")
+            if urlsplit(current).scheme == "https" and urlsplit(target).scheme == "http" \
+                    and not config.allows_insecure_redirects:
+                raise UnsupportedURL(
+                    f"{current} redirects to insecure {target}; set allows_insecure_redirects=True "
+                    "in the Configuration to follow it", url=url)
+            on_redirect(response.status, target)
+            current = target
+            continue
+        opened = Opened(current, response.status, dict(response.headers), response)
+        try:
+            yield opened
+        finally:
+            if opened._complete:
+                response.release()  # the connection goes back to the pool for the next task
+            else:
+                response.close()  # never reuse a connection whose body was not read to the end
+        return
+    raise UnsupportedURL(f"{url} redirected more than {config.max_redirects} times", url=url)
+

@@ -1,0 +1,211 @@
+"""The ``bgdl`` command line.
+
+``bgdl fetch`` downloads into a directory and can be re-run after any interruption
+(``kill -9`` included) to continue; it exits 0 only when every file is complete and
+verified. ``bgdl list`` and ``bgdl events`` read a session's journal without taking
+it over. ``bgdl serve`` runs the demo origin; ``bgdl demo`` shows the whole story on it.
+
+Exit codes: 0 success, 1 some downloads failed, 2 bad input, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ._config import Configuration
+from ._exceptions import BgdlError, FetchError, InvalidInput
+
+__all__ = ["main"]
+
+
+def _read_urls(args: argparse.Namespace) -> list[str]:
+    urls = list(args.urls)
+    if args.input_file:
+        text = sys.stdin.read() if args.input_file == "-" else Path(args.input_file).read_text()
+        urls += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not urls:
+        raise InvalidInput("no URLs given: pass URLs as arguments or a file of URLs with -i")
+    return urls
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from ._fetch import fetch
+
+    urls = _read_urls(args)
+    fields: dict[str, object] = {}
+    if args.connections:
+        fields["http_maximum_connections_per_host"] = args.connections
+    if args.max_concurrent:
+        fields["max_concurrent_tasks"] = args.max_concurrent
+    config = None
+    if args.id or fields:
+        from ._fetch import default_identifier
+        identifier = args.id or default_identifier(Path(args.output).expanduser().absolute())
+        config = Configuration.background(identifier, **fields)  # type: ignore[arg-type]
+    sha = None
+    if args.sha256:
+        if len(args.sha256) != len(urls):
+            raise InvalidInput(f"got {len(args.sha256)} --sha256 values for {len(urls)} URLs; give one per URL")
+        sha = list(args.sha256)
+    paths = fetch(urls, args.output, sha256=sha, progress=not args.quiet, configuration=config,
+                  overwrite=args.overwrite)
+    if not args.quiet:
+        for path in paths:
+            print(path)
+    return 0
+
+
+def _journal(identifier: str) -> Path:
+    path = Configuration.background(identifier).journal_path()
+    if not path.exists():
+        raise InvalidInput(f"no background session {identifier!r} under {path.parent}; check --id "
+                           "(and BGDL_STATE_DIR)")
+    return path
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from ._journal import read_journal
+
+    tasks, _ = read_journal(_journal(args.id), args.id)
+    print(f"{'id':>5}  {'state':<10} {'received':>14} {'total':>14}  {'status':>6}  url -> destination")
+    for t in tasks:
+        err = f"  [{t.error.get('type')}: {t.error.get('message')}]" if t.error else ""
+        total = "?" if t.total is None else str(t.total)
+        print(f"{t.task_identifier:>5}  {t.state:<10} {t.offset:>14} {total:>14}  {t.status or '':>6}  "
+              f"{t.url} -> {t.destination or '(inbox)'}{err}")
+    return 0
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    from ._events import EVENT_COLUMNS
+    from ._journal import read_journal
+
+    _, events = read_journal(_journal(args.id), args.id)
+    if args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(EVENT_COLUMNS)
+        for e in events:
+            row = e.as_dict()
+            row["time"] = _dt.datetime.fromtimestamp(e.time, _dt.timezone.utc).isoformat()
+            writer.writerow([row[c] for c in EVENT_COLUMNS])
+        return 0
+    for e in events:
+        stamp = _dt.datetime.fromtimestamp(e.time, _dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+        parts = [f"{e.seq:>6} {stamp}", f"task {e.task_identifier}" if e.task_identifier else "session",
+                 e.event]
+        if e.total_bytes_written is not None:
+            parts.append(f"{e.total_bytes_written}/{e.total_bytes_expected if e.total_bytes_expected is not None else '?'}")
+        if e.status is not None:
+            parts.append(f"HTTP {e.status}")
+        if e.error:
+            parts.append(e.error)
+        if e.detail:
+            parts.append(e.detail)
+        print("  ".join(parts))
+    return 0
+
+
+def _cmd_control(args: argparse.Namespace) -> int:
+    from ._session import Session
+
+    session = Session(Configuration.background(args.id))
+    try:
+        chosen = [t for t in session.all_tasks() if not args.task or t.task_identifier in args.task]
+        for task in chosen:
+            getattr(task, args.command)()
+        print(f"{args.command}: {len(chosen)} task(s) of {args.id!r}")
+    finally:
+        session.close()
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .demo.origin import Origin
+
+    origin = Origin(args.host, args.port)
+
+    async def run() -> None:
+        url = await origin.start_async()
+        print(f"demo origin serving on {url}  (try {url}/files/sample.bin?size=104857600)", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(run())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo.run import run_demo
+
+    return run_demo(workdir=args.dir, size_mb=args.size_mb)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bgdl", description="Resumable background downloads for notebooks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fetch", help="download URLs into a directory (re-run to resume)")
+    p.add_argument("urls", nargs="*", metavar="URL")
+    p.add_argument("-i", "--input-file", metavar="LIST", help="file with one URL per line ('-' for stdin)")
+    p.add_argument("-o", "--output", default=".", metavar="DIR", help="destination directory (default: .)")
+    p.add_argument("--id", help="background session identifier (default: derived from DIR)")
+    p.add_argument("--sha256", action="append", metavar="HEX", help="expected digest, once per URL in order")
+    p.add_argument("--connections", type=int, metavar="N", help="maximum connections per host")
+    p.add_argument("--max-concurrent", type=int, metavar="N", help="files downloaded at once")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files not downloaded by bgdl")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress, no output on success")
+    p.set_defaults(func=_cmd_fetch)
+
+    p = sub.add_parser("list", help="list a session's tasks")
+    p.add_argument("--id", required=True)
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("events", help="print a session's event log")
+    p.add_argument("--id", required=True)
+    p.add_argument("--csv", action="store_true", help="CSV with a header row")
+    p.set_defaults(func=_cmd_events)
+
+    for name, text in (("pause", "suspend"), ("resume", "resume"), ("cancel", "cancel")):
+        p = sub.add_parser(name, help=f"{text} tasks of a session no other process holds")
+        p.add_argument("--id", required=True)
+        p.add_argument("--task", type=int, action="append", help="task identifier (default: all)")
+        p.set_defaults(func=_cmd_control, command={"pause": "suspend"}.get(name, name))
+
+    p = sub.add_parser("serve", help="run the demo origin server")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("demo", help="download, kill, resume and verify on the embedded demo origin")
+    p.add_argument("--dir", help="working directory (default: a temporary one)")
+    p.add_argument("--size-mb", type=int, default=48, help="size of the largest demo file")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except InvalidInput as exc:
+        print(f"bgdl: error: {exc}", file=sys.stderr)
+        return 2
+    except FetchError as exc:
+        print(f"bgdl: {exc}", file=sys.stderr)
+        return 1
+    except BgdlError as exc:
+        print(f"bgdl: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bgdl: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

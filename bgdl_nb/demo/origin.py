@@ -1,0 +1,332 @@
+"""The demo origin: an aiohttp server of deterministic synthetic files of any size.
+
+Nothing is stored: byte ``p`` of resource ``name`` at version ``v`` is computed. Every
+64 KiB block starts with a header naming the resource, the version and the block
+number, then carries 64 KiB of pseudo-random bytes derived from ``name`` and ``v``, so
+a byte shifted to the wrong offset, or taken from another version, changes the file's
+digest.
+
+``GET /files/<name>?size=N`` serves the resource with ETag, Last-Modified, Range and
+If-Range. Query switches shape the server's behaviour for one URL:
+
+==================  ===============================================================
+``ranges=0``        ignore Range (always 200, no ``Accept-Ranges``)
+``validators=``     ``both`` (default), ``etag``, ``lm``, ``weak`` (weak ETag only),
+                    ``none``
+``changing=1``      a new version of the resource on every request
+``rate=B``          at most B bytes per second on this connection
+``reset_after=N``   reset the connection after N body bytes of a response
+``stall_after=N``   stop sending (but keep the connection) after N body bytes
+``fail503=K``       answer the first K requests with 503 and ``Retry-After``
+``retry_after=S``   the Retry-After value for fail503 (seconds, default 1)
+``faults=K``        apply reset/stall only to the first K requests of this URL
+==================  ===============================================================
+
+``GET /redirect?to=URL[&status=302]`` answers with a redirect. The server records every
+request (method, path, headers, status, body bytes sent) in :attr:`Origin.log`, so tests
+can assert exactly what was fetched. :meth:`Origin.bump` changes a resource's version
+server-side (same size, new ETag and Last-Modified).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import re
+import struct
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Iterator
+from urllib.parse import urlencode
+
+from aiohttp import web
+from multidict import MultiMapping
+
+__all__ = ["Origin", "RequestRecord", "content", "resource_sha256"]
+
+BLOCK = 64 * 1024
+_HEADER = struct.Struct(">8sQQ")  # magic, version, block index
+_EPOCH = 1767225600  # 2026-01-01T00:00:00Z: Last-Modified of version 0
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@functools.lru_cache(maxsize=64)
+def _base_block(name: str, version: int) -> bytes:
+    return hashlib.shake_256(f"bgdl-demo:{name}:{version}".encode()).digest(BLOCK)
+
+
+def _block(name: str, version: int, index: int) -> bytes:
+    base = _base_block(name, version)
+    return _HEADER.pack(b"BGDLDEMO", version, index) + base[_HEADER.size:]
+
+
+def content(name: str, size: int, version: int = 0, start: int = 0, end: int | None = None,
+            chunk: int = 4 * BLOCK) -> Iterator[bytes]:
+    """Yield bytes ``start``..``end`` (exclusive) of a resource, in pieces of about ``chunk``."""
+    end = size if end is None else min(end, size)
+    pos = start
+    while pos < end:
+        first = pos // BLOCK
+        last = min((pos + chunk - 1) // BLOCK, (end - 1) // BLOCK)
+        data = b"".join(_block(name, version, i) for i in range(first, last + 1))
+        offset = pos - first * BLOCK
+        piece = data[offset: offset + min(end - pos, len(data) - offset)]
+        yield piece
+        pos += len(piece)
+
+
+@functools.lru_cache(maxsize=256)
+def resource_sha256(name: str, size: int, version: int = 0) -> str:
+    """The hex sha256 of a whole resource, as a client should end up with."""
+    digest = hashlib.sha256()
+    for piece in content(name, size, version, chunk=16 * BLOCK):
+        digest.update(piece)
+    return digest.hexdigest()
+
+
+@dataclass
+class RequestRecord:
+    """One request the origin served."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    status: int = 0
+    bytes_sent: int = 0
+    nth: int = 0
+    time: float = field(default_factory=time.time)
+
+
+class Origin:
+    """The demo origin server; run it on its own thread with :meth:`start`."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self.log: list[RequestRecord] = []
+        self._versions: Counter[str] = Counter()
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._stopped = threading.Event()
+
+    # public helpers ------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def url(self, name: str, size: int, **switches: object) -> str:
+        """The URL of resource ``name`` of ``size`` bytes with the given switches."""
+        query = urlencode({"size": size, **{k: v for k, v in switches.items() if v is not None}})
+        return f"{self.base_url}/files/{name}?{query}"
+
+    def redirect_url(self, to: str, status: int = 302) -> str:
+        return f"{self.base_url}/redirect?{urlencode({'to': to, 'status': status})}"
+
+    def version(self, name: str) -> int:
+        with self._lock:
+            return self._versions[name]
+
+    def bump(self, name: str) -> int:
+        """Change resource ``name`` (same size, new content and validators)."""
+        with self._lock:
+            self._versions[name] += 1
+            return self._versions[name]
+
+    def sha256(self, name: str, size: int, version: int | None = None) -> str:
+        return resource_sha256(name, size, self.version(name) if version is None else version)
+
+    def requests_for(self, name: str) -> list[RequestRecord]:
+        with self._lock:
+            return [r for r in self.log if r.path == f"/files/{name}"]
+
+    def bytes_sent(self, name: str) -> int:
+        return sum(r.bytes_sent for r in self.requests_for(name))
+
+    # application ---------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("GET", "/files/{name}", self._files)
+        app.router.add_route("HEAD", "/files/{name}", self._files)
+        app.router.add_get("/redirect", self._redirect)
+        app.router.add_get("/", self._index)
+        return app
+
+    async def _index(self, request: web.Request) -> web.Response:
+        return web.Response(text="bgdl_nb demo origin: GET /files/<name>?size=N\n")
+
+    async def _redirect(self, request: web.Request) -> web.Response:
+        record = self._record(request)
+        record.status = int(request.query.get("status", "302"))
+        return web.Response(status=record.status, headers={"Location": request.query["to"]})
+
+    def _record(self, request: web.Request) -> RequestRecord:
+        record = RequestRecord(request.method, request.path, dict(request.query), dict(request.headers))
+        with self._lock:
+            self.log.append(record)
+        return record
+
+    async def _files(self, request: web.Request) -> web.StreamResponse:
+        record = self._record(request)
+        q = request.query
+        name = request.match_info["name"]
+        try:
+            size = int(q.get("size", str(1024 * 1024)))
+        except ValueError:
+            raise web.HTTPBadRequest(text="size must be an integer number of bytes") from None
+        key = request.path_qs
+        with self._lock:
+            self._counts[key] += 1
+            nth = self._counts[key]
+            if q.get("changing") == "1":
+                self._versions[name] += 1
+            version = self._versions[name]
+        record.nth = nth
+
+        if nth <= int(q.get("fail503", "0")):
+            record.status = 503
+            return web.Response(status=503, headers={"Retry-After": q.get("retry_after", "1")},
+                                text="temporarily unavailable\n")
+
+        etag_value = hashlib.sha256(f"{name}:{size}:{version}".encode()).hexdigest()[:20]
+        validators = q.get("validators", "both")
+        headers = {"Content-Type": "application/octet-stream"}
+        if validators in ("both", "etag"):
+            headers["ETag"] = f'"{etag_value}"'
+        elif validators == "weak":
+            headers["ETag"] = f'W/"{etag_value}"'
+        if validators in ("both", "lm"):
+            headers["Last-Modified"] = formatdate(_EPOCH + 60 * version, usegmt=True)
+        ranges = q.get("ranges", "1") != "0"
+        if ranges:
+            headers["Accept-Ranges"] = "bytes"
+
+        start, end, status = 0, size, 200
+        range_header = request.headers.get("Range")
+        if ranges and range_header:
+            if_range = request.headers.get("If-Range")
+            fresh = if_range is None or if_range in (headers.get("ETag"), headers.get("Last-Modified")) \
+                and not if_range.startswith("W/")
+            match = _RANGE.match(range_header.strip())
+            if fresh and match and (match.group(1) or match.group(2)):
+                first, last = match.groups()
+                if first:
+                    start, end = int(first), (min(int(last) + 1, size) if last else size)
+                else:
+                    start, end = max(0, size - int(last)), size
+                if start >= size or start >= end:
+                    record.status = 416
+                    return web.Response(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = end - start
+        record.status = status
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return response
+
+        try:
+            await self._send(request, response, record, name, size, version, start, end, q)
+        except ConnectionResetError:
+            pass  # the client went away; record.bytes_sent says how far it got
+        return response
+
+    async def _send(self, request: web.Request, response: web.StreamResponse, record: RequestRecord,
+                    name: str, size: int, version: int, start: int, end: int, q: MultiMapping[str]) -> None:
+        faulty = record.nth <= int(q.get("faults", "1000000000"))
+        reset_after = int(q["reset_after"]) if faulty and "reset_after" in q else None
+        stall_after = int(q["stall_after"]) if faulty and "stall_after" in q else None
+        rate = float(q["rate"]) if "rate" in q else None
+        chunk = 4 * BLOCK if rate is None else max(4096, min(4 * BLOCK, int(rate / 20)))
+        began = time.monotonic()
+        sent = 0
+        for piece in content(name, size, version, start, end, chunk=chunk):
+            for limit, action in ((reset_after, "reset"), (stall_after, "stall")):
+                if limit is not None and sent + len(piece) > limit:
+                    piece = piece[: max(0, limit - sent)]
+                    if piece:
+                        await response.write(piece)
+                        sent += len(piece)
+                        record.bytes_sent = sent
+                    if action == "reset":
+                        assert request.transport is not None
+                        request.transport.abort()
+                        return
+                    await asyncio.sleep(float(q.get("stall_seconds", "60")))
+                    return
+            await response.write(piece)
+            sent += len(piece)
+            record.bytes_sent = sent
+            if rate is not None:
+                ahead = sent / rate - (time.monotonic() - began)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await response.write_eof()
+
+    # running -------------------------------------------------------------------------------
+
+    async def start_async(self) -> str:
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        server = site._server  # the bound port when port was 0
+        assert server is not None and server.sockets
+        self.port = server.sockets[0].getsockname()[1]
+        return self.base_url
+
+    async def stop_async(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def start(self) -> str:
+        """Serve on a background thread; return the base URL."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self.start_async())
+            except BaseException as exc:  # reported to the starting thread
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self.stop_async())
+            loop.close()
+            self._stopped.set()
+
+        self._thread = threading.Thread(target=run, name="bgdl-origin", daemon=True)
+        self._thread.start()
+        if not ready.wait(30):
+            raise RuntimeError("the demo origin did not start within 30 s")
+        if failure:
+            raise failure[0]
+        return self.base_url
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(30)
+
+    def __enter__(self) -> Origin:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
