@@ -1,0 +1,143 @@
+"""Shared fixtures: an isolated state directory, the demo origin, and a real nginx."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from bgdl_nb.demo.origin import Origin
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own BGDL_STATE_DIR (outside tmp_path, which holds downloads),
+    and leaves no session attached."""
+    path = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("BGDL_STATE_DIR", str(path))
+    yield path
+    from bgdl_nb._session import _detach_all
+    _detach_all()
+
+
+@pytest.fixture
+def origin() -> Iterator[Origin]:
+    server = Origin()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def second_origin() -> Iterator[Origin]:
+    server = Origin()
+    server.start()
+    yield server
+    server.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Nginx:
+    """A real nginx serving ``root`` on a loopback port, with ETag and byte ranges."""
+
+    def __init__(self, base: Path, *, extra: str = "") -> None:
+        self.root = base / "www"
+        self.root.mkdir(parents=True)
+        self.prefix = base / "nginx"
+        for sub in ("logs", "tmp"):
+            (self.prefix / sub).mkdir(parents=True)
+        self.extra = extra
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Bind the listening socket here and hand it to nginx (nginx inherits sockets named
+        in its NGINX environment variable), so the port is known and accepting before
+        nginx runs: no race for a free port and no polling for readiness."""
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        user = "user root;" if os.geteuid() == 0 else ""
+        conf = self.prefix / "nginx.conf"
+        tmp = self.prefix / "tmp"
+        conf.write_text(f"""
+{user}
+worker_processes 1;
+daemon off;
+pid {self.prefix}/nginx.pid;
+error_log {self.prefix}/logs/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log {self.prefix}/logs/access.log;
+    client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
+    uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+    default_type application/octet-stream;
+    sendfile on;
+    server {{
+        listen 127.0.0.1:{self.port};
+        root {self.root};
+        location /limited/ {{ alias {self.root}/; limit_rate 4m; }}
+        location /noranges/ {{ alias {self.root}/; max_ranges 0; }}
+        {self.extra}
+    }}
+}}
+""")
+        fd = self.sock.fileno()
+        self.proc = subprocess.Popen([binary, "-p", str(self.prefix), "-c", str(conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     pass_fds=[fd], env={**os.environ, "NGINX": f"{fd};"})
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.sock.close()
+
+    def publish(self, name: str, data: bytes, mtime: float | None = None) -> str:
+        """Write ``data`` to the document root (atomically) and return its URL."""
+        path = self.root / name
+        tmp = path.with_name(f".{name}.tmp")
+        tmp.write_bytes(data)
+        if mtime is not None:
+            os.utime(tmp, (mtime, mtime))
+        os.replace(tmp, path)
+        return f"{self.base_url}/{name}"
+
+
+@pytest.fixture
+def nginx(tmp_path: Path) -> Iterator[Nginx]:
+    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+        if os.environ.get("BGDL_REQUIRE_NGINX"):
+            pytest.fail("nginx is required (BGDL_REQUIRE_NGINX is set) but not installed")
+        pytest.skip("nginx is not installed (apt-get install nginx-light); .ci/run installs it")
+    server = Nginx(tmp_path / "nginx")
+    server.start()
+    yield server
+    server.stop()
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bgdl_nb.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)

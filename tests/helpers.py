@@ -1,0 +1,81 @@
+"""Small helpers shared by tests."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from bgdl_nb import DownloadTask, Event, SessionDelegate
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """Wait for ``condition`` with a bounded number of short waits on an Event."""
+    pause = threading.Event()
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        pause.wait(0.01)
+
+
+def wait_for_bytes(task: DownloadTask, at_least: int, timeout: float = 30.0) -> None:
+    wait_until(lambda: task.count_of_bytes_received >= at_least or task.done(), timeout,
+               f"task {task.task_identifier} to receive {at_least} bytes")
+
+
+class Recorder(SessionDelegate):
+    """Records every callback, and whether two ever overlapped."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.events: list[Event] = []
+        self.active = 0
+        self.overlapped = False
+        self.threads: set[str] = set()
+        self.finished_events = threading.Event()
+        self._lock = threading.Lock()
+
+    def _enter(self, *call: object) -> None:
+        with self._lock:
+            self.active += 1
+            self.overlapped |= self.active > 1
+            self.calls.append(call)
+            self.threads.add(threading.current_thread().name)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+    def did_write_data(self, session, task, bytes_written, total_bytes_written, expected):
+        self._enter("write", task.task_identifier, bytes_written, total_bytes_written, expected)
+        self._leave()
+
+    def did_resume_at_offset(self, session, task, offset, expected):
+        self._enter("resume", task.task_identifier, offset, expected)
+        self._leave()
+
+    def did_finish_downloading_to(self, session, task, location):
+        self._enter("finish", task.task_identifier, Path(location), Path(location).exists())
+        self._leave()
+
+    def did_complete_with_error(self, session, task, error):
+        self._enter("complete", task.task_identifier, error)
+        self._leave()
+
+    def did_finish_events_for_background_session(self, session):
+        self._enter("finished_events")
+        self._leave()
+        self.finished_events.set()
+
+    def did_receive_event(self, session, event):
+        self.events.append(event)
+
+    def names(self, tid: int | None = None) -> list[str]:
+        return [c[0] for c in self.calls if tid is None or (len(c) > 1 and c[1] == tid)]

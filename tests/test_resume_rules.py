@@ -1,0 +1,142 @@
+"""The sans-IO resume rules and the resume-data codec."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bgdl_nb import InvalidResumeData
+from bgdl_nb._resume import (RESUME_DATA_VERSION, ResumeState, Validator, decide, decode_resume_data,
+                             encode_resume_data, load_key, resume_headers, validator_from_headers)
+
+DATE = "Sat, 21 Nov 2026 12:00:00 GMT"
+ETAG = '"abc"'
+
+
+def test_strong_etag_is_the_validator() -> None:
+    assert validator_from_headers({"ETag": ETAG, "Last-Modified": DATE}) == Validator("etag", ETAG)
+
+
+def test_weak_etag_never_validates_a_range() -> None:
+    assert validator_from_headers({"ETag": 'W/"abc"'}) is None
+
+
+def test_last_modified_counts_only_when_a_second_older_than_date() -> None:
+    old = "Sat, 21 Nov 2026 11:00:00 GMT"
+    assert validator_from_headers({"Last-Modified": old, "Date": DATE}) == Validator("last-modified", old)
+    assert validator_from_headers({"Last-Modified": DATE, "Date": DATE}) is None
+    assert validator_from_headers({"Last-Modified": old}) is None  # no Date: cannot tell
+
+
+def test_resume_headers() -> None:
+    assert resume_headers(0, Validator("etag", ETAG)) == {}
+    assert resume_headers(10, None) == {}
+    assert resume_headers(10, Validator("etag", ETAG)) == {"Range": "bytes=10-", "If-Range": ETAG}
+
+
+def _d(status: int, headers: dict[str, str], offset: int = 100, total: int | None = 1000):
+    return decide(status, headers, offset=offset, validator=Validator("etag", ETAG), known_total=total)
+
+
+def test_matching_206_appends() -> None:
+    d = _d(206, {"Content-Range": "bytes 100-999/1000", "ETag": ETAG})
+    assert (d.action, d.offset, d.total) == ("append", 100, 1000)
+
+
+@pytest.mark.parametrize("headers, why", [
+    ({"Content-Range": "bytes 0-999/1000"}, "not 100"),
+    ({"Content-Range": "bytes 100-499/1000"}, "does not run to the end"),
+    ({"Content-Range": "bytes 100-1999/2000"}, "length changed"),
+    ({"Content-Range": "bytes 100-999/1000", "ETag": '"other"'}, "validator changed"),
+    ({}, "without a usable Content-Range"),
+])
+def test_mismatched_206_restarts_without_using_the_body(headers: dict[str, str], why: str) -> None:
+    d = _d(206, headers)
+    assert d.action == "restart" and not d.use_body and why in d.reason
+
+
+def test_200_to_a_range_request_restarts_with_that_body() -> None:
+    d = _d(200, {"ETag": '"new"', "Content-Length": "1000"})
+    assert d.action == "restart" and d.use_body and "changed" in d.reason
+    d = _d(200, {"ETag": ETAG})
+    assert d.action == "restart" and "ignored the range" in d.reason
+
+
+def test_416_on_a_complete_file_completes() -> None:
+    assert _d(416, {"Content-Range": "bytes */100"}, total=100).action == "complete"
+    assert _d(416, {"Content-Range": "bytes */100"}, total=None).action == "complete"
+    assert _d(416, {"Content-Range": "bytes */5000"}).action == "restart"
+
+
+def test_error_statuses_are_statuses() -> None:
+    assert _d(404, {}).action == "status"
+    assert decide(503, {}, offset=0, validator=None, known_total=None).action == "status"
+
+
+# resume data -------------------------------------------------------------------------------
+
+STATE = ResumeState(url="http://127.0.0.1:1/f", headers={}, partial_path="/tmp/p", offset=10, total=20,
+                    validator=Validator("etag", ETAG), destination=None)
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> bytes:
+    return load_key(tmp_path)
+
+
+def test_round_trip(key: bytes) -> None:
+    assert decode_resume_data(encode_resume_data(STATE, key), key) == STATE
+
+
+def test_key_is_private_and_stable(tmp_path: Path) -> None:
+    first = load_key(tmp_path)
+    assert load_key(tmp_path) == first
+    assert (tmp_path / "resume-data.key").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("mangle, message", [
+    (lambda b: b"", "empty"),
+    (lambda b: b[:20], "not bgdl_nb resume data"),
+    (lambda b: b[:-1], "truncated, altered"),
+    (lambda b: b.replace(b"127.0.0.1:1", b"127.0.0.1:2"), "truncated, altered"),
+    (lambda b: b[:6] + bytes([RESUME_DATA_VERSION + 1]) + b[7:], "newer than this bgdl_nb"),
+    (lambda b: "text", "must be bytes"),
+])
+def test_bad_resume_data_is_refused(key: bytes, mangle, message: str) -> None:
+    with pytest.raises(InvalidResumeData, match=message):
+        decode_resume_data(mangle(encode_resume_data(STATE, key)), key)
+
+
+def test_data_from_another_key_is_refused(key: bytes, tmp_path: Path) -> None:
+    other = load_key(tmp_path / "other")
+    with pytest.raises(InvalidResumeData):
+        decode_resume_data(encode_resume_data(STATE, other), key)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_random_bytes_never_decode(data: bytes) -> None:
+    key = b"k" * 32
+    with pytest.raises(InvalidResumeData):
+        decode_resume_data(data, key)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=7, max_value=300), st.integers(min_value=1, max_value=255))
+def test_any_flipped_byte_is_detected(position: int, flip: int) -> None:
+    key = b"k" * 32
+    blob = bytearray(encode_resume_data(STATE, key))
+    position = position % len(blob)
+    blob[position] ^= flip
+    with pytest.raises(InvalidResumeData):
+        decode_resume_data(bytes(blob), key)
+
+
+def test_payload_is_json_bound_to_the_url(key: bytes) -> None:
+    blob = encode_resume_data(STATE, key)
+    payload = json.loads(blob[7:-32])
+    assert payload["url"] == STATE.url and payload["v"] == RESUME_DATA_VERSION
