@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["Session", "check_destination"]
 
 _registry: dict[tuple[str, str], "_Attachment"] = {}
-_registry_lock = threading.Lock()
+_live: set["_Attachment"] = set()  # every open engine, closed at interpreter exit
+_registry_lock = threading.RLock()
 
 
 class _Attachment:
@@ -47,11 +48,15 @@ class _Attachment:
         self.lock = lock
         self.thread = thread
         self.closed = False
+        with _registry_lock:
+            _live.add(self)
 
     def close(self, mode: str) -> None:
         if self.closed:
             return
         self.closed = True
+        with _registry_lock:
+            _live.discard(self)
         try:
             self.thread.run(self.engine.close(mode))
         finally:
@@ -324,7 +329,7 @@ async def _call(fn: Callable[..., Any], *args: Any) -> Any:
 def _detach_all() -> None:
     """At interpreter exit, journal the last offsets and release the locks."""
     with _registry_lock:
-        attachments = list(_registry.values())
+        attachments = list(_live)
         _registry.clear()
     for attachment in attachments:
         try:

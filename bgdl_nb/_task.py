@@ -18,7 +18,9 @@ import concurrent.futures
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generator
+from typing import TYPE_CHECKING, Any, Generator, Mapping
+
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._exceptions import BgdlError, HTTPStatusError
 
@@ -49,11 +51,14 @@ class Request:
 
 @dataclass(frozen=True)
 class Response:
-    """The status and headers of the last response, and the URL that gave it."""
+    """The status and headers of the last response, and the URL that gave it.
+
+    ``headers`` is case-insensitive (``response.headers["etag"]`` works).
+    """
 
     url: str
     status: int
-    headers: dict[str, str]
+    headers: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,8 @@ class DownloadTask:
         rec = self._record
         if rec.status is None:
             return None
-        return Response(rec.current_url or rec.url, rec.status, dict(rec.response_headers or {}))
+        headers = CIMultiDictProxy(CIMultiDict(rec.response_headers or {}))
+        return Response(rec.current_url or rec.url, rec.status, headers)
 
     @property
     def error(self) -> BgdlError | None:

@@ -1,0 +1,103 @@
+"""Bad input fails with our own error, says what to do, and leaves no trace."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import bgdl_nb as bg
+from bgdl_nb._resume import ResumeState, encode_resume_data
+
+
+@pytest.fixture
+def session(state_dir):
+    s = bg.Session(bg.Configuration.background("bad"))
+    yield s
+    s.close()
+
+
+def _journal_is_empty(session: bg.Session) -> bool:
+    return session.all_tasks() == [] and [e.event for e in session.event_log()] == []
+
+
+@pytest.mark.parametrize("url, message", [
+    ("ftp://example.org/file", "only http:// and https://"),
+    ("file:///etc/passwd", "only http:// and https://"),
+    ("example.org/file", "only http:// and https://"),
+    ("http:///nohost", "no host"),
+    ("http://host:99999/x", "malformed"),
+    ("http://host/a b", "whitespace"),
+    (42, "must be a string"),
+])
+def test_unsupported_urls(session, tmp_path, url, message):
+    with pytest.raises(bg.UnsupportedURL, match=message) as info:
+        session.download_task(url, tmp_path / "x")
+    assert isinstance(info.value, ValueError)  # also a ValueError, as Python users expect
+    assert _journal_is_empty(session)
+
+
+def test_destination_that_is_a_directory(session, tmp_path):
+    with pytest.raises(bg.InvalidDestination, match="is a directory"):
+        session.download_task("http://127.0.0.1:9/x", tmp_path)
+    assert _journal_is_empty(session)
+
+
+def test_destination_under_a_file(session, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(bg.InvalidDestination, match="not a directory"):
+        session.download_task("http://127.0.0.1:9/x", tmp_path / "file" / "x")
+    assert _journal_is_empty(session)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_destination_not_writable(session, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(bg.InvalidDestination, match="not writable"):
+        session.download_task("http://127.0.0.1:9/x", locked / "x")
+
+
+def test_existing_destination_is_never_touched(session, tmp_path):
+    dest = tmp_path / "precious"
+    dest.write_bytes(b"keep me")
+    with pytest.raises(bg.InvalidDestination, match="already exists"):
+        session.download_task("http://127.0.0.1:9/x", dest)
+    assert dest.read_bytes() == b"keep me" and _journal_is_empty(session)
+
+
+@pytest.mark.parametrize("data", [b"", b"random bytes that are not resume data", "text", None])
+def test_malformed_resume_data(session, data):
+    with pytest.raises(bg.InvalidResumeData, match="download_task"):
+        session.download_task_with_resume_data(data)
+    assert _journal_is_empty(session)
+
+
+def test_resume_data_signed_by_another_user_is_refused(session, tmp_path):
+    state = ResumeState("http://127.0.0.1:9/x", {}, "/etc/passwd", 0, 10, None)
+    forged = encode_resume_data(state, b"x" * 32)
+    with pytest.raises(bg.InvalidResumeData, match="altered"):
+        session.download_task_with_resume_data(forged)
+    assert _journal_is_empty(session)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("max_concurrent_tasks", 0), ("timeout_interval_for_request", 0), ("max_retries", -1),
+])
+def test_bad_configuration(field, value):
+    with pytest.raises(bg.InvalidConfiguration, match=field):
+        bg.Configuration.default(**{field: value})
+
+
+@pytest.mark.parametrize("identifier", ["", "../escape", "a/b", "x" * 200, ".hidden"])
+def test_bad_identifier(identifier):
+    with pytest.raises(bg.InvalidConfiguration, match="identifier"):
+        bg.Configuration.background(identifier)
+
+
+def test_bad_task_options(session, tmp_path):
+    with pytest.raises(bg.InvalidInput, match="priority"):
+        session.download_task("http://127.0.0.1:9/x", tmp_path / "x", priority=2)
+    with pytest.raises(bg.InvalidInput, match="sha256"):
+        session.download_task("http://127.0.0.1:9/x", tmp_path / "x", sha256="abc")
+    assert _journal_is_empty(session)

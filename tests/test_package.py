@@ -1,0 +1,44 @@
+"""Packaging conventions: public names, typing marker, lazy optional layers, picklable errors."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import bgdl_nb as bg
+
+
+def test_all_is_sorted_and_complete():
+    assert bg.__all__ == sorted(bg.__all__)
+    assert all(hasattr(bg, name) for name in bg.__all__)
+
+
+def test_py_typed_is_shipped():
+    assert (Path(bg.__file__).parent / "py.typed").exists()
+
+
+def test_import_loads_no_optional_layer():
+    code = "import sys, bgdl_nb; print(sorted(m for m in ('pandas', 'ipywidgets', 'matplotlib') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_errors_pickle_with_their_context():
+    error = bg.ChecksumMismatch("bad", expected="a", actual="b", url="http://h/x", task_identifier=3,
+                                resume_data=b"rd")
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is bg.ChecksumMismatch
+    assert (copy.expected, copy.actual, copy.url, copy.task_identifier, copy.resume_data) == ("a", "b", "http://h/x",
+                                                                                              3, b"rd")
+    fetch_error = pickle.loads(pickle.dumps(bg.FetchError("f", errors={"u": error})))
+    assert fetch_error.errors["u"].expected == "a"
+
+
+def test_error_tree():
+    for cls in (bg.UnsupportedURL, bg.InvalidDestination, bg.InvalidResumeData, bg.InvalidConfiguration):
+        assert issubclass(cls, bg.InvalidInput) and issubclass(cls, ValueError)
+    for cls in (bg.NetworkError, bg.TransferTimeout, bg.Cancelled, bg.DiskFull, bg.ChecksumMismatch):
+        assert issubclass(cls, bg.TransferError)
+    assert issubclass(bg.SessionBusy, bg.SessionError) and issubclass(bg.BgdlError, Exception)
