@@ -96,6 +96,7 @@ http {{
         root {self.root};
         location /limited/ {{ alias {self.root}/; limit_rate 4m; }}
         location /noranges/ {{ alias {self.root}/; max_ranges 0; }}
+        location /slow-noranges/ {{ alias {self.root}/; max_ranges 0; limit_rate 4m; }}
         {self.extra}
     }}
 }}
