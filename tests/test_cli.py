@@ -1,0 +1,47 @@
+"""The bgdl command line."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from conftest import run_cli
+
+
+def test_fetch_list_events(origin, tmp_path):
+    url = origin.url("c.bin", 100_000)
+    done = run_cli("fetch", url, "-o", str(tmp_path), "--id", "cli")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path / "c.bin")
+    listing = run_cli("list", "--id", "cli")
+    assert listing.returncode == 0 and "completed" in listing.stdout and url in listing.stdout
+    events = run_cli("events", "--id", "cli")
+    assert "finished" in events.stdout and "HTTP 200" in events.stdout
+    rows = list(csv.DictReader(io.StringIO(run_cli("events", "--id", "cli", "--csv").stdout)))
+    assert [r["event"] for r in rows][:2] == ["created", "resumed"]
+    assert rows[-1]["event"] == "completed" and rows[-1]["total_bytes_written"] == "100000"
+
+
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path):
+    bad = run_cli("fetch", "ftp://example.org/x", "-o", str(tmp_path))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "only http:// and https://" in bad.stderr
+    unknown = run_cli("list", "--id", "nope")
+    assert unknown.returncode == 2 and "no background session 'nope'" in unknown.stderr
+    none = run_cli("fetch", "-o", str(tmp_path))
+    assert none.returncode == 2 and "no URLs" in none.stderr
+
+
+def test_failed_download_exits_1(origin, tmp_path):
+    result = run_cli("fetch", f"{origin.base_url}/nothing/here", "-o", str(tmp_path), "--id", "f")
+    assert result.returncode == 1 and "HTTP 404" in result.stderr
+
+
+def test_pause_resume_cancel_on_an_idle_session(origin, tmp_path):
+    import bgdl_nb as bg
+    s = bg.Session(bg.Configuration.background("ctl"))
+    t = s.download_task(origin.url("p", 1000), tmp_path / "p")
+    s.close()
+    assert "resume: 1 task" in run_cli("resume", "--id", "ctl").stdout
+    assert "cancel: 1 task" in run_cli("cancel", "--id", "ctl").stdout
+    assert "completed" in run_cli("list", "--id", "ctl").stdout
+    del t

@@ -1,0 +1,84 @@
+"""A real Jupyter kernel starts a download, is restarted midway, and the new kernel
+reattaches by identifier and completes it from the partial bytes."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+import pytest
+
+import bgdl_nb as bg
+from bgdl_nb._engine import CHECKPOINT_BYTES
+from bgdl_nb._journal import read_journal
+
+from helpers import sha256_of, wait_until
+
+jupyter_client = pytest.importorskip("jupyter_client")
+pytestmark = pytest.mark.kernel
+
+MB = 1024 * 1024
+
+
+def _run(kc, code: str, timeout: float = 60) -> str:
+    out: list[str] = []
+
+    def hook(msg):
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            out.append("\n".join(msg["content"]["traceback"]))
+
+    reply = kc.execute_interactive(textwrap.dedent(code), timeout=timeout, output_hook=hook)
+    assert reply["content"]["status"] == "ok", "".join(out)
+    return "".join(out)
+
+
+def test_kernel_restart_midway_then_reattach(origin, tmp_path, state_dir):
+    from jupyter_client.manager import KernelManager
+
+    size = 16 * MB
+    url = origin.url("kernel.bin", size, rate=4 * MB)
+    dest = tmp_path / "kernel.bin"
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env={**os.environ, "BGDL_STATE_DIR": str(state_dir)})
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        _run(kc, f"""
+            import bgdl_nb as bg
+            session = bg.Session(bg.Configuration.background("kernel-demo"))
+            task = session.download_task({url!r}, {str(dest)!r}).resume()
+            print(task.task_identifier)
+        """)
+        journal = bg.Configuration.background("kernel-demo").journal_path()
+
+        def journaled() -> int:
+            try:
+                tasks, _ = read_journal(journal, "kernel-demo")
+            except Exception:
+                return 0
+            return tasks[0].offset if tasks else 0
+
+        wait_until(lambda: journaled() >= 4 * MB, timeout=60, what="4 MiB journaled in the first kernel")
+        km.restart_kernel(now=True)  # kills the kernel process mid-download
+        kc.wait_for_ready(timeout=60)
+        before = journaled()
+        assert before < size
+        out = _run(kc, """
+            import bgdl_nb as bg
+            session = bg.Session(bg.Configuration.background("kernel-demo"))
+            [task] = session.all_tasks()
+            print(task.state.value, task.count_of_bytes_received)
+            print(task.wait(120))
+            print([e.event for e in session.event_log()].count("reattached"))
+        """, timeout=150)
+        state, received, path, reattached = out.split()[:4]
+        assert state == "running" and int(received) >= before
+        assert path == str(dest) and reattached == "1"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert sha256_of(dest) == origin.sha256("kernel.bin", size)
+    assert origin.bytes_sent("kernel.bin") <= size + CHECKPOINT_BYTES + 512 * 1024
