@@ -13,7 +13,7 @@ from typing import Any, Iterator, Protocol, Sequence
 
 from ._task import DownloadTask
 
-__all__ = ["progress_display", "in_notebook"]
+__all__ = ["in_notebook", "progress_display", "watch"]
 
 
 class Display(Protocol):
@@ -94,4 +94,18 @@ def progress_display(tasks: Sequence[DownloadTask], *, enabled: bool = True) -> 
         try:
             yield display
         finally:
+            display.refresh()
+
+
+def watch(tasks: Sequence[DownloadTask], timeout: float | None = None) -> None:
+    """Show progress of ``tasks`` until they all complete (or ``timeout`` seconds pass)."""
+    import concurrent.futures
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending = {t._done for t in tasks}
+    with progress_display(list(tasks)) as display:
+        while pending and (deadline is None or time.monotonic() < deadline):
+            _, pending = concurrent.futures.wait(pending, timeout=0.25,
+                                                 return_when=concurrent.futures.FIRST_COMPLETED)
             display.refresh()

@@ -268,6 +268,43 @@ class Session:
         from .notebook.frame import events_frame
         return events_frame(self.event_log())
 
+    def events_since(self, since: int | _dt.datetime = 0) -> pandas.DataFrame:
+        """Only the rows after event ``seq`` ``since`` (an int) or after a time (a datetime):
+        for incremental reads in a loop or a dashboard."""
+        from .notebook.frame import events_frame
+        if isinstance(since, _dt.datetime):
+            stamp = _timestamp(since) or 0.0
+            return events_frame(e for e in self.event_log() if e.time > stamp)
+        return events_frame(self.event_log(since))
+
+    # display -----------------------------------------------------------------------------
+
+    def show(self, **options: Any) -> Any:
+        """Show progress of every task: a live widget panel in a notebook (returned, and
+        updated until the session closes), terminal bars elsewhere (until the tasks end)."""
+        from ._progress import in_notebook, watch
+        if in_notebook():
+            from .notebook.widgets import SessionPanel
+            panel = SessionPanel(self, **options)
+            panel.display()
+            return panel
+        watch(self.all_tasks())
+        return None
+
+    def _ipython_display_(self) -> None:
+        self.show()
+
+    def plot_throughput(self, *, ax: Any = None, **options: Any) -> Any:
+        """MB/s over time per session and task; see :func:`bgdl_nb.notebook.plots.plot_throughput`."""
+        from .notebook.plots import plot_throughput
+        return plot_throughput(self.events, ax=ax, **options)
+
+    def plot_scheduler_delay(self, *, ax: Any = None, **options: Any) -> Any:
+        """Time from resume() to first byte by reason, and a waiting/transferring timeline;
+        see :func:`bgdl_nb.notebook.plots.plot_scheduler_delay`."""
+        from .notebook.plots import plot_scheduler_delay
+        return plot_scheduler_delay(self.events, ax=ax, **options)
+
     def add_listener(self, listener: Callable[[Event], None]) -> None:
         """Call ``listener(event)`` for every new event, on the engine thread (keep it quick)."""
         self._engine.listeners.append(listener)

@@ -1,0 +1,230 @@
+"""Plots of the event log (matplotlib; headless-safe, every function takes ``ax=``).
+
+Throughput is rebuilt from the coalesced progress rows: each task's received bytes form
+a cumulative curve anchored at every ``response`` row (so bytes are never spread over a
+time when nothing was transferring, such as a dead kernel), and the curve is sampled at
+evenly spaced bin edges. The bin width is picked from a list of round durations so a
+10-second download and a 10-hour one both get about 40–150 bins.
+
+Scheduler delay is the time from ``resume()`` to the first response, split by why the
+task was not transferring: waiting for a slot, its earliest begin date, discretionary
+conditions, retry backoff, the launch rate limiter, or connecting.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import require
+
+if TYPE_CHECKING:
+    import pandas
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["delay_segments", "plot_scheduler_delay", "plot_throughput", "throughput_frame"]
+
+_NICE_STEPS = (0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600)
+_REASONS = ("slot", "earliest begin date", "discretionary", "retry backoff", "launch rate limit",
+            "insufficient disk", "other wait", "connecting")
+_COLORS = {"slot": "#9ecae1", "earliest begin date": "#fdae6b", "discretionary": "#c7e9c0",
+           "retry backoff": "#fc9272", "launch rate limit": "#bcbddc", "insufficient disk": "#e7969c",
+           "other wait": "#d9d9d9", "connecting": "#6baed6", "transferring": "#31a354"}
+
+
+def _bin_width(span: float) -> float:
+    for step in _NICE_STEPS:
+        if span / step <= 150:
+            return float(step)
+    return float(_NICE_STEPS[-1])
+
+
+def throughput_frame(events: pandas.DataFrame, bin_seconds: float | None = None) -> pandas.DataFrame:
+    """MB/s per time bin (rows) and task (columns), plus a ``total`` column."""
+    require("pandas")
+    import numpy as np
+    import pandas as pd
+
+    rows = events[events["event"].isin(["response", "progress"]) & events["task_identifier"].notna()]
+    if rows.empty:
+        return pd.DataFrame({"total": pd.Series(dtype="float64")})
+    t0 = rows["time"].min()
+    seconds = (rows["time"] - t0).dt.total_seconds().to_numpy()
+    span = max(float(seconds.max()), 1e-3)
+    width = bin_seconds or _bin_width(span)
+    edges = np.arange(0.0, span + width, width)
+    columns: dict[Any, Any] = {}
+    for tid, group in rows.assign(_s=seconds).groupby("task_identifier", sort=True):
+        written = group["bytes_written"].fillna(0).astype("float64").to_numpy()
+        times = group["_s"].to_numpy()
+        # Response rows carry no bytes, so the curve is flat up to each of them: bytes
+        # accrue only after a transfer (re)started, never across a dead kernel's gap.
+        cumulative = np.cumsum(written)
+        sampled = np.interp(edges, times, cumulative, left=0.0, right=cumulative[-1])
+        columns[int(tid)] = np.diff(sampled) / width / 1e6
+    index = pd.to_datetime(t0) + pd.to_timedelta(edges[:-1], unit="s")
+    frame = pd.DataFrame(columns, index=index)
+    frame["total"] = frame.sum(axis=1)
+    frame.index.name = "time"
+    return frame
+
+
+def _markers(ax: Axes, events: pandas.DataFrame) -> None:
+    styles = {"reattached": ("k", "--", "reattached (new kernel)"), "retry": ("#d62728", ":", "retry"),
+              "suspended": ("#ff7f0e", ":", "suspended")}
+    for kind, (color, line, label) in styles.items():
+        times = events.loc[events["event"] == kind, "time"]
+        for i, t in enumerate(times):
+            ax.axvline(t, color=color, linestyle=line, linewidth=1, alpha=0.8, label=label if i == 0 else None)
+
+
+def plot_throughput(events: pandas.DataFrame, *, ax: Axes | None = None, per_task: bool | None = None,
+                    bin_seconds: float | None = None) -> Axes:
+    """Plot MB/s over time for the session and (up to 10 tasks) per task.
+
+    Kernel reattaches, retries and suspends are marked with vertical lines. Returns the Axes.
+    """
+    require("matplotlib")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    frame = throughput_frame(events, bin_seconds)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 3.6), layout="constrained")
+    if frame.empty:
+        ax.text(0.5, 0.5, "no bytes transferred yet", ha="center", va="center", transform=ax.transAxes)
+        return ax
+    tasks = [c for c in frame.columns if c != "total"]
+    if per_task is None:
+        per_task = 1 < len(tasks) <= 10
+    ax.plot(frame.index, frame["total"], color="0.3", linewidth=3, alpha=0.5, label="session",
+            drawstyle="steps-post", zorder=1)
+    if per_task:
+        for tid in tasks:
+            ax.plot(frame.index, frame[tid], linewidth=1.2, label=f"task {tid}", drawstyle="steps-post", zorder=2)
+    _markers(ax, events)
+    width = (frame.index[1] - frame.index[0]).total_seconds() if len(frame.index) > 1 else 0
+    ax.set_ylabel("throughput (MB/s)")
+    ax.set_xlabel(f"time (UTC), {width:g} s bins" if width else "time (UTC)")
+    ax.set_ylim(bottom=0)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
+    ax.set_title("download throughput")
+    ax.legend(loc="upper left", fontsize="small", ncols=2)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def _reason_of(detail: str | None) -> str:
+    text = (detail or "").lower()
+    for key, reason in (("slot", "slot"), ("earliest", "earliest begin date"), ("discretionary", "discretionary"),
+                        ("retry", "retry backoff"), ("launch", "launch rate limit"), ("disk", "insufficient disk")):
+        if key in text:
+            return reason
+    return "other wait"
+
+
+def delay_segments(events: pandas.DataFrame) -> pandas.DataFrame:
+    """Per task, the spans of its life: waiting (by reason), connecting and transferring.
+
+    Columns: task_identifier, start, end, kind; and ``first_byte`` marks the spans that
+    count toward the scheduler delay (from a resume to the first response after it).
+    """
+    require("pandas")
+    import pandas as pd
+
+    spans: list[dict[str, Any]] = []
+    ordered = events[events["task_identifier"].notna()].sort_values("seq")
+    for tid, group in ordered.groupby("task_identifier", sort=True):
+        current: str | None = None
+        since = None
+        before_first_byte = False
+        for row in group.itertuples(index=False):
+            kind = row.event
+            new: str | None = current
+            if kind == "resumed":
+                new, before_first_byte = "slot", True
+            elif kind == "waiting":
+                new = _reason_of(row.detail)
+            elif kind == "retry":
+                new = "retry backoff"
+            elif kind == "started":
+                new = "connecting"
+            elif kind == "response":
+                ok = row.status is not None and not pd.isna(row.status) and int(row.status) in (200, 206)
+                new = "transferring" if ok else current  # a 503 is not a first byte
+            elif kind in ("resumed_at_offset", "progress"):
+                new = "transferring"
+            elif kind in ("suspended", "canceled", "completed", "failed", "finished"):
+                new = None
+            elif kind == "reattached":
+                continue
+            if new != current:
+                if current is not None and since is not None:
+                    spans.append({"task_identifier": int(tid), "start": since, "end": row.time, "kind": current,
+                                  "first_byte": before_first_byte and current != "transferring"})
+                if new == "transferring":
+                    before_first_byte = False
+                current, since = new, row.time
+        if current is not None and since is not None:
+            end = group["time"].max()
+            if end > since:
+                spans.append({"task_identifier": int(tid), "start": since, "end": end, "kind": current,
+                              "first_byte": before_first_byte and current != "transferring"})
+    frame = pd.DataFrame(spans, columns=["task_identifier", "start", "end", "kind", "first_byte"])
+    frame["seconds"] = (frame["end"] - frame["start"]).dt.total_seconds() if len(frame) else []
+    return frame
+
+
+def plot_scheduler_delay(events: pandas.DataFrame, *, ax: Axes | tuple[Axes, Axes] | None = None,
+                         max_tasks: int = 40) -> Figure | Axes:
+    """Left: each task's time from resume() to first byte, stacked by reason. Right: a
+    timeline of waiting vs transferring. Give ``ax=(left, right)`` to draw into your own
+    axes, or one Axes for the stacked bars only. Returns the Figure it made, else ``ax``.
+    """
+    require("matplotlib")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    segments = delay_segments(events)
+    made = None
+    if ax is None:
+        made, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained",
+                                           gridspec_kw={"width_ratios": [1, 1.6]})
+    elif isinstance(ax, tuple):
+        left, right = ax
+    else:
+        left, right = ax, None
+    tasks = sorted(segments["task_identifier"].unique())[:max_tasks] if len(segments) else []
+    delays = segments[segments["first_byte"]].groupby(["task_identifier", "kind"])["seconds"].sum()
+    bottom = {t: 0.0 for t in tasks}
+    for reason in _REASONS:
+        values = [float(delays.get((t, reason), 0.0)) for t in tasks]
+        if any(values):
+            left.barh([str(t) for t in tasks], values, left=[bottom[t] for t in tasks], color=_COLORS[reason],
+                      label=reason)
+            for t, v in zip(tasks, values):
+                bottom[t] += v
+    left.set_xlabel("seconds from resume() to first byte")
+    left.set_ylabel("task")
+    left.set_title("scheduler delay by reason")
+    left.invert_yaxis()
+    if tasks:
+        left.legend(fontsize="small")
+    else:
+        left.text(0.5, 0.5, "no task has been resumed", ha="center", va="center", transform=left.transAxes)
+    if right is not None:
+        for i, t in enumerate(tasks):
+            for span in segments[segments["task_identifier"] == t].itertuples(index=False):
+                right.barh(i, span.end - span.start, left=span.start, color=_COLORS.get(span.kind, "#999999"),
+                           height=0.7)
+        right.set_yticks(range(len(tasks)), [str(t) for t in tasks])
+        right.invert_yaxis()
+        right.set_title("timeline: waiting vs transferring")
+        right.set_xlabel("time (UTC)")
+        right.xaxis_date()
+        right.xaxis.set_major_formatter(mdates.ConciseDateFormatter(right.xaxis.get_major_locator()))
+        handles = [plt.Rectangle((0, 0), 1, 1, color=_COLORS[k]) for k in ("transferring", "connecting", "slot",
+                                                                            "retry backoff")]
+        right.legend(handles, ["transferring", "connecting", "waiting for slot", "retry backoff"],
+                     fontsize="small", loc="lower right")
+    return made if made is not None else ax  # type: ignore[return-value]
