@@ -17,11 +17,11 @@ __all__ = ["in_notebook", "progress_display", "watch"]
 
 
 class Display(Protocol):
-    def refresh(self) -> None: ...
+    def refresh(self, force: bool = False) -> None: ...
 
 
 class _Null:
-    def refresh(self) -> None:
+    def refresh(self, force: bool = False) -> None:
         pass
 
 
@@ -54,7 +54,7 @@ class _Rich:
                                          completed=task.count_of_bytes_received, state="")
             self.rows.append((task, row))
 
-    def refresh(self) -> None:
+    def refresh(self, force: bool = False) -> None:
         for task, row in self.rows:
             state = task.waiting_reason or task.state.value
             if task.done():
@@ -84,7 +84,7 @@ def progress_display(tasks: Sequence[DownloadTask], *, enabled: bool = True) -> 
         try:
             yield panel
         finally:
-            panel.refresh()
+            panel.refresh(force=True)
         return
     if not sys.stderr.isatty():
         yield _Null()

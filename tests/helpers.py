@@ -79,3 +79,18 @@ class Recorder(SessionDelegate):
 
     def names(self, tid: int | None = None) -> list[str]:
         return [c[0] for c in self.calls if tid is None or (len(c) > 1 and c[1] == tid)]
+
+
+def run_in_kernel(kc, code: str, timeout: float = 120) -> str:
+    """Execute ``code`` in a jupyter_client kernel client; return its text output or fail."""
+    out: list[str] = []
+
+    def hook(msg):
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            out.append("\n".join(msg["content"]["traceback"]))
+
+    reply = kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+    assert reply["content"]["status"] == "ok", "".join(out)
+    return "".join(out)

@@ -12,7 +12,7 @@ import bgdl_nb as bg
 from bgdl_nb._engine import CHECKPOINT_BYTES
 from bgdl_nb._journal import read_journal
 
-from helpers import sha256_of, wait_until
+from helpers import run_in_kernel, sha256_of, wait_until
 
 jupyter_client = pytest.importorskip("jupyter_client")
 pytestmark = pytest.mark.kernel
@@ -21,17 +21,7 @@ MB = 1024 * 1024
 
 
 def _run(kc, code: str, timeout: float = 60) -> str:
-    out: list[str] = []
-
-    def hook(msg):
-        if msg["msg_type"] == "stream":
-            out.append(msg["content"]["text"])
-        elif msg["msg_type"] == "error":
-            out.append("\n".join(msg["content"]["traceback"]))
-
-    reply = kc.execute_interactive(textwrap.dedent(code), timeout=timeout, output_hook=hook)
-    assert reply["content"]["status"] == "ok", "".join(out)
-    return "".join(out)
+    return run_in_kernel(kc, textwrap.dedent(code), timeout)
 
 
 def test_kernel_restart_midway_then_reattach(origin, tmp_path, state_dir):

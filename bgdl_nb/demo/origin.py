@@ -46,7 +46,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from multidict import MultiMapping
 
-__all__ = ["Origin", "RequestRecord", "content", "resource_sha256"]
+__all__ = ["Origin", "RequestRecord", "content", "resource_sha256", "resource_url"]
 
 BLOCK = 64 * 1024
 _HEADER = struct.Struct(">8sQQ")  # magic, version, block index
@@ -88,6 +88,12 @@ def resource_sha256(name: str, size: int, version: int = 0) -> str:
     return digest.hexdigest()
 
 
+def resource_url(base_url: str, name: str, size: int, **switches: object) -> str:
+    """The URL of resource ``name`` of ``size`` bytes on the origin at ``base_url``."""
+    query = urlencode({"size": size, **{k: v for k, v in switches.items() if v is not None}})
+    return f"{base_url}/files/{name}?{query}"
+
+
 @dataclass
 class RequestRecord:
     """One request the origin served."""
@@ -125,8 +131,7 @@ class Origin:
 
     def url(self, name: str, size: int, **switches: object) -> str:
         """The URL of resource ``name`` of ``size`` bytes with the given switches."""
-        query = urlencode({"size": size, **{k: v for k, v in switches.items() if v is not None}})
-        return f"{self.base_url}/files/{name}?{query}"
+        return resource_url(self.base_url, name, size, **switches)
 
     def redirect_url(self, to: str, status: int = 302) -> str:
         return f"{self.base_url}/redirect?{urlencode({'to': to, 'status': status})}"

@@ -1,0 +1,64 @@
+"""The demo origin in a process of its own, for notebooks that restart their kernel.
+
+An origin on a thread of the kernel dies with the kernel; :func:`start_origin_process`
+runs ``bgdl serve`` detached instead and writes its address to a small JSON file, so
+the next kernel finds it again with :meth:`RemoteOrigin.load`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .origin import resource_sha256, resource_url
+
+__all__ = ["RemoteOrigin", "start_origin_process"]
+
+
+@dataclass(frozen=True)
+class RemoteOrigin:
+    """A demo origin running in another process."""
+
+    base_url: str
+    pid: int
+
+    def url(self, name: str, size: int, **switches: object) -> str:
+        return resource_url(self.base_url, name, size, **switches)
+
+    def sha256(self, name: str, size: int, version: int = 0) -> str:
+        return resource_sha256(name, size, version)
+
+    @classmethod
+    def load(cls, info_file: str | os.PathLike[str]) -> RemoteOrigin:
+        data = json.loads(Path(info_file).read_text())
+        return cls(data["base_url"], int(data["pid"]))
+
+    def stop(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def start_origin_process(info_file: str | os.PathLike[str] = "demo-origin.json") -> RemoteOrigin:
+    """Start ``bgdl serve`` on a free loopback port, detached from this kernel."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bgdl_nb.cli", "serve", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
+        start_new_session=True,  # survives the kernel's restart
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # "demo origin serving on http://127.0.0.1:PORT ..."
+    proc.stdout.close()
+    base = next((word for word in line.split() if word.startswith("http://")), None)
+    if base is None:
+        proc.kill()
+        raise RuntimeError(f"bgdl serve did not start: {line!r}")
+    origin = RemoteOrigin(base, proc.pid)
+    Path(info_file).write_text(json.dumps({"base_url": base, "pid": proc.pid}))
+    return origin
