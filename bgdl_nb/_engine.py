@@ -111,6 +111,7 @@ class Engine:
         self.session: Session | None = None
         self.delegate: SessionDelegate | None = None
         self.tasks: dict[int, DownloadTask] = {}
+        self.active_destinations: dict[str, int] = {}  # destination -> unfinished task writing it
         self.listeners: list[Callable[[Event], None]] = []
         self._jobs: dict[int, asyncio.Task[None]] = {}
         self._ready: list[tuple[float, int, int]] = []     # (-priority, order, tid)
@@ -135,6 +136,8 @@ class Engine:
             self.tasks[record.task_identifier] = task
             if record.state == TaskState.COMPLETED.value:
                 task._settle()
+            elif record.destination:
+                self.active_destinations[record.destination] = record.task_identifier
         self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
         if not self.store.durable:
             return
@@ -167,6 +170,9 @@ class Engine:
         elif mode == "cancel":
             await asyncio.gather(*(self._finish_cancel(t, keep_partial=False) for t in list(self.tasks.values())
                                    if t.state != TaskState.COMPLETED))
+        if mode == "detach" and self.store.durable and any(
+                t.state == TaskState.RUNNING for t in self.tasks.values()):
+            self._emit(EventKind.DETACHED, detail="transfers pause until a session reattaches")
         self._closing = True
         if self._wakeup is not None:
             self._wakeup.cancel()
@@ -194,6 +200,8 @@ class Engine:
         self.store.put_task(record)
         task = DownloadTask(self.session, record)
         self.tasks[record.task_identifier] = task
+        if record.destination:
+            self.active_destinations[record.destination] = record.task_identifier
         self._emit(EventKind.CREATED, task, total_bytes_written=record.offset,
                    total_bytes_expected=record.total, detail=record.url)
         return task
@@ -559,6 +567,8 @@ class Engine:
     def _complete(self, task: DownloadTask, error: BgdlError | None) -> None:
         rec = task._record
         task.waiting_reason = None
+        if rec.destination and self.active_destinations.get(rec.destination) == rec.task_identifier:
+            del self.active_destinations[rec.destination]
         self._set(task, state=TaskState.COMPLETED.value, error=None if error is None else error.to_dict(),
                   finished_at=time.time())
         if error is None:

@@ -34,6 +34,7 @@ class EventKind(str, enum.Enum):
     FINISHED = "finished"          # did_finish_downloading_to: the file is complete
     COMPLETED = "completed"        # did_complete_with_error(error=None)
     FAILED = "failed"              # did_complete_with_error(error=...)
+    DETACHED = "detached"          # the process closed the session; its tasks wait for a reattach
     REATTACHED = "reattached"      # a process reattached to a journaled background session
     FINISHED_EVENTS = "finished_events"  # did_finish_events_for_background_session
 

@@ -213,10 +213,9 @@ class Session:
         dest = None if destination is None else check_destination(destination, overwrite=overwrite)
         engine = self._engine
         if dest is not None:
-            for task in list(engine.tasks.values()):
-                if task.destination == dest and task.state.value != "completed":
-                    raise InvalidDestination(f"task {task.task_identifier} already downloads to {dest}; "
-                                             "wait for it or cancel it first")
+            busy = engine.active_destinations.get(str(dest))
+            if busy is not None:
+                raise InvalidDestination(f"task {busy} already downloads to {dest}; wait for it or cancel it first")
             dest.parent.mkdir(parents=True, exist_ok=True)
         record = TaskRecord(
             0, req.url, headers=dict(req.headers), destination=None if dest is None else str(dest),

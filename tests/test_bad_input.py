@@ -101,3 +101,13 @@ def test_bad_task_options(session, tmp_path):
     with pytest.raises(bg.InvalidInput, match="sha256"):
         session.download_task("http://127.0.0.1:9/x", tmp_path / "x", sha256="abc")
     assert _journal_is_empty(session)
+
+
+def test_two_unfinished_tasks_never_share_a_destination(session, tmp_path):
+    first = session.download_task("http://127.0.0.1:9/x", tmp_path / "x")
+    with pytest.raises(bg.InvalidDestination, match=f"task {first.task_identifier} already downloads"):
+        session.download_task("http://127.0.0.1:9/y", tmp_path / "x")
+    first.cancel()
+    with pytest.raises(bg.Cancelled):
+        first.wait(10)
+    session.download_task("http://127.0.0.1:9/y", tmp_path / "x")  # free again once it completed

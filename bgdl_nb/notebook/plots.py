@@ -126,50 +126,58 @@ def _reason_of(detail: str | None) -> str:
 def delay_segments(events: pandas.DataFrame) -> pandas.DataFrame:
     """Per task, the spans of its life: waiting (by reason), connecting and transferring.
 
-    Columns: task_identifier, start, end, kind; and ``first_byte`` marks the spans that
-    count toward the scheduler delay (from a resume to the first response after it).
+    Columns: task_identifier, start, end, kind, seconds, and ``first_byte``, which marks
+    the spans that count toward the scheduler delay (from a resume to the first
+    successful response after it). A ``reattached`` row ends every open span at the last
+    sign of life before it, so a dead kernel's gap is never counted as transferring.
     """
     require("pandas")
     import pandas as pd
 
     spans: list[dict[str, Any]] = []
-    ordered = events[events["task_identifier"].notna()].sort_values("seq")
-    for tid, group in ordered.groupby("task_identifier", sort=True):
-        current: str | None = None
-        since = None
-        before_first_byte = False
-        for row in group.itertuples(index=False):
-            kind = row.event
-            new: str | None = current
-            if kind == "resumed":
-                new, before_first_byte = "slot", True
-            elif kind == "waiting":
-                new = _reason_of(row.detail)
-            elif kind == "retry":
-                new = "retry backoff"
-            elif kind == "started":
-                new = "connecting"
-            elif kind == "response":
-                ok = row.status is not None and not pd.isna(row.status) and int(row.status) in (200, 206)
-                new = "transferring" if ok else current  # a 503 is not a first byte
-            elif kind in ("resumed_at_offset", "progress"):
-                new = "transferring"
-            elif kind in ("suspended", "canceled", "completed", "failed", "finished"):
-                new = None
-            elif kind == "reattached":
-                continue
-            if new != current:
-                if current is not None and since is not None:
-                    spans.append({"task_identifier": int(tid), "start": since, "end": row.time, "kind": current,
-                                  "first_byte": before_first_byte and current != "transferring"})
-                if new == "transferring":
-                    before_first_byte = False
-                current, since = new, row.time
-        if current is not None and since is not None:
-            end = group["time"].max()
-            if end > since:
-                spans.append({"task_identifier": int(tid), "start": since, "end": end, "kind": current,
-                              "first_byte": before_first_byte and current != "transferring"})
+    current: dict[int, tuple[str, Any, bool]] = {}  # tid -> (kind, since, before first byte)
+    last_time = None
+
+    def close(tid: int, at: Any) -> None:
+        kind, since, first = current.pop(tid)
+        if at > since:
+            spans.append({"task_identifier": tid, "start": since, "end": at, "kind": kind,
+                          "first_byte": first and kind != "transferring"})
+
+    for row in events.sort_values("seq").itertuples(index=False):
+        kind = row.event
+        if pd.isna(row.task_identifier):
+            if kind in ("reattached", "detached") and last_time is not None:
+                for tid in list(current):
+                    close(tid, last_time if kind == "reattached" else row.time)
+            last_time = row.time
+            continue
+        tid = int(row.task_identifier)
+        state, _, first = current.get(tid, (None, None, False))
+        new: str | None = state
+        if kind == "resumed":
+            new, first = "slot", True
+        elif kind == "waiting":
+            new = _reason_of(row.detail)
+        elif kind == "retry":
+            new = "retry backoff"
+        elif kind == "started":
+            new = "connecting"
+        elif kind == "response":
+            ok = row.status is not None and not pd.isna(row.status) and int(row.status) in (200, 206)
+            new = "transferring" if ok else state  # a 503 is not a first byte
+        elif kind in ("resumed_at_offset", "progress"):
+            new = "transferring"
+        elif kind in ("suspended", "canceled", "completed", "failed", "finished"):
+            new = None
+        if new != state:
+            if state is not None:
+                close(tid, row.time)
+            if new is not None:
+                current[tid] = (new, row.time, first and new != "transferring")
+        last_time = row.time
+    for tid in list(current):
+        close(tid, last_time)
     frame = pd.DataFrame(spans, columns=["task_identifier", "start", "end", "kind", "first_byte"])
     frame["seconds"] = (frame["end"] - frame["start"]).dt.total_seconds() if len(frame) else []
     return frame

@@ -95,7 +95,7 @@ class _Row:
     def _act(self, action: Callable[[DownloadTask], object]) -> None:
         if self.task is not None:
             action(self.task)
-            self.panel.refresh()
+            self.panel.refresh(force=True)
 
     def show(self, task: DownloadTask, now: float) -> int:
         if task is not self.task:
@@ -225,7 +225,7 @@ class TaskPanel:
         eta = (total_bytes - done_bytes) / speed if speed > 0 and not unknown and total_bytes > done_bytes else None
         size = format_bytes(total_bytes) + (" + ?" if unknown else "")
         header = (f"<b>{self.title}</b> &nbsp; {format_bytes(done_bytes)} / {size} &nbsp; "
-                  f"{format_bytes(speed)}/s &nbsp; ETA {_format_eta(eta)} &nbsp; "
+                  f"{format_bytes(speed) + '/s' if counts['transferring'] else 'idle'} &nbsp; ETA {_format_eta(eta)} &nbsp; "
                   f"{counts['transferring']} running · {counts['waiting']} waiting · "
                   f"{counts['suspended']} suspended · {counts['done']} done · {counts['failed']} failed")
         sent += _set(self.header, "value", header)

@@ -1,0 +1,141 @@
+"""The notebook layer: the event DataFrame, the plots (headless) and the progress panel."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+import bgdl_nb as bg  # noqa: E402
+from bgdl_nb.notebook.plots import _bin_width, delay_segments, throughput_frame  # noqa: E402
+from bgdl_nb.notebook.widgets import SessionPanel, TaskPanel  # noqa: E402
+
+from helpers import wait_for_bytes  # noqa: E402
+
+MB = 1024 * 1024
+
+
+@pytest.fixture
+def interrupted(origin, tmp_path):
+    """A background download interrupted (session closed) and completed by a new session."""
+    config = bg.Configuration.background("story", max_concurrent_tasks=1)
+    first = bg.Session(config)
+    a = first.download_task(origin.url("a", 4 * MB, rate=8 * MB), tmp_path / "a").resume()
+    first.download_task(origin.url("b", MB, fail503=1, retry_after=0), tmp_path / "b").resume()
+    wait_for_bytes(a, MB)
+    first.close()
+    second = bg.Session(config)
+    second.wait(timeout=60)
+    yield second
+    second.close()
+
+
+def test_event_frame_is_one_story_across_sessions(interrupted):
+    frame = interrupted.events
+    assert str(frame["time"].dtype) == "datetime64[ns, UTC]"
+    assert frame["task_identifier"].dtype == "Int64" and frame["bytes_written"].dtype == "Int64"
+    assert isinstance(frame["event"].dtype, pd.CategoricalDtype)
+    assert frame["seq"].is_monotonic_increasing and frame["seq"].is_unique
+    kinds = list(frame["event"])
+    assert kinds.index("detached") < kinds.index("reattached") < kinds.index("resumed_at_offset")
+    assert kinds.count("completed") == 2
+    assert pd.isna(frame.loc[frame["event"] == "reattached", "task_identifier"]).all()
+
+
+def test_incremental_reads(interrupted):
+    frame = interrupted.events
+    middle = int(frame["seq"].iloc[len(frame) // 2])
+    tail = interrupted.events_since(middle)
+    assert list(tail["seq"]) == [s for s in frame["seq"] if s > middle]
+    since_time = interrupted.events_since(frame["time"].iloc[len(frame) // 2].floor("us").to_pydatetime())
+    assert len(since_time) <= len(frame) - len(frame) // 2
+    assert frame.to_csv(index=False).count("\n") == len(frame) + 1
+
+
+def test_throughput_accounts_for_every_byte_and_not_the_gap(interrupted):
+    tp = throughput_frame(interrupted.events)
+    width = (tp.index[1] - tp.index[0]).total_seconds()
+    transferred = tp["total"].sum() * width * 1e6
+    progress = interrupted.events.query("event == 'progress'")["bytes_written"].sum()
+    assert transferred == pytest.approx(progress, rel=0.02)
+    detached = interrupted.events.query("event == 'detached'")["time"].iloc[0]
+    reattached = interrupted.events.query("event == 'reattached'")["time"].iloc[0]
+    gap = tp[(tp.index > detached + pd.Timedelta(seconds=width)) & (tp.index < reattached - pd.Timedelta(seconds=width))]
+    assert (gap["total"] == 0).all()
+
+
+def test_bin_width_suits_short_and_long_downloads():
+    assert _bin_width(10) == 0.1 and _bin_width(10 * 3600) == 300
+
+
+def test_plots_render_headless_and_take_ax(interrupted, tmp_path):
+    ax = interrupted.plot_throughput()
+    assert ax.get_ylabel() == "throughput (MB/s)" and ax.get_legend() is not None
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "reattached (new kernel)" in labels and "session" in labels
+    ax.figure.savefig(tmp_path / "t.png")
+    fig = interrupted.plot_scheduler_delay()
+    fig.savefig(tmp_path / "d.png")
+    assert len(fig.axes) == 2
+    mine = plt.subplots(1, 2)[1]
+    assert interrupted.plot_scheduler_delay(ax=tuple(mine)) == tuple(mine)
+    single = plt.subplots()[1]
+    assert interrupted.plot_throughput(ax=single) is single
+    plt.close("all")
+
+
+def test_scheduler_delay_splits_by_reason(interrupted):
+    segments = delay_segments(interrupted.events)
+    b = segments[(segments["task_identifier"] == 2) & segments["first_byte"]]
+    assert "slot" in set(b["kind"])  # task b waited for the only slot behind task a
+    assert (segments["seconds"] >= 0).all()
+
+
+def test_panel_shows_true_totals_at_once_after_reattach(origin, tmp_path):
+    config = bg.Configuration.background("panel")
+    first = bg.Session(config)
+    task = first.download_task(origin.url("p", 8 * MB, rate=8 * MB), tmp_path / "p").resume()
+    wait_for_bytes(task, 2 * MB)
+    first.close()
+    second = bg.Session(bg.Configuration.background("panel"))
+    [again] = second.all_tasks()
+    panel = SessionPanel(second)  # built before any new byte could be counted as progress
+    try:
+        assert f"{again.count_of_bytes_received / 1e6:.1f} MB" in panel.header.value
+        assert again.count_of_bytes_received >= 2 * MB
+        assert "8.4 MB" in panel.header.value
+    finally:
+        panel.close()
+        second.close()
+
+
+def test_panel_with_ten_thousand_tasks_shows_a_summary(tmp_path):
+    session = bg.Session(bg.Configuration.default())
+    tasks = [session.download_task(f"http://127.0.0.1:9/f{i}", tmp_path / f"f{i}") for i in range(10_000)]
+    panel = TaskPanel(tasks, max_rows=12)
+    assert len(panel.rows_box.children) == 12
+    assert "9988 more tasks" in panel.summary.value and "10000 suspended" in panel.header.value
+    sent = panel.updates_sent
+    panel.refresh(force=True)
+    assert panel.updates_sent - sent <= 2  # nothing changed: almost nothing is sent
+    session.invalidate_and_cancel()
+
+
+def test_panel_buttons_act_on_the_task(origin, tmp_path):
+    session = bg.Session()
+    task = session.download_task(origin.url("btn", 8 * MB, rate=4 * MB), tmp_path / "btn").resume()
+    panel = TaskPanel([task])
+    row = panel._rows[0]
+    assert not row.pause.disabled and row.play.disabled
+    row.pause.click()
+    assert task.state is bg.TaskState.SUSPENDED and row.play.disabled is False
+    row.play.click()
+    assert task.state is bg.TaskState.RUNNING
+    row.stop.click()
+    with pytest.raises(bg.Cancelled):
+        task.wait(30)
+    session.close()
