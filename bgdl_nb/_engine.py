@@ -83,7 +83,8 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: str | os.PathLike[str]) -> None:
+    """fsync a file or a directory (a rename is durable once its directory is synced)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -513,22 +514,14 @@ class Engine:
             raise InvalidDestination(
                 f"{target} appeared while the download ran; it was left untouched. Remove it, or pass "
                 "overwrite=True; the download can continue from the error's resume_data")
-        await asyncio.to_thread(self._fsync_file, rec.partial_path)
+        await asyncio.to_thread(_fsync, rec.partial_path)
         self._set(task, digest=digest, location=str(target))  # intent first: a crash now is recoverable
         os.replace(rec.partial_path, target)
-        await asyncio.to_thread(_fsync_dir, target.parent)
+        await asyncio.to_thread(_fsync, target.parent)
         self._hashers.pop(tid, None)
         self._emit(EventKind.FINISHED, task, total_bytes_written=rec.offset, total_bytes_expected=rec.total,
                    detail=str(target))
         self._complete(task, None)
-
-    @staticmethod
-    def _fsync_file(path: str) -> None:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def _recover_finalised(self, task: DownloadTask) -> bool:
         """A process died between renaming a finished file and journaling it: finish the job."""

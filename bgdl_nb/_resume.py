@@ -229,8 +229,8 @@ def encode_resume_data(state: ResumeState, key: bytes) -> bytes:
     """Serialise and sign ``state``."""
     payload = dataclasses.asdict(state)
     body = json.dumps({"v": RESUME_DATA_VERSION, **payload}, sort_keys=True, separators=(",", ":")).encode()
-    mac = hmac.new(key, _MAGIC + body, hashlib.sha256).digest()
-    return _MAGIC + bytes([RESUME_DATA_VERSION]) + body + mac
+    head = _MAGIC + bytes([RESUME_DATA_VERSION])
+    return head + body + hmac.new(key, head + body, hashlib.sha256).digest()
 
 
 def decode_resume_data(data: object, key: bytes) -> ResumeState:
@@ -249,8 +249,8 @@ def decode_resume_data(data: object, key: bytes) -> ResumeState:
             f"resume data has format version {version}, newer than this bgdl_nb understands "
             f"({RESUME_DATA_VERSION}); upgrade bgdl_nb"
         )
-    body, mac = blob[len(_MAGIC) + 1:-_MAC_LEN], blob[-_MAC_LEN:]
-    expected = hmac.new(key, _MAGIC + body, hashlib.sha256).digest()
+    head, body, mac = blob[:len(_MAGIC) + 1], blob[len(_MAGIC) + 1:-_MAC_LEN], blob[-_MAC_LEN:]
+    expected = hmac.new(key, head + body, hashlib.sha256).digest()  # the version byte is signed too
     if not hmac.compare_digest(mac, expected):
         raise InvalidResumeData(
             "resume data is truncated, altered, or was made under another user's state "

@@ -12,7 +12,7 @@ import pytest
 
 import bgdl_nb as bg
 from bgdl_nb._engine import CHECKPOINT_BYTES
-from bgdl_nb._journal import read_journal
+from bgdl_nb._journal import journaled_bytes
 
 from helpers import Recorder, sha256_of, wait_for_bytes, wait_until
 
@@ -137,17 +137,8 @@ def test_kill_minus_9_mid_download_loses_at_most_one_checkpoint(origin, tmp_path
     child = subprocess.Popen([sys.executable, "-c", KILLED_MID_DOWNLOAD, url, str(dest)], env=os.environ.copy())
     journal = bg.Configuration.background("killme").journal_path()
 
-    def journaled() -> int:
-        if not journal.exists():
-            return 0
-        try:
-            tasks, _ = read_journal(journal, "killme")
-        except Exception:
-            return 0
-        return tasks[0].offset if tasks else 0
-
     try:
-        wait_until(lambda: journaled() >= 3 * MB, what="3 MiB journaled")
+        wait_until(lambda: journaled_bytes(journal, "killme") >= 3 * MB, what="3 MiB journaled")
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()

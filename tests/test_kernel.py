@@ -10,7 +10,7 @@ import pytest
 
 import bgdl_nb as bg
 from bgdl_nb._engine import CHECKPOINT_BYTES
-from bgdl_nb._journal import read_journal
+from bgdl_nb._journal import journaled_bytes
 
 from helpers import run_in_kernel, sha256_of, wait_until
 
@@ -43,18 +43,11 @@ def test_kernel_restart_midway_then_reattach(origin, tmp_path, state_dir):
             print(task.task_identifier)
         """)
         journal = bg.Configuration.background("kernel-demo").journal_path()
-
-        def journaled() -> int:
-            try:
-                tasks, _ = read_journal(journal, "kernel-demo")
-            except Exception:
-                return 0
-            return tasks[0].offset if tasks else 0
-
-        wait_until(lambda: journaled() >= 4 * MB, timeout=60, what="4 MiB journaled in the first kernel")
+        wait_until(lambda: journaled_bytes(journal, "kernel-demo") >= 4 * MB, timeout=60,
+                   what="4 MiB journaled in the first kernel")
         km.restart_kernel(now=True)  # kills the kernel process mid-download
         kc.wait_for_ready(timeout=60)
-        before = journaled()
+        before = journaled_bytes(journal, "kernel-demo")
         assert before < size
         out = _run(kc, """
             import bgdl_nb as bg

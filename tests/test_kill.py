@@ -11,24 +11,13 @@ import sys
 
 import bgdl_nb as bg
 from bgdl_nb._engine import CHECKPOINT_BYTES
-from bgdl_nb._journal import read_journal
+from bgdl_nb._journal import journaled_bytes
 
 from conftest import run_cli
 from helpers import sha256_of, wait_until
 
 MB = 1024 * 1024
 IN_FLIGHT = 256 * 1024  # the origin's largest write at this rate
-
-
-def _journaled(identifier: str) -> int:
-    journal = bg.Configuration.background(identifier).journal_path()
-    if not journal.exists():
-        return 0
-    try:
-        tasks, _ = read_journal(journal, identifier)
-    except Exception:  # the schema is being created
-        return 0
-    return sum(t.offset for t in tasks)
 
 
 def test_kill_9_at_random_points_then_resume(origin, tmp_path):
@@ -42,7 +31,7 @@ def test_kill_9_at_random_points_then_resume(origin, tmp_path):
         child = subprocess.Popen([sys.executable, "-m", "bgdl_nb.cli", "fetch", url, "-o", str(out),
                                   "--id", "killed", "-q"], env=os.environ.copy())
         try:
-            wait_until(lambda: _journaled("killed") >= fraction * size or child.poll() is not None,
+            wait_until(lambda: journaled_bytes(bg.Configuration.background("killed").journal_path(), "killed") >= fraction * size or child.poll() is not None,
                        timeout=60, what=f"{fraction:.0%} journaled")
         finally:
             if child.poll() is None:

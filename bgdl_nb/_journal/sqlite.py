@@ -26,7 +26,7 @@ from typing import Any
 from .._events import EVENT_COLUMNS, Event
 from .base import TASK_FIELDS, TaskRecord
 
-__all__ = ["SqliteStore", "read_journal"]
+__all__ = ["SqliteStore", "journaled_bytes", "read_journal"]
 
 SCHEMA_VERSION = 1
 _JSON_FIELDS = {"headers", "response_headers", "error"}
@@ -210,3 +210,14 @@ def read_journal(path: Path, identifier: str) -> tuple[list[TaskRecord], list[Ev
         return _load_tasks(conn), _load_events(conn, identifier, 0, None)
     finally:
         conn.close()
+
+
+def journaled_bytes(path: Path, identifier: str) -> int:
+    """The bytes a journal vouches for across its tasks; 0 while it is missing or being created."""
+    if not Path(path).exists():
+        return 0
+    try:
+        tasks, _ = read_journal(path, identifier)
+    except sqlite3.Error:  # the schema is still being created by its writer
+        return 0
+    return sum(t.offset for t in tasks)

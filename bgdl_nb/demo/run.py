@@ -29,22 +29,10 @@ __all__ = ["run_demo"]
 MB = 1024 * 1024
 
 
-def _journaled_bytes(journal: Path, identifier: str) -> int:
-    from .._journal import read_journal
-
-    if not journal.exists():
-        return 0
-    try:
-        tasks, _ = read_journal(journal, identifier)
-    except Exception:  # the child is still creating the schema
-        return 0
-    return sum(t.offset for t in tasks)
-
-
 def run_demo(workdir: str | None = None, size_mb: int = 48) -> int:
     from .._config import Configuration
     from .._fetch import fetch
-    from .._journal import read_journal
+    from .._journal import journaled_bytes, read_journal
     from .origin import Origin
 
     console = Console()
@@ -70,7 +58,7 @@ def run_demo(workdir: str | None = None, size_mb: int = 48) -> int:
         deadline = time.monotonic() + 120
         got = 0
         while time.monotonic() < deadline:
-            got = _journaled_bytes(journal, identifier)
+            got = journaled_bytes(journal, identifier)
             if got >= 0.4 * total:
                 break
             try:
