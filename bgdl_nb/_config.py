@@ -76,6 +76,15 @@ class Configuration:
     progress_interval: float = 0.5
     """Seconds between two ``did_write_data`` calls (and journaled progress rows) per task."""
 
+    discretionary_window: tuple[float, float] | None = None
+    """Hours of local time (start, end), e.g. ``(1, 6)``, when discretionary tasks may run;
+    ``None``: any time. A window may wrap midnight, e.g. ``(22, 6)``. (URLSession leaves
+    this to the system; here it is yours to set.)"""
+
+    bandwidth_limit: float | None = None
+    """Bytes per second for the whole session (a token bucket); ``None``: unlimited.
+    Change it while tasks run with ``session.bandwidth_limit = ...``."""
+
     allows_insecure_redirects: bool = False
     """Follow an https URL's redirect to plain http (refused by default)."""
 
@@ -98,6 +107,13 @@ class Configuration:
                      "progress_interval", "retry_backoff"):
             if not getattr(self, name) > 0:
                 raise InvalidConfiguration(f"{name} must be a positive number of seconds")
+        if self.bandwidth_limit is not None and not self.bandwidth_limit > 0:
+            raise InvalidConfiguration("bandwidth_limit must be a positive number of bytes per second, or None")
+        if self.discretionary_window is not None:
+            start, end = self.discretionary_window
+            if not (0 <= start <= 24 and 0 <= end <= 24) or start == end:
+                raise InvalidConfiguration("discretionary_window must be two different hours between 0 and 24, "
+                                           "e.g. (1, 6)")
         if self.max_retries < 0:
             raise InvalidConfiguration("max_retries must be 0 or more")
 

@@ -22,15 +22,16 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
-import heapq
 import inspect
 import logging
 import os
 import random
+import shutil
 import time
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import urlsplit
 
 from ._config import Configuration
 from ._delegate import SessionDelegate
@@ -39,6 +40,7 @@ from ._exceptions import (BgdlError, Cancelled, ChecksumMismatch, DiskFull, HTTP
                           InvalidDestination, NetworkError, TransferError, TransferTimeout)
 from ._hosts.thread import EngineThread
 from ._journal import Store, TaskRecord
+from ._scheduler import RETRY, Item, Scheduler, TokenBucket
 from ._resume import (ResumeState, Validator, accepts_ranges, decide, encode_resume_data,
                       resume_headers, validator_from_headers)
 from ._task import DownloadTask, TaskState
@@ -92,6 +94,17 @@ def _fsync(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def _free_disk(folder: str) -> int | None:
+    """Free bytes on the file system of ``folder`` (or its nearest existing ancestor)."""
+    path = Path(folder)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
 def _unlink(path: str | os.PathLike[str] | None) -> None:
     if path:
         try:
@@ -115,9 +128,12 @@ class Engine:
         self.active_destinations: dict[str, int] = {}  # destination -> unfinished task writing it
         self.listeners: list[Callable[[Event], None]] = []
         self._jobs: dict[int, asyncio.Task[None]] = {}
-        self._ready: list[tuple[float, int, int]] = []     # (-priority, order, tid)
-        self._deferred: list[tuple[float, int]] = []       # (earliest_begin_date, tid)
-        self._order = 0
+        self.scheduler = Scheduler(max_concurrent_tasks=config.max_concurrent_tasks,
+                                   max_per_host=config.http_maximum_connections_per_host,
+                                   free_disk=_free_disk, discretionary_window=config.discretionary_window)
+        self.bucket = TokenBucket(config.bandwidth_limit, now=time.monotonic())
+        self._failures: dict[int, int] = {}   # consecutive failed attempts without progress
+        self._restarts: dict[int, int] = {}
         self._wakeup: asyncio.TimerHandle | None = None
         self._hashers: dict[int, tuple[Any, int]] = {}      # tid -> (sha256 object, bytes hashed)
         self._client: aiohttp.ClientSession | None = None
@@ -221,6 +237,7 @@ class Engine:
         if task.state != TaskState.RUNNING:
             return
         self._set(task, state=TaskState.SUSPENDED.value)
+        self.scheduler.remove(tid)
         task.waiting_reason = None
         job = self._jobs.pop(tid, None)
         if job is not None:
@@ -244,6 +261,7 @@ class Engine:
     async def _finish_cancel(self, task: DownloadTask, *, keep_partial: bool) -> bytes | None:
         rec = task._record
         self._set(task, state=TaskState.CANCELING.value)
+        self.scheduler.remove(rec.task_identifier)
         task.waiting_reason = None
         job = self._jobs.pop(rec.task_identifier, None)
         if job is not None:
@@ -263,79 +281,103 @@ class Engine:
 
     def _enqueue(self, task: DownloadTask) -> None:
         rec = task._record
-        self._order += 1
-        if rec.earliest_begin_date is not None and rec.earliest_begin_date > time.time():
-            heapq.heappush(self._deferred, (rec.earliest_begin_date, rec.task_identifier))
-            self._wait(task, f"earliest_begin_date {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(rec.earliest_begin_date))}")
-        else:
-            heapq.heappush(self._ready, (-rec.priority, self._order, rec.task_identifier))
+        known = rec.total if rec.total is not None else rec.expected_bytes
+        folder = Path(rec.destination).parent if rec.destination else Path(rec.partial_path).parent
+        self.scheduler.add(Item(
+            rec.task_identifier, host=urlsplit(rec.url).netloc.lower(), priority=rec.priority,
+            earliest_begin_date=rec.earliest_begin_date, discretionary=rec.discretionary,
+            remaining_bytes=max(0, (known or 0) - rec.offset), disk=str(folder),
+            deadline=rec.created + self.config.timeout_interval_for_resource))
+
+    def _schedule(self) -> None:
+        """Apply the policy's plan: start tasks, publish waiting reasons, expire tasks."""
+        if self._closing:
+            return
+        plan = self.scheduler.poll()
+        loop = asyncio.get_running_loop()
+        for tid in plan.expired:
+            task = self.tasks[tid]
+            job = self._jobs.pop(tid, None)
+            if job is not None:
+                job.cancel()
+            self._fail(task, TransferTimeout(
+                f"task {tid} exceeded timeout_interval_for_resource ({self.config.timeout_interval_for_resource:g} s)"
+                f"{' while waiting: ' + task.waiting_reason if task.waiting_reason else ''}; raise the timeout, "
+                "or continue from the error's resume_data", url=task._record.url, task_identifier=tid))
+        for tid in plan.preempt:
+            job = self._jobs.pop(tid, None)
+            if job is not None:
+                job.cancel()  # its partial bytes stay; it continues with a range request later
+        for tid, reason in plan.waiting.items():
+            task = self.tasks[tid]
+            if reason is not None and task.state == TaskState.RUNNING:
+                self._wait(task, reason)
+        for tid in plan.start:
+            task = self.tasks[tid]
+            task.waiting_reason = None
+            if tid not in self._jobs and task.state == TaskState.RUNNING:
+                self._jobs[tid] = loop.create_task(self._run(task))
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+            self._wakeup = None
+        if plan.wake_at is not None:
+            self._wakeup = loop.call_later(max(0.0, plan.wake_at - time.time()), self._schedule)
 
     def _wait(self, task: DownloadTask, reason: str) -> None:
         if task.waiting_reason != reason:
             task.waiting_reason = reason
             self._emit(EventKind.WAITING, task, total_bytes_written=task._received, detail=reason)
 
-    def _schedule(self) -> None:
-        if self._closing:
-            return
-        now = time.time()
-        while self._deferred and self._deferred[0][0] <= now:
-            _, tid = heapq.heappop(self._deferred)
-            task = self.tasks[tid]
-            self._order += 1
-            heapq.heappush(self._ready, (-task.priority, self._order, tid))
-        while self._ready and len(self._jobs) < self.config.max_concurrent_tasks:
-            _, _, tid = heapq.heappop(self._ready)
-            task = self.tasks[tid]
-            if task.state != TaskState.RUNNING or tid in self._jobs:
-                continue  # suspended or cancelled while it waited
-            task.waiting_reason = None
-            self._jobs[tid] = asyncio.get_running_loop().create_task(self._run(task))
-        if self._ready:
-            reason = f"waiting for a free slot ({len(self._jobs)} of {self.config.max_concurrent_tasks} running)"
-            for _, _, tid in self._ready:
-                task = self.tasks[tid]
-                if task.state == TaskState.RUNNING and tid not in self._jobs and task.waiting_reason is None:
-                    self._wait(task, reason)
-        if self._wakeup is not None:
-            self._wakeup.cancel()
-            self._wakeup = None
-        if self._deferred:
-            delay = max(0.0, self._deferred[0][0] - time.time())
-            self._wakeup = asyncio.get_running_loop().call_later(delay, self._schedule)
+    def set_priority(self, tid: int, priority: float) -> None:
+        self._set(self.tasks[tid], priority=priority)
+        self.scheduler.set_priority(tid, priority)
+        self._schedule()
+
+    def set_bandwidth_limit(self, rate: float | None) -> None:
+        self.bucket.set_rate(rate, time.monotonic())
+
+    def pause(self) -> None:
+        """Stop every transfer and start none until :meth:`unpause`; tasks stay RUNNING,
+        waiting with reason "session paused"."""
+        self.scheduler.pause()
+        for tid, job in list(self._jobs.items()):
+            job.cancel()
+            del self._jobs[tid]
+            self.scheduler.remove(tid)
+            self._enqueue(self.tasks[tid])
+        self._schedule()
+
+    def unpause(self) -> None:
+        self.scheduler.unpause()
+        self._schedule()
 
     # running a task ----------------------------------------------------------------------
 
     async def _run(self, task: DownloadTask) -> None:
+        """One turn of a task in a slot: attempts until it completes, fails, or must back off
+        (the slot is given back during a backoff; the scheduler starts it again later)."""
         rec = task._record
-        failures = restarts = 0
-        deadline = rec.created + self.config.timeout_interval_for_resource
+        tid = rec.task_identifier
         try:
             while True:
-                if time.time() > deadline:
-                    raise TransferTimeout(
-                        f"task {rec.task_identifier} exceeded timeout_interval_for_resource "
-                        f"({self.config.timeout_interval_for_resource:g} s); raise it or resume from the "
-                        "error's resume_data", url=rec.url, task_identifier=rec.task_identifier)
                 before = task._received
                 try:
-                    await asyncio.wait_for(self._attempt(task), max(0.001, deadline - time.time()))
+                    await self._attempt(task)
                     return
                 except _Restart:
-                    restarts += 1
-                    if restarts > _MAX_RESTARTS:
+                    self._restarts[tid] = self._restarts.get(tid, 0) + 1
+                    if self._restarts[tid] > _MAX_RESTARTS:
                         raise NetworkError(f"{rec.url} kept changing while it was downloaded "
-                                           f"({restarts} restarts); try again later", url=rec.url,
-                                           task_identifier=rec.task_identifier) from None
-                except asyncio.TimeoutError:
-                    continue  # the resource deadline passed mid-attempt: the check above reports it
+                                           f"({self._restarts[tid]} restarts); try again later", url=rec.url,
+                                           task_identifier=tid) from None
                 except (NetworkError, TransferTimeout, _RetryableStatus) as exc:
-                    failures = 1 if task._received > before else failures + 1
+                    failures = 1 if task._received > before else self._failures.get(tid, 0) + 1
+                    self._failures[tid] = failures
                     if failures > self.config.max_retries:
                         if isinstance(exc, _RetryableStatus):
                             raise HTTPStatusError(
                                 f"{rec.url} answered HTTP {exc.status} {failures} times in a row; giving up",
-                                status=exc.status, url=rec.url, task_identifier=rec.task_identifier) from None
+                                status=exc.status, url=rec.url, task_identifier=tid) from None
                         raise
                     delay = min(30.0, self.config.retry_backoff * 2 ** (failures - 1))
                     delay *= random.uniform(0.9, 1.1)
@@ -344,26 +386,25 @@ class Engine:
                     self._emit(EventKind.RETRY, task, total_bytes_written=task._received,
                                error=f"{type(exc).__name__}: {exc}",
                                detail=f"attempt {failures + 1} in {delay:.2f} s")
-                    task.waiting_reason = f"retry backoff ({delay:.1f} s)"
-                    await asyncio.sleep(delay)
-                    task.waiting_reason = None
+                    self.scheduler.backoff(tid, time.time() + delay, RETRY)
+                    return
         except asyncio.CancelledError:
             raise
         except BgdlError as exc:
             exc.url = exc.url or rec.url
-            exc.task_identifier = rec.task_identifier
+            exc.task_identifier = tid
             self._fail(task, exc)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 self._fail(task, DiskFull(f"no space left for {rec.destination or rec.partial_path}; free some "
                                           "space and resume from the error's resume_data",
-                                          url=rec.url, task_identifier=rec.task_identifier))
+                                          url=rec.url, task_identifier=tid))
             else:
                 self._fail(task, TransferError(f"writing {rec.partial_path} failed: {exc}", url=rec.url,
-                                               task_identifier=rec.task_identifier))
+                                               task_identifier=tid))
         finally:
-            if self._jobs.get(rec.task_identifier) is asyncio.current_task():
-                del self._jobs[rec.task_identifier]
+            if self._jobs.get(tid) is asyncio.current_task():
+                del self._jobs[tid]
             self._schedule()
 
     def _check_partial(self, task: DownloadTask) -> int:
@@ -431,6 +472,8 @@ class Engine:
                 self._set(task, total=decision.total, accepts_ranges=accepts_ranges(resp.headers),
                           validator_kind=found.kind if found else None,
                           validator_value=found.value if found else None)
+                if decision.total is not None:
+                    self.scheduler.update_remaining(rec.task_identifier, decision.total)
             else:
                 self._emit(EventKind.RESUMED_AT_OFFSET, task, total_bytes_written=offset,
                            total_bytes_expected=rec.total)
@@ -478,6 +521,9 @@ class Engine:
                 hasher.update(chunk)
                 position += len(chunk)
                 task._received = position
+                pause = self.bucket.reserve(len(chunk), time.monotonic())
+                if pause > 0:
+                    await asyncio.sleep(pause)
                 if position - journaled >= CHECKPOINT_BYTES:
                     self.store.set_offset(tid, position)  # the bytes are in the file first
                     rec.offset = journaled = position
@@ -560,6 +606,9 @@ class Engine:
     def _complete(self, task: DownloadTask, error: BgdlError | None) -> None:
         rec = task._record
         task.waiting_reason = None
+        self.scheduler.remove(rec.task_identifier)
+        self._failures.pop(rec.task_identifier, None)
+        self._restarts.pop(rec.task_identifier, None)
         if rec.destination and self.active_destinations.get(rec.destination) == rec.task_identifier:
             del self.active_destinations[rec.destination]
         self._set(task, state=TaskState.COMPLETED.value, error=None if error is None else error.to_dict(),

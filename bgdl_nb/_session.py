@@ -181,6 +181,7 @@ class Session:
         count_of_bytes_client_expects_to_receive: int | None = None,
         sha256: str | None = None,
         overwrite: bool = False,
+        is_discretionary: bool = False,
     ) -> DownloadTask:
         """Create a task (suspended: call ``resume()``) that downloads ``request``.
 
@@ -203,6 +204,9 @@ class Session:
             The expected hex digest; a mismatch fails the task and keeps nothing.
         overwrite
             Replace an existing ``destination`` when the download completes.
+        is_discretionary
+            Run only when no non-discretionary task is active, and inside the
+            configuration's ``discretionary_window``; the reason it waits is always shown.
         """
         req = request if isinstance(request, Request) else Request(check_url(request))
         check_url(req.url)
@@ -222,7 +226,7 @@ class Session:
             description=description, priority=float(priority),
             earliest_begin_date=_timestamp(earliest_begin_date),
             expected_bytes=count_of_bytes_client_expects_to_receive,
-            sha256=sha256.lower() if sha256 else None, overwrite=overwrite,
+            sha256=sha256.lower() if sha256 else None, overwrite=overwrite, discretionary=is_discretionary,
         )
         return self._thread.run(_call(engine.create, record))
 
@@ -317,9 +321,29 @@ class Session:
 
     # control -----------------------------------------------------------------------------
 
-    def _control(self, name: str, task_identifier: int) -> None:
+    def _control(self, name: str, *args: Any) -> None:
         engine = self._engine
-        self._thread.call(getattr(engine, name), task_identifier).result()
+        self._thread.call(getattr(engine, name), *args).result()
+
+    def pause(self) -> None:
+        """Stop every transfer and start none until :meth:`resume`; tasks keep their state
+        (RUNNING, waiting with reason "session paused") and their partial bytes."""
+        self._control("pause")
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`."""
+        self._control("unpause")
+
+    @property
+    def bandwidth_limit(self) -> float | None:
+        """Bytes per second for the whole session (``None``: unlimited); settable any time."""
+        return self._engine.bucket.rate
+
+    @bandwidth_limit.setter
+    def bandwidth_limit(self, rate: float | None) -> None:
+        if rate is not None and not rate > 0:
+            raise InvalidInput("bandwidth_limit must be a positive number of bytes per second, or None")
+        self._control("set_bandwidth_limit", rate)
 
     def _control_call(self, name: str, task_identifier: int) -> Call:
         return self._thread.submit(getattr(self._engine, name)(task_identifier))

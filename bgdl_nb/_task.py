@@ -152,7 +152,20 @@ class DownloadTask:
 
     @property
     def priority(self) -> float:
+        """0.0 to 1.0; among ready tasks the highest starts first. Settable while it waits."""
         return self._record.priority
+
+    @priority.setter
+    def priority(self, value: float) -> None:
+        from ._exceptions import InvalidInput
+        if not 0.0 <= float(value) <= 1.0:
+            raise InvalidInput(f"priority must be between 0.0 and 1.0, got {value}")
+        self._session._control("set_priority", self.task_identifier, float(value))
+
+    @property
+    def is_discretionary(self) -> bool:
+        """Waits until no non-discretionary task is active and inside ``discretionary_window``."""
+        return self._record.discretionary
 
     @property
     def progress(self) -> Progress:

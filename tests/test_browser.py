@@ -78,8 +78,8 @@ def test_quickstart_panel_reaches_100_percent_in_chromium(jupyterlab):
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(f"{url}/lab/tree/01-quickstart.ipynb")
             page.locator(".jp-Notebook").wait_for(timeout=90_000)
-            expect(page.locator(".jp-Notebook-ExecutionIndicator, #jp-main-statusbar")
-                   .first).to_be_visible(timeout=60_000)
+            # Run All before the kernel is connected is dropped silently: wait for an idle kernel.
+            expect(page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle"))).to_be_visible(timeout=120_000)
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
             header = page.locator(".widget-html-content", has_text="bgdl_nb").first

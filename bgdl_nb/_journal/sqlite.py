@@ -30,7 +30,7 @@ __all__ = ["SqliteStore", "journaled_bytes", "read_journal"]
 
 SCHEMA_VERSION = 1
 _JSON_FIELDS = {"headers", "response_headers", "error"}
-_BOOL_FIELDS = {"overwrite", "accepts_ranges"}
+_BOOL_FIELDS = {"overwrite", "accepts_ranges", "discretionary"}
 _TASK_COLUMNS = [f for f in TASK_FIELDS if f != "offset"]
 
 _SCHEMA = f"""
@@ -78,7 +78,7 @@ def _from_row(names: list[str], row: tuple[Any, ...]) -> TaskRecord:
         if values.get(name) is not None:
             values[name] = json.loads(values[name])
     for name in _BOOL_FIELDS:
-        values[name] = bool(values[name])
+        values[name] = bool(values.get(name))
     if values.get("headers") is None:
         values["headers"] = {}
     return TaskRecord(**values)
@@ -103,6 +103,10 @@ class SqliteStore:
                 f"journal {self.path} was written by a newer bgdl_nb (schema {version}); upgrade bgdl_nb"
             )
         self._conn.executescript(_SCHEMA)
+        present = {row[1] for row in self._conn.execute("PRAGMA table_info(tasks)")}
+        for column in _TASK_COLUMNS:  # journals of older versions gain the newer columns
+            if column not in present:
+                self._conn.execute(f"ALTER TABLE tasks ADD COLUMN {column}")
         self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # tasks -------------------------------------------------------------------------------

@@ -106,6 +106,7 @@ class RequestRecord:
     bytes_sent: int = 0
     nth: int = 0
     time: float = field(default_factory=time.time)
+    end: float | None = None  # when the response was over (sent, reset or abandoned)
 
 
 class Origin:
@@ -245,6 +246,8 @@ class Origin:
             await self._send(request, response, record, name, size, version, start, end, q)
         except ConnectionResetError:
             pass  # the client went away; record.bytes_sent says how far it got
+        finally:
+            record.end = time.time()
         return response
 
     async def _send(self, request: web.Request, response: web.StreamResponse, record: RequestRecord,
