@@ -85,6 +85,12 @@ class Configuration:
     """Bytes per second for the whole session (a token bucket); ``None``: unlimited.
     Change it while tasks run with ``session.bandwidth_limit = ...``."""
 
+    use_service: bool | None = None
+    """Background sessions only: run transfers in the transfer service, a separate
+    process that keeps downloading while the kernel is busy, restarting or dead
+    (``True``), or in this process, pausing while no process holds the session
+    (``False``). ``None``: the service, unless the environment sets ``BGDL_IN_PROCESS=1``."""
+
     allows_insecure_redirects: bool = False
     """Follow an https URL's redirect to plain http (refused by default)."""
 
@@ -130,6 +136,14 @@ class Configuration:
     @property
     def is_background(self) -> bool:
         return self.identifier is not None
+
+    @property
+    def runs_in_service(self) -> bool:
+        if not self.is_background:
+            return False
+        if self.use_service is not None:
+            return self.use_service
+        return os.environ.get("BGDL_IN_PROCESS", "") not in ("1", "true", "yes")
 
     def replace(self, **changes: object) -> Configuration:
         """A copy with some fields changed."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
-import inspect
 import logging
 import os
 import random
@@ -34,11 +33,10 @@ from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
 
 from ._config import Configuration
-from ._delegate import SessionDelegate
+from ._delegate import Deliverer, SessionDelegate
 from ._events import Event, EventKind
 from ._exceptions import (BgdlError, Cancelled, ChecksumMismatch, DiskFull, HTTPStatusError,
                           InvalidDestination, NetworkError, TransferError, TransferTimeout)
-from ._hosts.thread import EngineThread
 from ._journal import Store, TaskRecord
 from ._scheduler import RETRY, Item, Scheduler, TokenBucket
 from ._resume import (ResumeState, Validator, accepts_ranges, decide, encode_resume_data,
@@ -139,8 +137,11 @@ class Engine:
         self._client: aiohttp.ClientSession | None = None
         self._outbox: asyncio.Queue[Event | None] = asyncio.Queue()
         self._dispatcher: asyncio.Task[None] | None = None
-        self._delegate_thread: EngineThread | None = None
+        self._deliverer = Deliverer()
         self._closing = False
+        self.external_delivery = False
+        """True in the transfer service: clients deliver events to their delegates and
+        acknowledge them with :meth:`ack`; the engine itself calls no delegate."""
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -155,12 +156,10 @@ class Engine:
                 task._settle()
             elif record.destination:
                 self.active_destinations[record.destination] = record.task_identifier
-        self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
-        if not self.store.durable:
-            return
-        delivered = int(self.store.get_meta("delivered_seq") or 0)
-        backlog = [e for e in self.store.events(delivered) if e.event != EventKind.FINISHED_EVENTS.value]
-        if records or backlog:
+        if not self.external_delivery:
+            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+        backlog = self.backlog() if self.store.durable else []
+        if self.store.durable and (records or backlog) and not self.external_delivery:
             for event in backlog:
                 self._outbox.put_nowait(event)
             running = [r for r in records if r.state in ("running", "canceling")]
@@ -176,6 +175,22 @@ class Engine:
                     continue
                 self._enqueue(task)
         self._schedule()
+
+    def backlog(self) -> list[Event]:
+        """Journaled events no delegate has acknowledged yet, in order."""
+        delivered = int(self.store.get_meta("delivered_seq") or 0)
+        return [e for e in self.store.events(delivered) if e.event != EventKind.FINISHED_EVENTS.value]
+
+    def ack(self, seq: int, finished_path: str | None = None) -> None:
+        """A client's delegate has seen every event up to ``seq``; a finished file it was
+        handed without a destination is now removed from the inbox (seed semantics)."""
+        if seq > int(self.store.get_meta("delivered_seq") or 0):
+            self.store.set_meta("delivered_seq", str(seq))
+        if finished_path:
+            inbox = (self.work_dir / "inbox").resolve()
+            path = Path(finished_path).resolve()
+            if path.parent == inbox:  # only ever our own inbox files
+                _unlink(path)
 
     async def close(self, mode: str = "detach") -> None:
         """``detach``: stop transfers, keep tasks for the next session; ``finish``: wait for
@@ -202,14 +217,12 @@ class Engine:
             await self._dispatcher
         if self._client is not None:
             await self._client.close()
-        if self._delegate_thread is not None:
-            self._delegate_thread.loop.call_soon_threadsafe(self._delegate_thread.loop.stop)
+        self._deliverer.close()
         self.store.close()
 
     # task control ------------------------------------------------------------------------
 
     def create(self, record: TaskRecord) -> DownloadTask:
-        assert self.session is not None
         record.task_identifier = self.store.next_task_identifier()
         record.created = time.time()
         if not record.partial_path:
@@ -654,7 +667,8 @@ class Engine:
         event = Event(0, time.time(), self.identifier, None if task is None else task.task_identifier,
                       kind.value, **fields)
         event = self.store.append_event(event)
-        self._outbox.put_nowait(event)
+        if not self.external_delivery:
+            self._outbox.put_nowait(event)
         for listener in list(self.listeners):
             try:
                 listener(event)
@@ -675,42 +689,7 @@ class Engine:
                 self.store.set_meta("delivered_seq", str(event.seq))
 
     async def _deliver(self, event: Event) -> None:
-        delegate, session = self.delegate, self.session
         task = self.tasks.get(event.task_identifier) if event.task_identifier is not None else None
-        kind = event.event
-        if delegate is None:
-            return
-        calls: list[tuple[str, tuple[Any, ...]]] = [("did_receive_event", (session, event))]
-        if kind == EventKind.PROGRESS.value and task is not None:
-            calls.append(("did_write_data", (session, task, event.bytes_written or 0,
-                                             event.total_bytes_written or 0, event.total_bytes_expected)))
-        elif kind == EventKind.RESUMED_AT_OFFSET.value and task is not None:
-            calls.append(("did_resume_at_offset", (session, task, event.total_bytes_written or 0,
-                                                   event.total_bytes_expected)))
-        elif kind == EventKind.FINISHED.value and task is not None:
-            calls.append(("did_finish_downloading_to", (session, task, Path(event.detail or ""))))
-        elif kind in (EventKind.COMPLETED.value, EventKind.FAILED.value) and task is not None:
-            calls.append(("did_complete_with_error", (session, task, task.error)))
-        elif kind == EventKind.FINISHED_EVENTS.value:
-            calls.append(("did_finish_events_for_background_session", (session,)))
-        for name, args in calls:
-            method = getattr(delegate, name, None)
-            if method is None or getattr(type(delegate), name, None) is getattr(SessionDelegate, name, None):
-                continue  # not overridden: nothing to call
-            await self._call_delegate(method, args)
-            if name == "did_finish_downloading_to" and task is not None and not task._record.destination:
-                _unlink(event.detail)  # seed semantics: the temporary location ends with the callback
-
-    async def _call_delegate(self, method: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        if self._delegate_thread is None:
-            self._delegate_thread = EngineThread(name="bgdl-delegate")
-
-        async def invoke() -> None:
-            result = method(*args)
-            if inspect.isawaitable(result):
-                await result
-
-        try:
-            await asyncio.wrap_future(self._delegate_thread.submit(invoke()))
-        except Exception:
-            log.exception("bgdl_nb delegate method %s raised", getattr(method, "__name__", method))
+        finished = await asyncio.wrap_future(self._deliverer.submit(self.delegate, self.session, task, event))
+        if finished and task is not None and not task._record.destination:
+            _unlink(event.detail)  # seed semantics: the temporary location ends with the callback

@@ -24,7 +24,7 @@ from ._delegate import SessionDelegate
 from ._engine import Engine
 from ._events import Event
 from ._exceptions import (InvalidDestination, InvalidInput, SessionBusy, SessionInvalidated)
-from ._hosts.thread import Call, EngineThread, engine_thread
+from ._hosts.thread import Call, ThreadHost, engine_thread
 from ._journal import MemoryStore, SqliteStore, TaskRecord
 from ._resume import decode_resume_data, load_key
 from ._task import DownloadTask, Request
@@ -35,33 +35,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Session", "check_destination"]
 
-_registry: dict[tuple[str, str], "_Attachment"] = {}
-_live: set["_Attachment"] = set()  # every open engine, closed at interpreter exit
+_registry: dict[tuple[str, str], Any] = {}  # background identifier -> its host in this process
+_live: set[Any] = set()  # every open host, closed at interpreter exit
 _registry_lock = threading.RLock()
-
-
-class _Attachment:
-    """An engine of this process and the lock that makes it the only one for its journal."""
-
-    def __init__(self, engine: Engine, lock: filelock.BaseFileLock | None, thread: EngineThread) -> None:
-        self.engine = engine
-        self.lock = lock
-        self.thread = thread
-        self.closed = False
-        with _registry_lock:
-            _live.add(self)
-
-    def close(self, mode: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        with _registry_lock:
-            _live.discard(self)
-        try:
-            self.thread.run(self.engine.close(mode))
-        finally:
-            if self.lock is not None:
-                self.lock.release()
 
 
 def check_destination(destination: str | os.PathLike[str], *, overwrite: bool) -> Path:
@@ -118,22 +94,26 @@ class Session:
         if config.is_background:
             key = (str(config.resolved_state_dir()), str(config.identifier))
             with _registry_lock:
-                attachment = _registry.get(key)
-                if attachment is not None and not attachment.closed:
-                    self._attachment = attachment
-                    attachment.engine.session, attachment.engine.delegate = self, delegate
-                    for task in list(attachment.engine.tasks.values()):
-                        task._session = self
-                    return
-                self._attachment = self._open_background(config)
-                _registry[key] = self._attachment
+                host = _registry.get(key)
+                if host is not None and not host.closed:
+                    host.set_session(self, delegate)
+                else:
+                    host = self._open_background(config)
+                    _registry[key] = host
+                _live.add(host)
+            self._host = host
         else:
             root = config.resolved_state_dir()
             engine = Engine(config, MemoryStore(), load_key(root), root / "default" / str(os.getpid()))
-            self._attachment = _Attachment(engine, None, self._thread)
-            self._thread.run(engine.open(self, delegate))
+            self._host = ThreadHost(engine, None, self._thread)
+            self._host.open(self, delegate)
+            with _registry_lock:
+                _live.add(self._host)
 
-    def _open_background(self, config: Configuration) -> _Attachment:
+    def _open_background(self, config: Configuration) -> Any:
+        if config.runs_in_service:
+            from ._hosts.service.client import ServiceHost
+            return ServiceHost(config, self, self.delegate)
         journal = config.journal_path()
         journal.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock = filelock.FileLock(str(journal) + ".lock", timeout=0)
@@ -150,11 +130,12 @@ class Session:
             store = SqliteStore(journal, str(config.identifier))
             root = config.resolved_state_dir()
             engine = Engine(config, store, load_key(root), root / "work" / str(config.identifier))
-            self._thread.run(engine.open(self, self.delegate))
+            host = ThreadHost(engine, lock, self._thread)
+            host.open(self, self.delegate)
         except BaseException:
             lock.release()
             raise
-        return _Attachment(engine, lock, self._thread)
+        return host
 
     # properties --------------------------------------------------------------------------
 
@@ -163,10 +144,10 @@ class Session:
         return self.configuration.identifier
 
     @property
-    def _engine(self) -> Engine:
-        if self._attachment.closed:
+    def _live_host(self) -> Any:
+        if self._host.closed:
             raise SessionInvalidated("this session was invalidated or closed; create a new Session")
-        return self._attachment.engine
+        return self._host
 
     # creating tasks ----------------------------------------------------------------------
 
@@ -215,9 +196,9 @@ class Session:
         if sha256 is not None and (len(sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha256)):
             raise InvalidInput(f"sha256 must be 64 hex digits, got {sha256!r}")
         dest = None if destination is None else check_destination(destination, overwrite=overwrite)
-        engine = self._engine
+        host = self._live_host
         if dest is not None:
-            busy = engine.active_destinations.get(str(dest))
+            busy = host.destination_busy(str(dest))
             if busy is not None:
                 raise InvalidDestination(f"task {busy} already downloads to {dest}; wait for it or cancel it first")
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +209,7 @@ class Session:
             expected_bytes=count_of_bytes_client_expects_to_receive,
             sha256=sha256.lower() if sha256 else None, overwrite=overwrite, discretionary=is_discretionary,
         )
-        return self._thread.run(_call(engine.create, record))
+        return host.create(record)
 
     def download_task_with_resume_data(self, resume_data: bytes,
                                        destination: str | os.PathLike[str] | None = None,
@@ -248,21 +229,20 @@ class Session:
             validator_value=state.validator.value if state.validator else None,
             accepts_ranges=True, current_url=state.current_url, overwrite=overwrite,
         )
-        return self._thread.run(_call(self._engine.create, record))
+        return self._live_host.create(record)
 
     # reading -----------------------------------------------------------------------------
 
     def all_tasks(self) -> list[DownloadTask]:
         """Every task of the session, including those reattached from the journal."""
-        return sorted(self._engine.tasks.values(), key=lambda t: t.task_identifier)
+        return sorted(self._live_host.tasks.values(), key=lambda t: t.task_identifier)
 
     def task(self, task_identifier: int) -> DownloadTask:
-        return self._engine.tasks[task_identifier]
+        return self._live_host.tasks[task_identifier]
 
     def event_log(self, since_seq: int = 0) -> list[Event]:
         """The journaled events after ``since_seq`` as :class:`Event` records."""
-        engine = self._engine
-        return self._thread.run(_call(engine.store.events, since_seq))
+        return self._live_host.event_log(since_seq)
 
     @property
     def events(self) -> pandas.DataFrame:
@@ -310,10 +290,10 @@ class Session:
 
     def add_listener(self, listener: Callable[[Event], None]) -> None:
         """Call ``listener(event)`` for every new event, on the engine thread (keep it quick)."""
-        self._engine.listeners.append(listener)
+        self._live_host.listeners.append(listener)
 
     def remove_listener(self, listener: Callable[[Event], None]) -> None:
-        self._engine.listeners.remove(listener)
+        self._live_host.listeners.remove(listener)
 
     def wait(self, tasks: Iterable[DownloadTask] | None = None, timeout: float | None = None) -> list[Path]:
         """Wait for ``tasks`` (default: all) and return their paths; raises the first error."""
@@ -322,8 +302,7 @@ class Session:
     # control -----------------------------------------------------------------------------
 
     def _control(self, name: str, *args: Any) -> None:
-        engine = self._engine
-        self._thread.call(getattr(engine, name), *args).result()
+        self._live_host.control(name, *args)
 
     def pause(self) -> None:
         """Stop every transfer and start none until :meth:`resume`; tasks keep their state
@@ -337,7 +316,7 @@ class Session:
     @property
     def bandwidth_limit(self) -> float | None:
         """Bytes per second for the whole session (``None``: unlimited); settable any time."""
-        return self._engine.bucket.rate
+        return self._live_host.bandwidth_limit()
 
     @bandwidth_limit.setter
     def bandwidth_limit(self, rate: float | None) -> None:
@@ -346,7 +325,7 @@ class Session:
         self._control("set_bandwidth_limit", rate)
 
     def _control_call(self, name: str, task_identifier: int) -> Call:
-        return self._thread.submit(getattr(self._engine, name)(task_identifier))
+        return self._live_host.call(name, task_identifier)
 
     def finish_tasks_and_invalidate(self) -> None:
         """Let running tasks finish, then close the session (no new tasks after this)."""
@@ -362,12 +341,13 @@ class Session:
         self._close("detach")
 
     def _close(self, mode: str) -> None:
-        attachment = self._attachment
+        host = self._host
         with _registry_lock:
             for key, value in list(_registry.items()):
-                if value is attachment:
+                if value is host:
                     del _registry[key]
-        attachment.close(mode)
+            _live.discard(host)
+        host.close(mode)
 
     def __enter__(self) -> Session:
         return self
@@ -377,22 +357,19 @@ class Session:
 
     def __repr__(self) -> str:
         kind = f"background {self.identifier!r}" if self.identifier else "default"
-        state = "closed" if self._attachment.closed else f"{len(self._attachment.engine.tasks)} tasks"
+        state = "closed" if self._host.closed else f"{len(self._host.tasks)} tasks"
         return f"<Session {kind}, {state}>"
-
-
-async def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    return fn(*args)
 
 
 @atexit.register
 def _detach_all() -> None:
     """At interpreter exit, journal the last offsets and release the locks."""
     with _registry_lock:
-        attachments = list(_live)
+        hosts = list(_live)
         _registry.clear()
-    for attachment in attachments:
+        _live.clear()
+    for host in hosts:
         try:
-            attachment.close("detach")
+            host.close("detach")
         except Exception:
             pass

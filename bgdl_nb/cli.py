@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import datetime as _dt
 import sys
 from pathlib import Path
@@ -124,6 +125,38 @@ def _cmd_control(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_service(args: argparse.Namespace) -> int:
+    import json
+
+    from ._config import state_dir
+    from ._hosts.service.client import service_status, start_service, stop_service
+
+    root = state_dir(args.state_dir)
+    if args.action == "run":
+        from ._hosts.service.server import main as run_service
+        return run_service(root, args.idle_timeout, args.ready_fd)
+    if args.action == "start":
+        pid = start_service(root, args.idle_timeout)
+        print(f"transfer service running, pid {pid}, state directory {root}")
+        return 0
+    if args.action == "stop":
+        print("stopped" if stop_service(root) else "no transfer service was running")
+        return 0
+    status = service_status(root)
+    if status is None:
+        print(f"no transfer service is running for {root}")
+        return 3
+    if args.json:
+        print(json.dumps(status, indent=1))
+        return 0
+    print(f"pid {status['pid']}, up {status['uptime']:.0f} s, {status['clients']} client(s), protocol "
+          f"{status['protocol']}, state directory {status['state_dir']}")
+    for identifier, info in sorted(status["sessions"].items()):
+        print(f"  {identifier}: {info['tasks']} tasks, {info['running']} running, {info['clients']} attached, "
+              f"{info['bytes_per_second'] / 1e6:.1f} MB/s")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -176,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--id", required=True)
         p.add_argument("--task", type=int, action="append", help="task identifier (default: all)")
         p.set_defaults(func=_cmd_control, command={"pause": "suspend"}.get(name, name))
+
+    p = sub.add_parser("service", help="the transfer service that runs background sessions")
+    p.add_argument("action", choices=["start", "stop", "status", "run"])
+    p.add_argument("--state-dir", help="the state directory it serves (default: BGDL_STATE_DIR or the platform's)")
+    p.add_argument("--idle-timeout", type=float, default=float(os.environ.get("BGDL_SERVICE_IDLE", "30")),
+                   help="seconds without clients and running tasks before it exits (default 30)")
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="status as JSON")
+    p.set_defaults(func=_cmd_service)
 
     p = sub.add_parser("serve", help="run the demo origin server")
     p.add_argument("--host", default="127.0.0.1")

@@ -1,4 +1,6 @@
-"""Background sessions: the journal outlives the process; a new session reattaches."""
+"""Background sessions run in this process (use_service=False): the journal outlives the
+process, and a new session reattaches and continues. The transfer service's side of the
+same story is in test_service.py."""
 
 from __future__ import annotations
 
@@ -21,14 +23,14 @@ MB = 1024 * 1024
 
 def test_reattach_in_a_new_session_continues_from_the_partial_file(origin, tmp_path):
     url = origin.url("big", 6 * MB, rate=8 * MB)
-    first = bg.Session(bg.Configuration.background("ds"))
+    first = bg.Session(bg.Configuration.background("ds", use_service=False))
     task = first.download_task(url, tmp_path / "big").resume()
     wait_for_bytes(task, 2 * MB)
     first.close()  # the process stops holding the session: transfers pause
     tid = task.task_identifier
 
     delegate = Recorder()
-    second = bg.Session(bg.Configuration.background("ds"), delegate=delegate)
+    second = bg.Session(bg.Configuration.background("ds", use_service=False), delegate=delegate)
     [again] = second.all_tasks()
     assert again.task_identifier == tid and again.state is bg.TaskState.RUNNING
     assert again.count_of_bytes_received >= 2 * MB  # the true byte count, at once
@@ -46,10 +48,10 @@ def test_reattach_in_a_new_session_continues_from_the_partial_file(origin, tmp_p
 
 
 def test_same_identifier_in_one_process_shares_the_engine(origin, tmp_path):
-    a = bg.Session(bg.Configuration.background("shared"))
+    a = bg.Session(bg.Configuration.background("shared", use_service=False))
     t = a.download_task(origin.url("s", 1000), tmp_path / "s")
     recorder = Recorder()
-    b = bg.Session(bg.Configuration.background("shared"), delegate=recorder)  # re-running a cell
+    b = bg.Session(bg.Configuration.background("shared", use_service=False), delegate=recorder)  # re-running a cell
     assert [x.task_identifier for x in b.all_tasks()] == [t.task_identifier]
     t.resume().wait(30)
     wait_until(lambda: "complete" in recorder.names())  # the newest delegate gets the callbacks
@@ -58,7 +60,7 @@ def test_same_identifier_in_one_process_shares_the_engine(origin, tmp_path):
 
 HOLDER = textwrap.dedent("""
     import sys, bgdl_nb as bg
-    s = bg.Session(bg.Configuration.background("busy"))
+    s = bg.Session(bg.Configuration.background("busy", use_service=False))
     print("ready", flush=True)
     sys.stdin.readline()
 """)
@@ -70,11 +72,11 @@ def test_another_process_holding_the_identifier_is_reported():
     try:
         assert child.stdout.readline().strip() == "ready"
         with pytest.raises(bg.SessionBusy, match=f"pid {child.pid}"):
-            bg.Session(bg.Configuration.background("busy"))
+            bg.Session(bg.Configuration.background("busy", use_service=False))
     finally:
         child.kill()
         child.wait()
-    bg.Session(bg.Configuration.background("busy")).close()  # a killed holder releases the lock
+    bg.Session(bg.Configuration.background("busy", use_service=False)).close()  # a killed holder releases the lock
 
 
 STUCK_IN_CALLBACK = textwrap.dedent("""
@@ -89,7 +91,9 @@ STUCK_IN_CALLBACK = textwrap.dedent("""
 """)
 
 
-def test_undelivered_events_reach_the_next_session_in_order(origin):
+@pytest.mark.parametrize("in_process", ["1", "0"], ids=["in-process", "service"])
+def test_undelivered_events_reach_the_next_session_in_order(origin, monkeypatch, in_process):
+    monkeypatch.setenv("BGDL_IN_PROCESS", in_process)
     url = origin.url("ev", 300_000)
     child = subprocess.Popen([sys.executable, "-c", STUCK_IN_CALLBACK, url], stdout=subprocess.PIPE, text=True,
                              env=os.environ.copy())
@@ -124,7 +128,7 @@ def test_undelivered_events_reach_the_next_session_in_order(origin):
 
 KILLED_MID_DOWNLOAD = textwrap.dedent("""
     import sys, threading, bgdl_nb as bg
-    s = bg.Session(bg.Configuration.background("killme"))
+    s = bg.Session(bg.Configuration.background("killme", use_service=False))
     s.download_task(sys.argv[1], sys.argv[2]).resume()
     threading.Event().wait()
 """)
@@ -142,7 +146,7 @@ def test_kill_minus_9_mid_download_loses_at_most_one_checkpoint(origin, tmp_path
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
-    session = bg.Session(bg.Configuration.background("killme"))
+    session = bg.Session(bg.Configuration.background("killme", use_service=False))
     [task] = session.all_tasks()
     assert task.wait(30) == dest
     assert sha256_of(dest) == origin.sha256("k", size)

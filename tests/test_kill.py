@@ -1,5 +1,7 @@
-"""``bgdl fetch`` killed with SIGKILL at random points, then re-run: the file is whole and
-the origin served no more than the file plus one checkpoint (and what was in flight) per kill."""
+"""``bgdl fetch`` running its engine in-process (BGDL_IN_PROCESS=1), killed with SIGKILL
+at random points, then re-run: the file is whole and the origin served no more than the
+file plus one checkpoint (and what was in flight) per kill. (Killing the transfer
+service instead is in test_service.py.)"""
 
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ MB = 1024 * 1024
 IN_FLIGHT = 256 * 1024  # the origin's largest write at this rate
 
 
-def test_kill_9_at_random_points_then_resume(origin, tmp_path):
+def test_kill_9_at_random_points_then_resume(origin, tmp_path, monkeypatch):
+    monkeypatch.setenv("BGDL_IN_PROCESS", "1")
     size = 24 * MB
     url = origin.url("dataset.bin", size, rate=12 * MB)
     out = tmp_path / "out"

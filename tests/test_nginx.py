@@ -104,7 +104,8 @@ def test_416_from_nginx_completes_a_whole_partial_file(nginx, session, tmp_path,
     assert ' 416 ' in _access_log(nginx)[-1]
 
 
-def test_bgdl_fetch_killed_and_rerun_against_nginx(nginx, tmp_path):
+def test_bgdl_fetch_killed_and_rerun_against_nginx(nginx, tmp_path, monkeypatch):
+    monkeypatch.setenv("BGDL_IN_PROCESS", "1")  # the engine dies with the command
     body = _data("g", 12 * MB)
     nginx.publish("g.bin", body)
     url = f"{nginx.base_url}/limited/g.bin"

@@ -22,7 +22,7 @@ MB = 1024 * 1024
 @pytest.fixture
 def interrupted(origin, tmp_path):
     """A background download interrupted (session closed) and completed by a new session."""
-    config = bg.Configuration.background("story", max_concurrent_tasks=1)
+    config = bg.Configuration.background("story", max_concurrent_tasks=1, use_service=False)
     first = bg.Session(config)
     a = first.download_task(origin.url("a", 4 * MB, rate=8 * MB), tmp_path / "a").resume()
     first.download_task(origin.url("b", MB, fail503=1, retry_after=0), tmp_path / "b").resume()

@@ -91,3 +91,63 @@ def engine_thread() -> EngineThread:
         return _thread
 
 
+
+
+class ThreadHost:
+    """An engine on the engine thread of this process: the host of default sessions and
+    of background sessions that do not use the transfer service.
+
+    Every host offers the same surface to :class:`~bgdl_nb.Session`: ``tasks``,
+    ``listeners``, ``closed``, ``create``, ``control``, ``call``, ``event_log``,
+    ``destination_busy``, ``bandwidth_limit``, ``set_session`` and ``close``.
+    """
+
+    def __init__(self, engine: Any, lock: Any, thread: EngineThread) -> None:
+        self.engine = engine
+        self.lock = lock
+        self.thread = thread
+        self.closed = False
+
+    @property
+    def tasks(self) -> dict[int, Any]:
+        return self.engine.tasks
+
+    @property
+    def listeners(self) -> list[Callable[..., None]]:
+        return self.engine.listeners
+
+    def open(self, session: Any, delegate: Any) -> None:
+        self.thread.run(self.engine.open(session, delegate))
+
+    def set_session(self, session: Any, delegate: Any) -> None:
+        self.engine.session, self.engine.delegate = session, delegate
+        for task in list(self.engine.tasks.values()):
+            task._session = session
+
+    def create(self, record: Any) -> Any:
+        return self.thread.call(self.engine.create, record).result()
+
+    def control(self, name: str, *args: Any) -> None:
+        self.thread.call(getattr(self.engine, name), *args).result()
+
+    def call(self, name: str, *args: Any) -> Call:
+        return self.thread.submit(getattr(self.engine, name)(*args))
+
+    def event_log(self, since: int = 0) -> list[Any]:
+        return self.thread.call(self.engine.store.events, since).result()
+
+    def destination_busy(self, destination: str) -> int | None:
+        return self.engine.active_destinations.get(destination)
+
+    def bandwidth_limit(self) -> float | None:
+        return self.engine.bucket.rate
+
+    def close(self, mode: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.thread.run(self.engine.close(mode))
+        finally:
+            if self.lock is not None:
+                self.lock.release()

@@ -258,7 +258,7 @@ class SessionPanel(TaskPanel):
     def _tick(self) -> None:
         while not self._stop.wait(self.min_interval):
             self.refresh()
-            if self.session._attachment.closed:
+            if self.session._host.closed:
                 self.refresh(force=True)
                 return
 

@@ -1,0 +1,111 @@
+"""The service protocol: versioned, length-delimited JSON messages over a Unix socket.
+
+A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON. The client
+opens with ``{"op": "hello", "protocol": N}``; a service that speaks another version
+answers with an error naming both, and the client raises :class:`ServiceUnavailable`
+saying how to restart the service.
+
+Requests carry an ``id`` and get exactly one reply with the same ``id``
+(``{"id": n, "ok": true, "result": ...}`` or ``{"id": n, "ok": false, "error": {...}}``,
+the error in :meth:`BgdlError.to_dict` form). The service also pushes, unasked,
+``{"type": "event", ...}`` for every journaled event of an attached identifier and
+``{"type": "progress", ...}`` with live byte counts a few times a second.
+
+The socket lives in a 0700 directory, and the service also checks the peer's uid with
+``SO_PEERCRED`` before it reads a single request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..._exceptions import SessionError
+
+__all__ = ["PROTOCOL_VERSION", "ServiceUnavailable", "peer_uid", "read_frame", "runtime_dir", "write_frame"]
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 64 * 1024 * 1024
+_HEADER = struct.Struct(">I")
+
+
+class ServiceUnavailable(SessionError):
+    """The transfer service could not be reached, started, or understood."""
+
+
+def runtime_dir(state_dir: Path) -> Path:
+    """The 0700 directory of the socket and the service lock for ``state_dir``.
+
+    Unix socket paths are limited to about 100 bytes; a state directory deep enough to
+    break that gets a short directory under the system's temporary directory instead.
+    """
+    preferred = state_dir / "run"
+    if len(str(preferred / "service.sock")) < 100:
+        return preferred
+    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"bgdl-{os.getuid()}-{digest}"
+
+
+def ensure_private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        raise ServiceUnavailable(f"{path} belongs to uid {st.st_uid}, not to you; remove it or set BGDL_STATE_DIR")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    body = json.dumps(message, separators=(",", ":")).encode()
+    return _HEADER.pack(len(body)) + body
+
+
+def decode_length(header: bytes) -> int:
+    (length,) = _HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise ValueError(f"frame of {length} bytes is larger than {MAX_FRAME}")
+    return length
+
+
+def write_frame(sock: socket.socket, message: dict[str, Any]) -> None:
+    sock.sendall(encode(message))
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
+    chunks = []
+    while n:
+        chunk = sock.recv(min(n, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(sock: socket.socket) -> dict[str, Any] | None:
+    """The next message, or ``None`` when the peer closed the connection."""
+    header = _recv_exactly(sock, _HEADER.size)
+    if header is None:
+        return None
+    body = _recv_exactly(sock, decode_length(header))
+    if body is None:
+        return None
+    return json.loads(body)
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a connected Unix socket (SO_PEERCRED)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+def peer_allowed(uid: int, owner: int | None = None) -> bool:
+    """Only the user who owns the service may talk to it."""
+    return uid == (os.getuid() if owner is None else owner)

@@ -1,0 +1,345 @@
+"""The transfer service process (``bgdl service run``).
+
+One per user state directory (a file lock makes a second one exit at once). It hosts
+one engine per attached identifier, each holding that identifier's journal lock, and
+keeps downloading while kernels are busy, restarting or dead. At start it also loads
+every journal that has unfinished running tasks, so a service restarted after a crash
+continues them without waiting for their kernels. It exits after ``idle_timeout``
+seconds with no client and no running task.
+
+Clients attach to identifiers and receive every event (with the task's state) and live
+byte counts; they acknowledge events once their delegate has seen them, which is what
+advances the journal's delivery cursor and removes inbox files (a file finished without
+a destination stays in the inbox until a client's ``did_finish_downloading_to`` returned).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from ..._config import Configuration
+from ..._engine import Engine
+from ..._events import Event, EventKind
+from ..._exceptions import BgdlError, InvalidInput, SessionBusy
+from ..._journal import SqliteStore, TaskRecord, read_journal
+from ..._resume import load_key
+from ..._task import DownloadTask, TaskState
+from .protocol import (PROTOCOL_VERSION, decode_length, encode, ensure_private_dir, peer_allowed, peer_uid,
+                       runtime_dir)
+
+__all__ = ["Service", "snapshot"]
+
+log = logging.getLogger("bgdl_nb.service")
+
+_CONTROLS = {"resume", "suspend", "cancel", "set_priority", "pause", "unpause", "set_bandwidth_limit"}
+_CONFIG_FIELDS = {f.name for f in dataclasses.fields(Configuration)} - {"identifier", "state_directory", "use_service"}
+
+
+def snapshot(task: DownloadTask) -> dict[str, Any]:
+    """What a client needs to mirror a task."""
+    return {"record": dataclasses.asdict(task._record), "received": task._received,
+            "waiting_reason": task.waiting_reason}
+
+
+class _Client:
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.identifiers: set[str] = set()
+
+    def send(self, message: dict[str, Any]) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(encode(message))
+
+
+class _Hosted:
+    def __init__(self, identifier: str, engine: Engine, lock: filelock.BaseFileLock) -> None:
+        self.identifier = identifier
+        self.engine = engine
+        self.lock = lock
+        self.clients: set[_Client] = set()
+        self.sent_counts: dict[int, tuple[int, str | None]] = {}
+        self.rate = 0.0
+        self._last: tuple[float, int] | None = None
+
+
+class Service:
+    """The service's state and request handlers; :meth:`run` is its whole life."""
+
+    def __init__(self, state_dir: Path, idle_timeout: float = 30.0) -> None:
+        self.state_dir = state_dir
+        self.run_dir = runtime_dir(state_dir)
+        self.socket_path = self.run_dir / "service.sock"
+        self.idle_timeout = idle_timeout
+        self.hosted: dict[str, _Hosted] = {}
+        self.clients: set[_Client] = set()
+        self.started = time.time()
+        self.key = load_key(state_dir)
+        self._stop = asyncio.Event()
+
+    # life --------------------------------------------------------------------------------
+
+    async def run(self, ready_fd: int | None = None) -> int:
+        ensure_private_dir(self.run_dir)
+        lock = filelock.FileLock(str(self.run_dir / "service.lock"), timeout=0)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            self._signal_ready(ready_fd, "running")  # another service owns this state directory
+            return 0
+        try:
+            if self.socket_path.exists():
+                self.socket_path.unlink()  # left by a service that was killed
+            server = await asyncio.start_unix_server(self._connection, path=str(self.socket_path))
+            os.chmod(self.socket_path, 0o600)
+            (self.run_dir / "service.pid").write_text(f"{os.getpid()}\n")
+            for journal in sorted((self.state_dir / "sessions").glob("*.sqlite3")):
+                await self._load_if_running(journal)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
+            self._signal_ready(ready_fd, "ready")
+            ticker = loop.create_task(self._tick())
+            await self._stop.wait()
+            ticker.cancel()
+            server.close()
+            for hosted in list(self.hosted.values()):
+                await self._unload(hosted)
+            for client in list(self.clients):
+                client.writer.close()
+            self.socket_path.unlink(missing_ok=True)
+            (self.run_dir / "service.pid").unlink(missing_ok=True)
+            return 0
+        finally:
+            lock.release()
+
+    @staticmethod
+    def _signal_ready(fd: int | None, word: str) -> None:
+        if fd is not None:
+            os.write(fd, f"{word} {os.getpid()}\n".encode())
+            os.close(fd)
+
+    async def _tick(self) -> None:
+        """Live byte counts to attached clients (4 per second), throughput, and idle exit."""
+        idle_since: float | None = None
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            for hosted in self.hosted.values():
+                self._push_counts(hosted, now)
+            busy = any(t.state == TaskState.RUNNING for h in self.hosted.values() for t in h.engine.tasks.values())
+            if self.clients or busy:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = now
+            elif now - idle_since >= self.idle_timeout:
+                log.info("idle for %.0f s: exiting", self.idle_timeout)
+                self._stop.set()
+                return
+
+    def _push_counts(self, hosted: _Hosted, now: float) -> None:
+        counts = {}
+        total = 0
+        for tid, task in hosted.engine.tasks.items():
+            value = (task._received, task.waiting_reason)
+            if task.state == TaskState.RUNNING:
+                total += task._received
+            if hosted.sent_counts.get(tid) != value:
+                hosted.sent_counts[tid] = value
+                counts[str(tid)] = list(value)
+        if hosted._last is not None and now > hosted._last[0]:
+            hosted.rate = max(0.0, (total - hosted._last[1]) / (now - hosted._last[0]))
+        hosted._last = (now, total)
+        if counts:
+            for client in hosted.clients:
+                client.send({"type": "progress", "identifier": hosted.identifier, "counts": counts})
+
+    # engines -----------------------------------------------------------------------------
+
+    async def _load_if_running(self, journal: Path) -> None:
+        identifier = journal.name[: -len(".sqlite3")]
+        try:
+            tasks, _ = read_journal(journal, identifier)
+        except Exception:
+            return
+        if any(t.state in ("running", "canceling") for t in tasks):
+            try:
+                await self._host(identifier, {})
+            except BgdlError as exc:  # an in-process session holds it: leave it alone
+                log.info("not loading %s: %s", identifier, exc)
+
+    async def _host(self, identifier: str, fields: dict[str, Any]) -> _Hosted:
+        hosted = self.hosted.get(identifier)
+        if hosted is not None:
+            return hosted
+        config = Configuration.background(identifier, state_directory=self.state_dir,
+                                          **{k: (tuple(v) if isinstance(v, list) else v)
+                                             for k, v in fields.items() if k in _CONFIG_FIELDS})
+        path = config.journal_path()
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = filelock.FileLock(str(path) + ".lock", timeout=0)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise SessionBusy(f"background session {identifier!r} is held by a process running it in-process "
+                              "(use_service=False); close that session first") from None
+        Path(str(path) + ".owner").write_text(f"transfer service pid {os.getpid()}\n")
+        engine = Engine(config, SqliteStore(path, identifier), self.key, self.state_dir / "work" / identifier)
+        engine.external_delivery = True
+        await engine.open(None, None)  # type: ignore[arg-type]
+        hosted = _Hosted(identifier, engine, lock)
+        engine.listeners.append(lambda event: self._broadcast(hosted, event))
+        self.hosted[identifier] = hosted
+        return hosted
+
+    async def _unload(self, hosted: _Hosted) -> None:
+        await hosted.engine.close("detach")
+        hosted.lock.release()
+        self.hosted.pop(hosted.identifier, None)
+
+    def _broadcast(self, hosted: _Hosted, event: Event) -> None:
+        task = hosted.engine.tasks.get(event.task_identifier) if event.task_identifier is not None else None
+        message = {"type": "event", "identifier": hosted.identifier, "event": event.as_dict(),
+                   "task": snapshot(task) if task is not None else None}
+        for client in hosted.clients:
+            client.send(message)
+
+    # connections -------------------------------------------------------------------------
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock: socket.socket = writer.get_extra_info("socket")
+        uid = peer_uid(sock)
+        client = _Client(writer)
+        if not peer_allowed(uid):
+            client.send({"id": 0, "ok": False, "error": {
+                "type": "SessionError", "message": f"refused: uid {uid} does not own this transfer service"}})
+            await writer.drain()
+            writer.close()
+            return
+        self.clients.add(client)
+        try:
+            while True:
+                try:
+                    header = await reader.readexactly(4)
+                    body = await reader.readexactly(decode_length(header))
+                except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+                    return  # the client left
+                request = json.loads(body)
+                reply = await self._handle(client, request)
+                client.send(reply)
+                await writer.drain()
+        finally:
+            self.clients.discard(client)
+            for identifier in client.identifiers:
+                if identifier in self.hosted:
+                    self.hosted[identifier].clients.discard(client)
+            writer.close()
+
+    async def _handle(self, client: _Client, request: dict[str, Any]) -> dict[str, Any]:
+        rid = request.get("id", 0)
+        try:
+            op = request.get("op")
+            if op == "hello":
+                theirs = request.get("protocol")
+                if theirs != PROTOCOL_VERSION:
+                    raise InvalidInput(
+                        f"the client speaks protocol {theirs}, this transfer service (pid {os.getpid()}) speaks "
+                        f"{PROTOCOL_VERSION}; stop it with `bgdl service stop` and try again")
+                return {"id": rid, "ok": True, "result": {"protocol": PROTOCOL_VERSION, "pid": os.getpid()}}
+            handler = getattr(self, f"_op_{op}", None)
+            if handler is None:
+                raise InvalidInput(f"unknown request {op!r}")
+            return {"id": rid, "ok": True, "result": await handler(client, request)}
+        except BgdlError as exc:
+            return {"id": rid, "ok": False, "error": exc.to_dict()}
+        except Exception as exc:  # a bug here must not take the service down
+            log.exception("request %s failed", request.get("op"))
+            return {"id": rid, "ok": False, "error": {"type": "BgdlError", "message": f"service error: {exc}"}}
+
+    async def _op_attach(self, client: _Client, request: dict[str, Any]) -> dict[str, Any]:
+        identifier = request["identifier"]
+        existed = identifier in self.hosted or Configuration.background(
+            identifier, state_directory=self.state_dir).journal_path().exists()
+        hosted = await self._host(identifier, request.get("config", {}))
+        engine = hosted.engine
+        if existed and engine.tasks:
+            engine._emit(EventKind.REATTACHED, detail=f"client pid {request.get('pid')} attached")
+        # the backlog (this reattach included), the snapshot and the subscription happen
+        # without an await between them, so the client sees every event exactly once
+        backlog = engine.backlog()
+        hosted.clients.add(client)
+        client.identifiers.add(identifier)
+        return {"tasks": [snapshot(t) for t in engine.tasks.values()], "backlog": [e.as_dict() for e in backlog],
+                "reattached": existed, "bandwidth_limit": engine.bucket.rate}
+
+    def _engine(self, client: _Client, request: dict[str, Any]) -> Engine:
+        identifier = request["identifier"]
+        if identifier not in client.identifiers or identifier not in self.hosted:
+            raise InvalidInput(f"attach to {identifier!r} first")
+        return self.hosted[identifier].engine
+
+    async def _op_create(self, client: _Client, request: dict[str, Any]) -> dict[str, Any]:
+        engine = self._engine(client, request)
+        destination = request["record"].get("destination")
+        busy = engine.active_destinations.get(destination) if destination else None
+        if busy is not None:
+            from ..._exceptions import InvalidDestination
+            raise InvalidDestination(f"task {busy} already downloads to {destination}; wait for it or cancel it")
+        return snapshot(engine.create(TaskRecord(**request["record"])))
+
+    async def _op_control(self, client: _Client, request: dict[str, Any]) -> None:
+        name = request["name"]
+        if name not in _CONTROLS:
+            raise InvalidInput(f"unknown control {name!r}")
+        getattr(self._engine(client, request), name)(*request.get("args", []))
+
+    async def _op_cancel_with_resume_data(self, client: _Client, request: dict[str, Any]) -> str | None:
+        data = await self._engine(client, request).cancel_with_resume_data(int(request["task"]))
+        return None if data is None else base64.b64encode(data).decode()
+
+    async def _op_events(self, client: _Client, request: dict[str, Any]) -> list[dict[str, Any]]:
+        engine = self._engine(client, request)
+        return [e.as_dict() for e in engine.store.events(int(request.get("since", 0)))]
+
+    async def _op_ack(self, client: _Client, request: dict[str, Any]) -> None:
+        self._engine(client, request).ack(int(request["seq"]), request.get("finished_path"))
+
+    async def _op_detach(self, client: _Client, request: dict[str, Any]) -> None:
+        identifier = request["identifier"]
+        if request.get("mode") == "cancel" and identifier in self.hosted:
+            engine = self.hosted[identifier].engine
+            await asyncio.gather(*(engine._finish_cancel(t, keep_partial=False) for t in list(engine.tasks.values())
+                                   if t.state != TaskState.COMPLETED))
+        client.identifiers.discard(identifier)
+        if identifier in self.hosted:
+            self.hosted[identifier].clients.discard(client)
+
+    async def _op_status(self, client: _Client, request: dict[str, Any]) -> dict[str, Any]:
+        sessions = {}
+        for identifier, hosted in self.hosted.items():
+            tasks = hosted.engine.tasks.values()
+            sessions[identifier] = {
+                "tasks": len(tasks), "running": sum(t.state == TaskState.RUNNING for t in tasks),
+                "clients": len(hosted.clients), "bytes_per_second": round(hosted.rate)}
+        return {"pid": os.getpid(), "uptime": round(time.time() - self.started, 1), "protocol": PROTOCOL_VERSION,
+                "clients": len(self.clients) - 1, "sessions": sessions, "state_dir": str(self.state_dir)}
+
+    async def _op_shutdown(self, client: _Client, request: dict[str, Any]) -> dict[str, Any]:
+        self._stop.set()
+        return {"stopping": os.getpid()}
+
+
+def main(state_dir: Path, idle_timeout: float, ready_fd: int | None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return asyncio.run(Service(state_dir, idle_timeout).run(ready_fd))
