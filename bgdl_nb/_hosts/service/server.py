@@ -95,15 +95,17 @@ class Service:
         lock = filelock.FileLock(str(self.run_dir / "service.lock"), timeout=0)
         try:
             lock.acquire()
-        except filelock.Timeout:
-            self._signal_ready(ready_fd, "running")  # another service owns this state directory
+        except filelock.Timeout:  # another service owns this state directory: name it
+            pid_file = self.run_dir / "service.pid"
+            running = pid_file.read_text().strip() if pid_file.exists() else str(os.getpid())
+            self._signal_ready(ready_fd, "running", running)
             return 0
         try:
             if self.socket_path.exists():
                 self.socket_path.unlink()  # left by a service that was killed
             server = await asyncio.start_unix_server(self._connection, path=str(self.socket_path))
             os.chmod(self.socket_path, 0o600)
-            (self.run_dir / "service.pid").write_text(f"{os.getpid()}\n")
+            (self.run_dir / "service.pid").write_text(f"{os.getpid()}\n")  # read by a second start
             for journal in sorted((self.state_dir / "sessions").glob("*.sqlite3")):
                 await self._load_if_running(journal)
             loop = asyncio.get_running_loop()
@@ -125,9 +127,9 @@ class Service:
             lock.release()
 
     @staticmethod
-    def _signal_ready(fd: int | None, word: str) -> None:
+    def _signal_ready(fd: int | None, word: str, pid: str | None = None) -> None:
         if fd is not None:
-            os.write(fd, f"{word} {os.getpid()}\n".encode())
+            os.write(fd, f"{word} {pid or os.getpid()}\n".encode())
             os.close(fd)
 
     async def _tick(self) -> None:

@@ -1,0 +1,241 @@
+"""The transfer service: downloads go on while kernels die, the service survives its own
+SIGKILL, only its owner may talk to it, and it leaves when idle."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+
+import filelock
+import pytest
+
+import bgdl_nb as bg
+from bgdl_nb._engine import CHECKPOINT_BYTES
+from bgdl_nb._hosts.service.client import service_status, start_service, stop_service
+from bgdl_nb._hosts.service.protocol import PROTOCOL_VERSION, peer_allowed, read_frame, runtime_dir, write_frame
+from bgdl_nb._journal import journaled_bytes, read_journal
+
+from conftest import run_cli
+from helpers import Recorder, run_in_kernel, sha256_of, wait_for_bytes, wait_until
+
+MB = 1024 * 1024
+
+
+def _alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read().lower()
+
+
+def test_kill_9_of_the_service_mid_download(origin, tmp_path, state_dir):
+    size = 12 * MB
+    session = bg.Session(bg.Configuration.background("survivor"))
+    task = session.download_task(origin.url("s", size, rate=8 * MB), tmp_path / "s").resume()
+    wait_for_bytes(task, 3 * MB)
+    pid = service_status(state_dir)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    # the client notices, starts a new service, which continues from the journal
+    assert task.wait(60) == tmp_path / "s"
+    assert sha256_of(tmp_path / "s") == origin.sha256("s", size)
+    assert service_status(state_dir)["pid"] != pid
+    assert origin.bytes_sent("s") <= size + CHECKPOINT_BYTES + 512 * 1024
+    ranges = [r.headers.get("Range") for r in origin.requests_for("s")]
+    assert ranges[0] is None and ranges[-1].startswith("bytes=")
+    assert not list(tmp_path.glob(".s.*"))  # nothing left half-finalised
+    session.close()
+
+
+def test_a_download_goes_on_while_no_process_holds_the_session(origin, tmp_path, state_dir):
+    size = 8 * MB
+    first = bg.Session(bg.Configuration.background("alone"))
+    task = first.download_task(origin.url("a", size, rate=8 * MB), tmp_path / "a").resume()
+    wait_for_bytes(task, MB)
+    first.close()
+    journal = bg.Configuration.background("alone").journal_path()
+    wait_until(lambda: read_journal(journal, "alone")[0][0].state == "completed", timeout=60,
+               what="the service to finish the download with no client attached")
+    assert sha256_of(tmp_path / "a") == origin.sha256("a", size)
+    delegate = Recorder()
+    second = bg.Session(bg.Configuration.background("alone"), delegate=delegate)
+    assert delegate.finished_events.wait(30)
+    assert delegate.names()[-3:] == ["finish", "complete", "finished_events"]
+    assert delegate.names().count("finished_events") == 1
+    second.close()
+
+
+def test_two_sessions_one_identifier_one_transfer(origin, tmp_path, state_dir):
+    url = origin.url("shared", 6 * MB, rate=6 * MB)
+    mine = bg.Session(bg.Configuration.background("two"))
+    task = mine.download_task(url, tmp_path / "shared").resume()
+    other = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import bgdl_nb as bg
+        s = bg.Session(bg.Configuration.background("two"))
+        [t] = s.all_tasks()
+        seen = []
+        s.add_listener(lambda e: seen.append(e.event))
+        t.wait(60)
+        print(t.count_of_bytes_received, seen.count("progress") > 0)
+        s.close()
+    """)], stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    out, _ = other.communicate(timeout=90)
+    task.wait(60)
+    received, saw_progress = out.split()
+    assert int(received) == 6 * MB and saw_progress == "True"
+    assert len(origin.requests_for("shared")) == 1  # transferred once
+    mine.close()
+
+
+def test_a_second_start_finds_the_running_service(state_dir):
+    first = start_service(state_dir)
+    assert start_service(state_dir) == first
+    status = run_cli("service", "status")
+    assert f"pid {first}" in status.stdout and status.returncode == 0
+
+
+def test_status_shows_sessions_tasks_and_throughput(origin, tmp_path, state_dir):
+    session = bg.Session(bg.Configuration.background("stat"))
+    task = session.download_task(origin.url("st", 8 * MB, rate=4 * MB), tmp_path / "st").resume()
+    wait_for_bytes(task, MB)
+    status = json.loads(run_cli("service", "status", "--json").stdout)
+    assert status["sessions"]["stat"]["tasks"] == 1 and status["sessions"]["stat"]["running"] == 1
+    assert status["sessions"]["stat"]["bytes_per_second"] > 0 and status["uptime"] >= 0
+    session.invalidate_and_cancel()
+
+
+def test_idle_service_exits_and_leaves_no_process(origin, tmp_path, state_dir, monkeypatch):
+    monkeypatch.setenv("BGDL_SERVICE_IDLE", "0.5")
+    session = bg.Session(bg.Configuration.background("idle"))
+    session.download_task(origin.url("i", 1000), tmp_path / "i").resume().wait(30)
+    pid = service_status(state_dir)["pid"]
+    session.close()
+    with filelock.FileLock(str(runtime_dir(state_dir) / "service.lock"), timeout=60):
+        pass  # free once the service exited on its own
+    wait_until(lambda: not _alive(pid), what="the service process to be gone (and reaped)")
+    assert service_status(state_dir) is None
+
+
+def test_protocol_mismatch_names_both_versions(state_dir):
+    start_service(state_dir)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(runtime_dir(state_dir) / "service.sock"))
+        write_frame(sock, {"id": 1, "op": "hello", "protocol": 999})
+        reply = read_frame(sock)
+    assert not reply["ok"]
+    assert f"protocol 999" in reply["error"]["message"] and f"speaks {PROTOCOL_VERSION}" in reply["error"]["message"]
+
+
+def test_runtime_directory_is_private(state_dir):
+    start_service(state_dir)
+    run = runtime_dir(state_dir)
+    assert run.stat().st_mode & 0o777 == 0o700
+    assert (run / "service.sock").stat().st_mode & 0o777 == 0o600
+
+
+def test_peer_check():
+    assert peer_allowed(os.getuid()) and not peer_allowed(os.getuid() + 1)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_another_user_is_refused(monkeypatch):
+    import shutil
+    import tempfile
+    from pathlib import Path
+    state_dir = Path(tempfile.mkdtemp(prefix="bgdl-uid-"))  # under /tmp, so nobody can walk the path
+    os.chmod(state_dir, 0o711)
+    monkeypatch.setenv("BGDL_STATE_DIR", str(state_dir))
+    try:
+        _refuse_nobody(state_dir)
+    finally:
+        stop_service(state_dir)
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _refuse_nobody(state_dir):
+    start_service(state_dir)
+    run = runtime_dir(state_dir)
+    os.chmod(run, 0o711)  # open the directory's door, so that only the uid check stands in the way
+    os.chmod(run / "service.sock", 0o666)
+    path = str(run / "service.sock")
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child becomes nobody and tries to talk to the service
+        try:
+            os.close(read_fd)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(path)
+            body = json.dumps({"id": 1, "op": "hello", "protocol": PROTOCOL_VERSION}).encode()
+            sock.sendall(struct.pack(">I", len(body)) + body)
+            reply = read_frame(sock)
+            os.write(write_fd, json.dumps(reply).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        reply = json.loads(f.read() or "null")
+    os.waitpid(pid, 0)
+    os.chmod(run, 0o700)
+    assert reply is not None and reply["ok"] is False and "refused: uid 65534" in reply["error"]["message"]
+
+
+def test_kernel_killed_mid_download_then_a_new_kernel_gets_the_missed_events(origin, tmp_path, state_dir):
+    from jupyter_client.manager import KernelManager
+
+    size = 12 * MB
+    url = origin.url("k.bin", size, rate=6 * MB)
+    dest = tmp_path / "k.bin"
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env=os.environ.copy())
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        run_in_kernel(kc, textwrap.dedent(f"""
+            import bgdl_nb as bg
+            session = bg.Session(bg.Configuration.background("kdead"))
+            task = session.download_task({url!r}, {str(dest)!r}).resume()
+        """))
+        journal = bg.Configuration.background("kdead").journal_path()
+        wait_until(lambda: journaled_bytes(journal, "kdead") >= 2 * MB, timeout=60, what="2 MiB")
+        os.kill(km.provisioner.pid, signal.SIGKILL)
+        wait_until(lambda: not km.is_alive(), what="the kernel to die")
+        at_death = journaled_bytes(journal, "kdead")
+        wait_until(lambda: journaled_bytes(journal, "kdead") > at_death + MB, timeout=60,
+                   what="the file to keep growing while the kernel is dead")
+        km.restart_kernel(now=True)
+        kc.wait_for_ready(timeout=60)
+        out = run_in_kernel(kc, textwrap.dedent("""
+            import threading, bgdl_nb as bg
+            calls = []
+            done = threading.Event()
+            class D(bg.SessionDelegate):
+                def did_finish_downloading_to(self, s, t, loc): calls.append("finish")
+                def did_complete_with_error(self, s, t, e): calls.append("complete")
+                def did_finish_events_for_background_session(self, s):
+                    calls.append("finished_events")
+                    done.set()
+            session = bg.Session(bg.Configuration.background("kdead"), delegate=D())
+            [task] = session.all_tasks()
+            print(task.wait(120))
+            done.wait(30)
+            print(" ".join(calls))
+        """), timeout=150)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    lines = out.split("\n")
+    assert lines[0] == str(dest)
+    assert lines[1].split().count("finished_events") == 1
+    assert sha256_of(dest) == origin.sha256("k.bin", size)
+    assert len(origin.requests_for("k.bin")) == 1  # never interrupted: the kernel was not the downloader
+
+
+def test_stop_service_when_none_runs(state_dir):
+    assert stop_service(state_dir) is False
+    assert "no transfer service" in run_cli("service", "stop").stdout
