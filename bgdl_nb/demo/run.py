@@ -2,10 +2,11 @@
 
 1. Start the demo origin on a free loopback port (rate-limited, so the download takes a
    few seconds).
-2. Run ``bgdl fetch`` for a small dataset in a child process, and ``kill -9`` it once
-   about 40% of the bytes are journaled.
-3. Run the same fetch again in this process: it reattaches to the journal and continues
-   each file from its partial bytes.
+2. Run ``bgdl fetch`` for a small dataset in a child process; the transfers run in the
+   transfer service. Once about 40% of the bytes are journaled, ``kill -9`` both the
+   service (the process doing the transfer) and the child.
+3. Run the same fetch again in this process: it starts a new service, which reattaches
+   to the journal and continues each file from its partial bytes.
 4. Verify every file against the origin's sha256, and summarise the event log and how
    many bytes the origin served in all.
 """
@@ -32,6 +33,7 @@ MB = 1024 * 1024
 def run_demo(workdir: str | None = None, size_mb: int = 48) -> int:
     from .._config import Configuration
     from .._fetch import fetch
+    from .._hosts.service.client import service_status, stop_service
     from .._journal import journaled_bytes, read_journal
     from .origin import Origin
 
@@ -67,9 +69,13 @@ def run_demo(workdir: str | None = None, size_mb: int = 48) -> int:
             except subprocess.TimeoutExpired:
                 pass
         if child.poll() is None:
-            child.send_signal(signal.SIGKILL)
+            status = service_status(state)
+            child.send_signal(signal.SIGKILL)  # the client first, so it cannot start a new service
             child.wait()
-            console.print(f"\n[bold]2.[/] killed it with SIGKILL at {got / MB:.1f} of {total / MB:.0f} MiB "
+            if status is not None:
+                os.kill(status["pid"], signal.SIGKILL)
+            who = f"the transfer service (pid {status['pid']}) and the client" if status else "the client"
+            console.print(f"\n[bold]2.[/] killed {who} with SIGKILL at {got / MB:.1f} of {total / MB:.0f} MiB "
                           "journaled; partial files stay on disk")
         else:
             console.print(f"\n[bold]2.[/] the child finished before it could be killed (exit {child.returncode})")
@@ -106,4 +112,5 @@ def run_demo(workdir: str | None = None, size_mb: int = 48) -> int:
         console.print(f"  `bgdl events --id {identifier}` with BGDL_STATE_DIR={state} shows every row")
         console.print("[bold green]all files complete and verified[/]" if ok else "[bold red]verification failed[/]")
         del tasks
+        stop_service(state)
         return 0 if ok else 1

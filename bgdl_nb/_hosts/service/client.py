@@ -31,7 +31,7 @@ from typing import Any, Callable
 from ..._config import Configuration
 from ..._delegate import Deliverer, SessionDelegate
 from ..._events import Event, EventKind
-from ..._exceptions import BgdlError
+from ..._exceptions import BgdlError, SessionBusy
 from ..._journal import TaskRecord
 from ..._task import DownloadTask, TaskState
 from ..thread import Call
@@ -139,7 +139,8 @@ class ServiceHost:
         self._delivered = 0
         self._deliverer = Deliverer()
         self._sock: socket.socket | None = None
-        self._attach()
+        self._attaching = False
+        self._attach_with_retries()
         self._delivery_thread = threading.Thread(target=self._deliver_loop, name="bgdl-client-delegate",
                                                  daemon=True)
         self._delivery_thread.start()
@@ -201,19 +202,38 @@ class ServiceHost:
                 call.set_exception(ServiceUnavailable("the transfer service went away during the call; "
                                                       "it restarts by itself: try again"))
         self._pending.clear()
-        if self.closed or sock is not self._sock:
-            return
+        if self.closed or sock is not self._sock or self._attaching:
+            return  # closing, an old connection, or an attach already under way
+        try:
+            self._attach_with_retries()
+            log.info("reattached to a restarted transfer service")
+        except BgdlError as exc:
+            self.closed = True
+            log.error("giving up on the transfer service for %r: %s", self.identifier, exc)
+
+    def _attach_with_retries(self) -> None:
+        """Attach, starting the service when needed; a service that dies meanwhile (a
+        crash, or a start whose starter was killed) gets a few more tries, then a clear error."""
         wait = threading.Event()
+        self._attaching = True
+        try:
+            self._attach_loop(wait)
+        finally:
+            self._attaching = False
+
+    def _attach_loop(self, wait: threading.Event) -> None:
         for attempt in range(_RECONNECT_ATTEMPTS):
             try:
                 self._attach()
-                log.info("reattached to a restarted transfer service")
                 return
+            except SessionBusy:
+                raise
             except BgdlError as exc:
-                log.warning("transfer service unavailable (%s); retrying", exc)
+                if attempt == _RECONNECT_ATTEMPTS - 1:
+                    raise ServiceUnavailable(f"the transfer service for {self.state_dir} is unavailable: {exc}; "
+                                             f"see {runtime_dir(self.state_dir) / 'service.log'}") from exc
+                log.info("transfer service unavailable (%s); retrying", exc)
                 wait.wait(min(4.0, 0.25 * 2 ** attempt))
-        self.closed = True
-        log.error("giving up on the transfer service for %r", self.identifier)
 
     def _request(self, op: str, timeout: float | None = _REQUEST_TIMEOUT, **args: Any) -> Any:
         return self._submit(op, **args).result(timeout)
@@ -231,7 +251,8 @@ class ServiceHost:
                 write_frame(sock, {"id": rid, "op": op, **args})
         except OSError as exc:
             self._pending.pop(rid, None)
-            call.set_exception(ServiceUnavailable(f"the transfer service is unreachable ({exc}); try again"))
+            if not call.done():  # the reader may have failed it already
+                call.set_exception(ServiceUnavailable(f"the transfer service is unreachable ({exc}); try again"))
         return call
 
     # mirroring ---------------------------------------------------------------------------

@@ -129,8 +129,12 @@ class Service:
     @staticmethod
     def _signal_ready(fd: int | None, word: str, pid: str | None = None) -> None:
         if fd is not None:
-            os.write(fd, f"{word} {pid or os.getpid()}\n".encode())
-            os.close(fd)
+            try:
+                os.write(fd, f"{word} {pid or os.getpid()}\n".encode())
+            except OSError:
+                pass  # whoever started us has gone; serve the next client anyway
+            finally:
+                os.close(fd)
 
     async def _tick(self) -> None:
         """Live byte counts to attached clients (4 per second), throughput, and idle exit."""
