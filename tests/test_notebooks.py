@@ -10,11 +10,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers import run_in_kernel
+from helpers import run_in_kernel, wait_until
 
 pytestmark = pytest.mark.kernel
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
-RESTARTING = {"02-resume-across-kernel-restarts.ipynb"}
+RESTARTING = {"02-resume-across-kernel-restarts.ipynb", "05-background-service.ipynb"}
 
 
 def _restarts(nb) -> bool:
@@ -45,8 +45,15 @@ def test_notebook_runs_with_nbclient(name, tmp_path):
         assert len(images) >= 2, "both plots must render"
 
 
+def _all_done(state_dir) -> bool:
+    from bgdl_nb._journal import read_journal
+    journals = list((state_dir / "sessions").glob("*.sqlite3"))
+    return bool(journals) and all(t.state == "completed" for j in journals
+                                  for t in read_journal(j, j.name[:-len(".sqlite3")])[0])
+
+
 @pytest.mark.parametrize("name", sorted(RESTARTING))
-def test_notebook_that_restarts_its_kernel(name, tmp_path):
+def test_notebook_that_restarts_its_kernel(name, tmp_path, state_dir):
     from jupyter_client.manager import KernelManager
 
     shutil.copy(NOTEBOOKS / name, tmp_path / name)
@@ -56,23 +63,32 @@ def test_notebook_that_restarts_its_kernel(name, tmp_path):
     kc = km.client()
     kc.start_channels()
     restarted = 0
+    output = []
     try:
         kc.wait_for_ready(timeout=60)
         for cell in nb.cells:
             if cell.cell_type != "code":
                 continue
-            if "restart-kernel" in cell.metadata.get("tags", []):
+            tags = cell.metadata.get("tags", [])
+            if "restart-kernel" in tags:
                 km.restart_kernel(now=True)  # what the cell does to the kernel, done from outside
+                if "wait-until-done" in tags:  # what the notebook asks its reader to do
+                    wait_until(lambda: _all_done(state_dir), timeout=120, what="the service to finish")
                 kc.wait_for_ready(timeout=60)
                 restarted += 1
                 continue
-            run_in_kernel(kc, cell.source, timeout=300)
+            output.append(run_in_kernel(kc, cell.source, timeout=300))
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
-        info = tmp_path / "demo-origin.json"
-        if info.exists():
-            from bgdl_nb.demo import RemoteOrigin
+        from bgdl_nb.demo import RemoteOrigin
+        for info in tmp_path.glob("demo-origin*.json"):
             RemoteOrigin.load(info).stop()
     assert restarted == 1
-    assert (tmp_path / "data" / "restart" / "survey.bin").stat().st_size == 48_000_000
+    if name.startswith("02"):
+        assert (tmp_path / "data" / "restart" / "survey.bin").stat().st_size == 48_000_000
+    if name.startswith("05"):
+        text = "".join(output)
+        assert "finished while no kernel was attached: True" in text
+        assert text.count("did_finish_events_for_background_session") == 1
+        assert "did_finish_downloading_to" in text
