@@ -85,6 +85,21 @@ class Configuration:
     """Bytes per second for the whole session (a token bucket); ``None``: unlimited.
     Change it while tasks run with ``session.bandwidth_limit = ...``."""
 
+    sessions_send_launch_events: bool = False
+    """When tasks finish while no client is attached, the transfer service runs
+    ``launch_command`` (URLSession's ``sessionSendsLaunchEvents``): a process that
+    creates this session receives the events, as a relaunched app would."""
+
+    launch_command: tuple[str, ...] | None = None
+    """The command the service runs, e.g. ``("python", "handle.py")`` or, for a notebook,
+    ``("jupyter", "execute", "handle.ipynb")``. It runs with ``BGDL_LAUNCHED_FOR`` set to
+    the identifier and ``BGDL_STATE_DIR`` to the state directory."""
+
+    launch_delay: float = 60.0
+    """The relaunch rate limiter: tasks created by a launched process start only after
+    ``launch_delay * 2 ** (launches - 1)`` seconds, where ``launches`` counts launches
+    since an interactive client last attached (then it resets to 0)."""
+
     use_service: bool | None = None
     """Background sessions only: run transfers in the transfer service, a separate
     process that keeps downloading while the kernel is busy, restarting or dead
@@ -101,6 +116,8 @@ class Configuration:
     """Redirect hops followed before the task fails."""
 
     def __post_init__(self) -> None:
+        if self.launch_command is not None and not isinstance(self.launch_command, str):
+            object.__setattr__(self, "launch_command", tuple(str(a) for a in self.launch_command))
         if self.identifier is not None and not _IDENTIFIER.match(self.identifier):
             raise InvalidConfiguration(
                 f"session identifier {self.identifier!r} is not allowed: use 1-128 letters, "
@@ -120,6 +137,13 @@ class Configuration:
             if not (0 <= start <= 24 and 0 <= end <= 24) or start == end:
                 raise InvalidConfiguration("discretionary_window must be two different hours between 0 and 24, "
                                            "e.g. (1, 6)")
+        if self.launch_command is not None and (isinstance(self.launch_command, str) or not self.launch_command):
+            raise InvalidConfiguration("launch_command must be a non-empty sequence of arguments, "
+                                       "e.g. ('python', 'handle.py')")
+        if self.sessions_send_launch_events and self.launch_command is None:
+            raise InvalidConfiguration("sessions_send_launch_events needs a launch_command to run")
+        if self.launch_delay < 0:
+            raise InvalidConfiguration("launch_delay must be 0 or more seconds")
         if self.max_retries < 0:
             raise InvalidConfiguration("max_retries must be 0 or more")
 

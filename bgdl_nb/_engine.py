@@ -299,6 +299,7 @@ class Engine:
         self.scheduler.add(Item(
             rec.task_identifier, host=urlsplit(rec.url).netloc.lower(), priority=rec.priority,
             earliest_begin_date=rec.earliest_begin_date, discretionary=rec.discretionary,
+            not_before=rec.launch_delay_until, not_before_reason=rec.launch_delay_reason or RETRY,
             remaining_bytes=max(0, (known or 0) - rec.offset), disk=str(folder),
             deadline=rec.created + self.config.timeout_interval_for_resource))
 

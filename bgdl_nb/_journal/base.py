@@ -22,6 +22,8 @@ class TaskRecord:
     state: str = "suspended"
     priority: float = 0.5
     earliest_begin_date: float | None = None
+    launch_delay_until: float | None = None
+    launch_delay_reason: str | None = None
     discretionary: bool = False
     expected_bytes: int | None = None
     sha256: str | None = None

@@ -160,7 +160,9 @@ class ServiceHost:
         del hello
         fields = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)
                   if f.name not in ("identifier", "state_directory", "use_service")}
-        reply = self._request("attach", identifier=self.identifier, config=fields, pid=os.getpid())
+        launched = os.environ.get("BGDL_LAUNCHED_FOR") == self.identifier
+        reply = self._request("attach", identifier=self.identifier, config=fields, pid=os.getpid(),
+                              interactive=not launched)
         self._bandwidth = reply.get("bandwidth_limit")
         for snap in reply["tasks"]:
             self._mirror(snap)

@@ -57,6 +57,7 @@ class _Client:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.identifiers: set[str] = set()
+        self.launched: set[str] = set()  # identifiers this client was launched for
 
     def send(self, message: dict[str, Any]) -> None:
         if not self.writer.is_closing():
@@ -72,6 +73,8 @@ class _Hosted:
         self.sent_counts: dict[int, tuple[int, str | None]] = {}
         self.rate = 0.0
         self._last: tuple[float, int] | None = None
+        self.launches = 0  # since an interactive client last attached
+        self.launched: Any = None  # the running launch_command process
 
 
 class Service:
@@ -189,10 +192,7 @@ class Service:
         hosted = self.hosted.get(identifier)
         if hosted is not None:
             return hosted
-        config = Configuration.background(identifier, state_directory=self.state_dir,
-                                          **{k: (tuple(v) if isinstance(v, list) else v)
-                                             for k, v in fields.items() if k in _CONFIG_FIELDS})
-        path = config.journal_path()
+        path = Configuration.background(identifier, state_directory=self.state_dir).journal_path()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock = filelock.FileLock(str(path) + ".lock", timeout=0)
         try:
@@ -201,7 +201,15 @@ class Service:
             raise SessionBusy(f"background session {identifier!r} is held by a process running it in-process "
                               "(use_service=False); close that session first") from None
         Path(str(path) + ".owner").write_text(f"transfer service pid {os.getpid()}\n")
-        engine = Engine(config, SqliteStore(path, identifier), self.key, self.state_dir / "work" / identifier)
+        store = SqliteStore(path, identifier)
+        if fields:  # the configuration outlives the service: a restarted one reads it back
+            store.set_meta("config", json.dumps(fields))
+        else:
+            fields = json.loads(store.get_meta("config") or "{}")
+        config = Configuration.background(identifier, state_directory=self.state_dir,
+                                          **{k: (tuple(v) if isinstance(v, list) else v)
+                                             for k, v in fields.items() if k in _CONFIG_FIELDS})
+        engine = Engine(config, store, self.key, self.state_dir / "work" / identifier)
         engine.external_delivery = True
         await engine.open(None, None)  # type: ignore[arg-type]
         hosted = _Hosted(identifier, engine, lock)
@@ -220,6 +228,32 @@ class Service:
                    "task": snapshot(task) if task is not None else None}
         for client in hosted.clients:
             client.send(message)
+        if event.event in (EventKind.FINISHED.value, EventKind.COMPLETED.value, EventKind.FAILED.value) \
+                and not hosted.clients:
+            asyncio.get_running_loop().call_soon(self._launch, hosted)
+
+    def _launch(self, hosted: _Hosted) -> None:
+        """sessionSendsLaunchEvents: run the launch command for events nobody is there to see."""
+        config = hosted.engine.config
+        if not config.sessions_send_launch_events or not config.launch_command or hosted.clients:
+            return
+        if hosted.launched is not None and hosted.launched.poll() is None:
+            return  # the process launched before will receive these events too
+        import subprocess
+        import threading
+        hosted.launches += 1
+        log_path = self.run_dir / f"launch-{hosted.identifier}.log"
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(
+                list(config.launch_command), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                start_new_session=True,
+                env={**os.environ, "BGDL_LAUNCHED_FOR": hosted.identifier, "BGDL_STATE_DIR": str(self.state_dir)})
+        threading.Thread(target=proc.wait, name="bgdl-launch-reaper", daemon=True).start()
+        hosted.launched = proc
+        delay = config.launch_delay * 2 ** (hosted.launches - 1)
+        hosted.engine._emit(EventKind.LAUNCHED, detail=(
+            f"launch {hosted.launches}: ran {' '.join(config.launch_command)} (pid {proc.pid}); tasks it creates "
+            f"wait {delay:g} s; output in {log_path}"))
 
     # connections -------------------------------------------------------------------------
 
@@ -279,8 +313,16 @@ class Service:
             identifier, state_directory=self.state_dir).journal_path().exists()
         hosted = await self._host(identifier, request.get("config", {}))
         engine = hosted.engine
+        interactive = request.get("interactive", True)
         if existed and engine.tasks:
-            engine._emit(EventKind.REATTACHED, detail=f"client pid {request.get('pid')} attached")
+            reset = f"; launch rate limiter reset after {hosted.launches} launches" \
+                if interactive and hosted.launches else ""
+            engine._emit(EventKind.REATTACHED, detail=f"{'' if interactive else 'launched '}client pid "
+                                                      f"{request.get('pid')} attached{reset}")
+        if interactive:
+            hosted.launches = 0
+        else:
+            client.launched.add(identifier)
         # the backlog (this reattach included), the snapshot and the subscription happen
         # without an await between them, so the client sees every event exactly once
         backlog = engine.backlog()
@@ -302,7 +344,13 @@ class Service:
         if busy is not None:
             from ..._exceptions import InvalidDestination
             raise InvalidDestination(f"task {busy} already downloads to {destination}; wait for it or cancel it")
-        return snapshot(engine.create(TaskRecord(**request["record"])))
+        record = TaskRecord(**request["record"])
+        hosted = self.hosted[request["identifier"]]
+        if request["identifier"] in client.launched and hosted.launches:
+            delay = engine.config.launch_delay * 2 ** (hosted.launches - 1)
+            record.launch_delay_until = time.time() + delay
+            record.launch_delay_reason = f"launch rate limit ({delay:g} s after launch {hosted.launches})"
+        return snapshot(engine.create(record))
 
     async def _op_control(self, client: _Client, request: dict[str, Any]) -> None:
         name = request["name"]

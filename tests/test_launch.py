@@ -1,0 +1,87 @@
+"""Launch events and the relaunch rate limiter: tasks that finish while no client is
+attached make the service run the launch command, which reattaches and receives the
+events; tasks a launched process creates wait a delay that doubles with every launch and
+resets when an interactive client attaches."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+
+import bgdl_nb as bg
+
+from helpers import wait_until
+
+HANDLER = textwrap.dedent("""
+    import os, sys, threading, bgdl_nb as bg
+    out, url, dest_dir = sys.argv[1], sys.argv[2], sys.argv[3]
+    rounds = open(out).read().count("round") if os.path.exists(out) else 0
+    done = threading.Event()
+    lines = [f"round {rounds + 1}"]
+    class Handler(bg.SessionDelegate):
+        def did_finish_downloading_to(self, session, task, location):
+            lines.append(f"finish {task.task_identifier}")
+        def did_complete_with_error(self, session, task, error):
+            lines.append(f"complete {task.task_identifier} {error}")
+        def did_finish_events_for_background_session(self, session):
+            lines.append("finished_events")
+            done.set()
+    session = bg.Session(bg.Configuration.background("launchy"), delegate=Handler())
+    done.wait(30)
+    task = session.download_task(f"{url}&n={rounds}", f"{dest_dir}/next-{rounds}")
+    task.resume()
+    lines.append(f"waiting {task.waiting_reason}")
+    if rounds >= 1:
+        task.wait(60)  # the second launched process stays until its task is done: no third launch
+    with open(out, "a") as f:
+        f.write("\\n".join(lines) + "\\n")
+    session.close()
+""")
+
+
+@pytest.fixture
+def handler(tmp_path):
+    path = tmp_path / "handler.py"
+    path.write_text(HANDLER)
+    return path
+
+
+def test_launch_events_and_the_rate_limiter(origin, tmp_path, handler):
+    out = tmp_path / "launch.out"
+    url = origin.url("next", 1000)
+    config = bg.Configuration.background(
+        "launchy", sessions_send_launch_events=True, launch_delay=0.5,
+        launch_command=(sys.executable, str(handler), str(out), url, str(tmp_path)))
+    session = bg.Session(config)
+    session.download_task(origin.url("first", 2_000_000, rate=4_000_000), tmp_path / "first").resume()
+    session.close()  # nobody is attached when it finishes: the service launches the handler
+    wait_until(lambda: out.exists() and out.read_text().count("round") == 2, timeout=90,
+               what="two launches of the handler")
+    text = out.read_text()
+    assert "finish 1" in text and "complete 1 None" in text and text.count("finished_events") == 2
+    assert "waiting launch rate limit (0.5 s after launch 1)" in text
+    assert "waiting launch rate limit (1 s after launch 2)" in text  # doubled
+
+    interactive = bg.Session(bg.Configuration.background("launchy"))
+    log = interactive.event_log()
+    launches = [e for e in log if e.event == "launched"]
+    assert len(launches) == 2 and "launch 2" in launches[1].detail
+    for task in interactive.all_tasks()[1:]:  # the launched processes' tasks started after their delay
+        created = next(e.time for e in log if e.event == "created" and e.task_identifier == task.task_identifier)
+        started = next(e.time for e in log if e.event == "started" and e.task_identifier == task.task_identifier)
+        assert started - created >= 0.5
+    reattached = [e for e in log if e.event == "reattached"][-1]
+    assert "rate limiter reset after 2 launches" in reattached.detail
+    fresh = interactive.download_task(origin.url("now", 1000), tmp_path / "now").resume()
+    assert fresh.waiting_reason is None or "launch" not in fresh.waiting_reason
+    fresh.wait(30)
+    interactive.close()
+
+
+def test_launch_configuration_is_checked():
+    with pytest.raises(bg.InvalidConfiguration, match="needs a launch_command"):
+        bg.Configuration.background("x", sessions_send_launch_events=True)
+    with pytest.raises(bg.InvalidConfiguration, match="sequence of arguments"):
+        bg.Configuration.background("x", launch_command="python handle.py")
