@@ -124,6 +124,7 @@ class Engine:
         self.delegate: SessionDelegate | None = None
         self.tasks: dict[int, DownloadTask] = {}
         self.active_destinations: dict[str, int] = {}  # destination -> unfinished task writing it
+        self.followers: dict[int, str] = {}  # task -> the task of another session it shares a transfer with
         self.listeners: list[Callable[[Event], None]] = []
         self._jobs: dict[int, asyncio.Task[None]] = {}
         self.scheduler = Scheduler(max_concurrent_tasks=config.max_concurrent_tasks,
@@ -242,8 +243,42 @@ class Engine:
             return
         self._set(task, state=TaskState.RUNNING.value)
         self._emit(EventKind.RESUMED, task, total_bytes_written=task._record.offset)
+        leader = self.followers.get(tid)
+        if leader is not None:  # another session already transfers this file: wait for it
+            self._wait(task, f"shares the transfer of {leader}")
+            return
         self._enqueue(task)
         self._schedule()
+
+    # sharing a transfer with another session (the service links them) --------------------
+
+    def follow(self, tid: int, leader: str) -> None:
+        """Task ``tid`` transfers nothing itself: it mirrors the task named ``leader``."""
+        self.followers[tid] = leader
+
+    def mirror_progress(self, tid: int, received: int, total: int | None) -> None:
+        task = self.tasks[tid]
+        if task.state == TaskState.RUNNING and received != task._received:
+            written = received - task._received
+            task._received = received
+            self._set(task, total=total)
+            self._emit(EventKind.PROGRESS, task, bytes_written=max(0, written), total_bytes_written=received,
+                       total_bytes_expected=total)
+
+    def adopt(self, tid: int, leader: TaskRecord, error: dict[str, Any] | None) -> None:
+        """The leading task completed: so does this one, with its file or its error."""
+        task = self.tasks[tid]
+        self.followers.pop(tid, None)
+        if task.state == TaskState.COMPLETED:
+            return
+        self._set(task, total=leader.total, status=leader.status, response_headers=leader.response_headers,
+                  current_url=leader.current_url, digest=leader.digest, location=leader.location,
+                  offset=leader.offset)
+        task._received = leader.offset
+        if error is None and leader.location:
+            self._emit(EventKind.FINISHED, task, total_bytes_written=leader.offset,
+                       total_bytes_expected=leader.total, detail=leader.location)
+        self._complete(task, None if error is None else BgdlError.from_dict(error))
 
     def suspend(self, tid: int) -> None:
         task = self.tasks[tid]

@@ -243,3 +243,19 @@ def test_kernel_killed_mid_download_then_a_new_kernel_gets_the_missed_events(ori
 def test_stop_service_when_none_runs(state_dir):
     assert stop_service(state_dir) is False
     assert "no transfer service" in run_cli("service", "stop").stdout
+
+
+def test_two_identifiers_share_one_transfer_of_the_same_file(origin, tmp_path, state_dir):
+    url = origin.url("same.bin", 4 * MB, rate=8 * MB)
+    a = bg.Session(bg.Configuration.background("team-a"))
+    b = bg.Session(bg.Configuration.background("team-b"))
+    first = a.download_task(url, tmp_path / "same.bin").resume()
+    second = b.download_task(url, tmp_path / "same.bin").resume()
+    assert "shares the transfer of session 'team-a'" in second.waiting_reason
+    assert first.wait(60) == second.wait(60) == tmp_path / "same.bin"
+    assert second.sha256 == first.sha256 == origin.sha256("same.bin", 4 * MB)
+    assert len(origin.requests_for("same.bin")) == 1
+    kinds = [e.event for e in b.event_log()]
+    assert "progress" in kinds and kinds[-2:] == ["finished", "completed"]
+    a.close()
+    b.close()

@@ -89,6 +89,7 @@ class Service:
         self.clients: set[_Client] = set()
         self.started = time.time()
         self.key = load_key(state_dir)
+        self.shared: dict[tuple[str, int], list[tuple[str, int]]] = {}  # leading task -> tasks sharing it
         self._stop = asyncio.Event()
 
     # life --------------------------------------------------------------------------------
@@ -228,6 +229,7 @@ class Service:
                    "task": snapshot(task) if task is not None else None}
         for client in hosted.clients:
             client.send(message)
+        self._relay(hosted, event)
         if event.event in (EventKind.FINISHED.value, EventKind.COMPLETED.value, EventKind.FAILED.value) \
                 and not hosted.clients:
             asyncio.get_running_loop().call_soon(self._launch, hosted)
@@ -350,7 +352,39 @@ class Service:
             delay = engine.config.launch_delay * 2 ** (hosted.launches - 1)
             record.launch_delay_until = time.time() + delay
             record.launch_delay_reason = f"launch rate limit ({delay:g} s after launch {hosted.launches})"
-        return snapshot(engine.create(record))
+        task = engine.create(record)
+        leader = self._leader_for(request["identifier"], record)
+        if leader is not None:  # the same URL and destination in another session: one transfer
+            engine.follow(task.task_identifier, f"session {leader[0]!r} task {leader[1]}")
+            self.shared.setdefault(leader, []).append((request["identifier"], task.task_identifier))
+        return snapshot(task)
+
+    def _leader_for(self, identifier: str, record: TaskRecord) -> tuple[str, int] | None:
+        if not record.destination:
+            return None
+        for other, hosted in self.hosted.items():
+            tid = hosted.engine.active_destinations.get(record.destination)
+            if other != identifier and tid is not None and hosted.engine.tasks[tid]._record.url == record.url \
+                    and tid not in hosted.engine.followers:
+                return other, tid
+        return None
+
+    def _relay(self, hosted: _Hosted, event: Event) -> None:
+        """Pass a leading task's progress and outcome to the tasks sharing its transfer."""
+        key = (hosted.identifier, event.task_identifier or 0)
+        if key not in self.shared:
+            return
+        task = hosted.engine.tasks[key[1]]
+        for identifier, tid in list(self.shared[key]):
+            follower = self.hosted.get(identifier)
+            if follower is None:
+                continue
+            if event.event == EventKind.PROGRESS.value:
+                follower.engine.mirror_progress(tid, task._received, task._record.total)
+            elif event.event in (EventKind.COMPLETED.value, EventKind.FAILED.value):
+                follower.engine.adopt(tid, task._record, task._record.error)
+        if event.event in (EventKind.COMPLETED.value, EventKind.FAILED.value):
+            del self.shared[key]
 
     async def _op_control(self, client: _Client, request: dict[str, Any]) -> None:
         name = request["name"]
