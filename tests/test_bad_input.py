@@ -50,12 +50,38 @@ def test_destination_under_a_file(session, tmp_path):
     assert _journal_is_empty(session)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
-def test_destination_not_writable(session, tmp_path):
+def test_destination_not_writable(tmp_path):
+    """As a user without write permission (root checks this as nobody, in a forked child)."""
+    from bgdl_nb._session import check_destination
     locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    with pytest.raises(bg.InvalidDestination, match="not writable"):
-        session.download_task("http://127.0.0.1:9/x", locked / "x")
+    locked.mkdir(mode=0o555)
+    if os.geteuid() != 0:
+        with pytest.raises(bg.InvalidDestination, match="not writable"):
+            check_destination(locked / "x", overwrite=False)
+        return
+    os.chmod(tmp_path, 0o755)
+    for parent in tmp_path.parents:  # let nobody reach the directory
+        if parent.stat().st_mode & 0o001 == 0 and str(parent).startswith("/tmp/"):
+            os.chmod(parent, parent.stat().st_mode | 0o001)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_fd)
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                check_destination(locked / "x", overwrite=False)
+                os.write(write_fd, b"accepted")
+            except bg.InvalidDestination as exc:
+                os.write(write_fd, str(exc).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        message = f.read()
+    os.waitpid(pid, 0)
+    assert "not writable" in message
 
 
 def test_existing_destination_is_never_touched(session, tmp_path):

@@ -45,3 +45,32 @@ def test_pause_resume_cancel_on_an_idle_session(origin, tmp_path):
     assert "cancel: 1 task" in run_cli("cancel", "--id", "ctl").stdout
     assert "completed" in run_cli("list", "--id", "ctl").stdout
     del t
+
+
+def test_fetch_shows_terminal_progress_on_a_tty(origin, tmp_path):
+    """In a terminal, bgdl fetch draws progress bars (rich); piped, it stays quiet."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    url = origin.url("tty.bin", 4_000_000, rate=4_000_000)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "bgdl_nb.cli", "fetch", url, "-o", str(tmp_path), "--id", "tty"],
+                            stdin=slave, stdout=slave, stderr=slave, env={**os.environ, "COLUMNS": "120"})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(60) == 0
+    os.close(master)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "tty.bin" in screen and "4.0 MB" in screen and "done" in screen
+    piped = run_cli("fetch", origin.url("pipe.bin", 1000), "-o", str(tmp_path), "--id", "tty2")
+    assert piped.stderr == ""
