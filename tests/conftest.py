@@ -31,18 +31,11 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
 
 @pytest.fixture
 def origin() -> Iterator[Origin]:
-    server = Origin()
-    server.start()
-    yield server
-    server.stop()
+    with Origin() as server:
+        yield server
 
 
-@pytest.fixture
-def second_origin() -> Iterator[Origin]:
-    server = Origin()
-    server.start()
-    yield server
-    server.stop()
+second_origin = origin  # a second, independent origin (another host:port) for cross-origin tests
 
 
 def _free_port() -> int:
