@@ -14,7 +14,7 @@ completion time. It is rewritten atomically after every file that completes.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import queue
 import datetime as _dt
 import hashlib
 import json
@@ -271,29 +271,39 @@ def _tasks_for(session: Session, urls: list[str], names: list[str], expected: li
 
 def _wait_all(tasks: dict[int, DownloadTask], urls: list[str], names: list[str],
               manifest: Manifest, done: dict[int, Path], progress: bool, timeout: float | None) -> list[Path]:
+    """Wait for every task; record each finished file in the manifest (saved at most a few
+    times a second, so thousands of small files cost linear work)."""
     errors: dict[str, BgdlError] = {}
-    pending = {t._done: i for i, t in tasks.items()}
+    finished: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for i, task in tasks.items():
+        task._done.add_done_callback(lambda _, i=i: finished.put(i))
+    left = set(tasks)
     deadline = None if timeout is None else time.monotonic() + timeout
     with progress_display(list(tasks.values()), enabled=progress) as display:
-        while pending:
+        while left:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 break
-            finished, _ = concurrent.futures.wait(
-                list(pending), timeout=min(0.25, remaining) if remaining is not None else 0.25,
-                return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in finished:
-                i = pending.pop(future)
+            batch = []
+            try:
+                batch.append(finished.get(timeout=min(0.25, remaining) if remaining is not None else 0.25))
+                while True:
+                    batch.append(finished.get_nowait())
+            except queue.Empty:
+                pass
+            for i in batch:
+                left.discard(i)
                 try:
-                    path = future.result()
+                    path = tasks[i]._done.result()
                 except BgdlError as exc:
                     errors[urls[i]] = exc
                     continue
                 manifest.record(names[i], tasks[i], path)
-                manifest.save()
                 done[i] = path
+            if batch:
+                manifest.save()
             display.refresh()
-    for future, i in pending.items():
+    for i in left:
         errors[urls[i]] = BgdlError(
             f"still downloading after {timeout} s ({tasks[i].count_of_bytes_received} bytes so far); "
             "call fetch() again to wait for the rest", url=urls[i])
