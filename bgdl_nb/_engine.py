@@ -237,18 +237,32 @@ class Engine:
                    total_bytes_expected=record.total, detail=record.url)
         return task
 
+    def create_many(self, records: list[TaskRecord], resume: bool) -> list[DownloadTask]:
+        """Create (and resume) many tasks at once: one call for the caller, one plan."""
+        tasks = [self.create(record) for record in records]
+        if resume:
+            for task in tasks:
+                self._resume(task)
+            self._schedule()
+        return tasks
+
     def resume(self, tid: int) -> None:
-        task = self.tasks[tid]
+        if self._resume(self.tasks[tid]):
+            self._schedule()
+
+    def _resume(self, task: DownloadTask) -> bool:
+        """Queue a suspended task; True when the scheduler has something new to plan."""
+        tid = task.task_identifier
         if task.state != TaskState.SUSPENDED or self._closing:
-            return
+            return False
         self._set(task, state=TaskState.RUNNING.value)
         self._emit(EventKind.RESUMED, task, total_bytes_written=task._record.offset)
         leader = self.followers.get(tid)
         if leader is not None:  # another session already transfers this file: wait for it
             self._wait(task, f"shares the transfer of {leader}")
-            return
+            return False
         self._enqueue(task)
-        self._schedule()
+        return True
 
     # sharing a transfer with another session (the service links them) --------------------
 

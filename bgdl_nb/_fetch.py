@@ -30,6 +30,7 @@ from ._config import Configuration
 from ._exceptions import BgdlError, FetchError, InvalidDestination, InvalidInput
 from ._progress import progress_display
 from ._session import Session, _registry, _registry_lock
+from ._journal import TaskRecord
 from ._task import DownloadTask, TaskState
 from ._transfer import check_url
 
@@ -145,6 +146,17 @@ def _expected(urls: Sequence[str], sha256: str | Mapping[str, str] | Sequence[st
     return [None if v is None else v.lower() for v in values]
 
 
+def _finished_in_journal(config: Configuration) -> dict[tuple[str, str], str]:
+    """(url, destination) -> sha256 of the files the session's journal says are complete."""
+    from ._journal import read_journal
+    path = config.journal_path()
+    if not path.exists():
+        return {}
+    tasks, _ = read_journal(path, str(config.identifier))
+    return {(t.url, t.destination): t.digest for t in tasks
+            if t.state == "completed" and t.error is None and t.destination and t.digest}
+
+
 def default_identifier(dest: Path) -> str:
     return "fetch-" + hashlib.sha256(str(dest).encode()).hexdigest()[:12]
 
@@ -204,11 +216,19 @@ def fetch(
 
     done: dict[int, Path] = {}
     adopt: dict[int, str] = {}
+    finished = None  # the journal's finished files, read once if needed
     for i, (url, name, exp) in enumerate(zip(url_list, names, expected)):
         path = dest_dir / name
         entry = manifest.files.get(name)
         if not path.exists():
             continue
+        if entry is None:
+            if finished is None:
+                finished = _finished_in_journal(config)
+            digest = finished.get((url, str(path)))
+            if digest is not None and exp in (None, digest) and _sha256_file(path) == digest:
+                adopt[i] = digest  # completed, but the process stopped before the manifest was saved
+                continue
         if entry is not None and entry.url == url and entry.matches(path) and exp in (None, entry.sha256):
             done[i] = path
         elif entry is not None and entry.url == url and not entry.matches(path) and not overwrite:
@@ -246,6 +266,7 @@ def _tasks_for(session: Session, urls: list[str], names: list[str], expected: li
         if task.destination is not None:
             existing[(task.original_request.url, task.destination)] = task
     tasks: dict[int, DownloadTask] = {}
+    fresh: dict[int, TaskRecord] = {}
     for i, (url, name, exp) in enumerate(zip(urls, names, expected)):
         if i in done:
             continue
@@ -265,7 +286,10 @@ def _tasks_for(session: Session, urls: list[str], names: list[str], expected: li
                 continue
             except BgdlError:
                 pass  # the partial file is gone: start again below
-        tasks[i] = session.download_task(url, path, description=name, sha256=exp, overwrite=replace).resume()
+        fresh[i] = session._task_record(url, path, description=name, sha256=exp, overwrite=replace)
+    if fresh:  # one round trip for all new tasks, however many files
+        for i, task in zip(fresh, session._start_many(list(fresh.values()))):
+            tasks[i] = task
     return tasks
 
 
@@ -279,6 +303,7 @@ def _wait_all(tasks: dict[int, DownloadTask], urls: list[str], names: list[str],
         task._done.add_done_callback(lambda _, i=i: finished.put(i))
     left = set(tasks)
     deadline = None if timeout is None else time.monotonic() + timeout
+    unsaved, saved_at = False, time.monotonic()
     with progress_display(list(tasks.values()), enabled=progress) as display:
         while left:
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -300,9 +325,13 @@ def _wait_all(tasks: dict[int, DownloadTask], urls: list[str], names: list[str],
                     continue
                 manifest.record(names[i], tasks[i], path)
                 done[i] = path
-            if batch:
-                manifest.save()
+                unsaved = True
+            if unsaved and (not left or time.monotonic() - saved_at >= 0.5):
+                manifest.save()  # twice a second at most: rewriting it per file would be quadratic
+                unsaved, saved_at = False, time.monotonic()
             display.refresh()
+    if unsaved:
+        manifest.save()
     for i in left:
         errors[urls[i]] = BgdlError(
             f"still downloading after {timeout} s ({tasks[i].count_of_bytes_received} bytes so far); "

@@ -189,6 +189,18 @@ class Session:
             Run only when no non-discretionary task is active, and inside the
             configuration's ``discretionary_window``; the reason it waits is always shown.
         """
+        return self._live_host.create(self._task_record(
+            request, destination, description=description, priority=priority,
+            earliest_begin_date=earliest_begin_date,
+            count_of_bytes_client_expects_to_receive=count_of_bytes_client_expects_to_receive,
+            sha256=sha256, overwrite=overwrite, is_discretionary=is_discretionary))
+
+    def _task_record(self, request: str | Request, destination: str | os.PathLike[str] | None, *,
+                     description: str | None = None, priority: float = 0.5,
+                     earliest_begin_date: float | _dt.datetime | None = None,
+                     count_of_bytes_client_expects_to_receive: int | None = None, sha256: str | None = None,
+                     overwrite: bool = False, is_discretionary: bool = False) -> TaskRecord:
+        """Validate a task's arguments (before any I/O) and build its record."""
         req = request if isinstance(request, Request) else Request(check_url(request))
         check_url(req.url)
         if not 0.0 <= float(priority) <= 1.0:
@@ -202,14 +214,17 @@ class Session:
             if busy is not None:
                 raise InvalidDestination(f"task {busy} already downloads to {dest}; wait for it or cancel it first")
             dest.parent.mkdir(parents=True, exist_ok=True)
-        record = TaskRecord(
+        return TaskRecord(
             0, req.url, headers=dict(req.headers), destination=None if dest is None else str(dest),
             description=description, priority=float(priority),
             earliest_begin_date=_timestamp(earliest_begin_date),
             expected_bytes=count_of_bytes_client_expects_to_receive,
             sha256=sha256.lower() if sha256 else None, overwrite=overwrite, discretionary=is_discretionary,
         )
-        return host.create(record)
+
+    def _start_many(self, records: list[TaskRecord]) -> list[DownloadTask]:
+        """Create and resume many tasks in one round trip to the engine (fetch uses it)."""
+        return self._live_host.create_many(records, True)
 
     def download_task_with_resume_data(self, resume_data: bytes,
                                        destination: str | os.PathLike[str] | None = None,

@@ -92,3 +92,14 @@ def test_bad_urls_fail_before_any_io(origin, tmp_path):
     with pytest.raises(bg.UnsupportedURL):
         bg.fetch([origin.url("ok", 10), "gopher://x/y"], tmp_path / "new", progress=False)
     assert origin.log == [] and not (tmp_path / "new").exists()
+
+
+def test_a_file_finished_before_the_manifest_was_saved_is_recognised(origin, tmp_path):
+    """The process stopped between a file's completion and the manifest's next save."""
+    url = origin.url("late.bin", 5000)
+    bg.fetch(url, tmp_path, identifier="late", progress=False)
+    (tmp_path / ".bgdl-manifest.json").unlink()  # as if it was never written
+    served = len(origin.log)
+    assert bg.fetch(url, tmp_path, identifier="late", progress=False) == [tmp_path / "late.bin"]
+    assert len(origin.log) == served
+    assert "late.bin" in json.loads((tmp_path / ".bgdl-manifest.json").read_text())["files"]

@@ -127,6 +127,9 @@ class ThreadHost:
     def create(self, record: Any) -> Any:
         return self.thread.call(self.engine.create, record).result()
 
+    def create_many(self, records: list[Any], resume: bool) -> list[Any]:
+        return self.thread.call(self.engine.create_many, records, resume).result()
+
     def control(self, name: str, *args: Any) -> None:
         self.thread.call(getattr(self.engine, name), *args).result()
 

@@ -315,6 +315,11 @@ class ServiceHost:
         snap = self._request("create", identifier=self.identifier, record=dataclasses.asdict(record))
         return self._mirror(snap)
 
+    def create_many(self, records: list[TaskRecord], resume: bool) -> list[DownloadTask]:
+        snaps = self._request("create_many", identifier=self.identifier, resume=resume,
+                              records=[dataclasses.asdict(r) for r in records])
+        return [self._mirror(snap) for snap in snaps]
+
     def control(self, name: str, *args: Any) -> None:
         self._request("control", identifier=self.identifier, name=name, args=list(args))
         if name == "set_bandwidth_limit":

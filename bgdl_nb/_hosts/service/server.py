@@ -340,13 +340,26 @@ class Service:
         return self.hosted[identifier].engine
 
     async def _op_create(self, client: _Client, request: dict[str, Any]) -> dict[str, Any]:
+        return self._create(client, request, request["record"])
+
+    async def _op_create_many(self, client: _Client, request: dict[str, Any]) -> list[dict[str, Any]]:
+        snaps = [self._create(client, request, record) for record in request["records"]]
+        if request.get("resume"):
+            engine = self._engine(client, request)
+            for snap in snaps:
+                engine._resume(engine.tasks[snap["record"]["task_identifier"]])
+            engine._schedule()
+            snaps = [snapshot(engine.tasks[s["record"]["task_identifier"]]) for s in snaps]
+        return snaps
+
+    def _create(self, client: _Client, request: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
         engine = self._engine(client, request)
-        destination = request["record"].get("destination")
+        destination = fields.get("destination")
         busy = engine.active_destinations.get(destination) if destination else None
         if busy is not None:
             from ..._exceptions import InvalidDestination
             raise InvalidDestination(f"task {busy} already downloads to {destination}; wait for it or cancel it")
-        record = TaskRecord(**request["record"])
+        record = TaskRecord(**fields)
         hosted = self.hosted[request["identifier"]]
         if request["identifier"] in client.launched and hosted.launches:
             delay = engine.config.launch_delay * 2 ** (hosted.launches - 1)
