@@ -735,7 +735,10 @@ class Engine:
                 await self._deliver(event)
             except Exception:
                 log.exception("bgdl_nb could not deliver %s", event)
-            if self.store.durable:
+            # the cursor covers every event before it: write it when the queue runs dry, after a
+            # finished file was handed over, or every 256 events (delivery is at least once)
+            if self.store.durable and (self._outbox.empty() or event.event == EventKind.FINISHED.value
+                                       or event.seq % 256 == 0):
                 self.store.set_meta("delivered_seq", str(event.seq))
 
     async def _deliver(self, event: Event) -> None:

@@ -301,7 +301,9 @@ class ServiceHost:
             if journaled:
                 self._delivered = event.seq
                 path = event.detail if finished and task is not None and not task._record.destination else None
-                if not self.closed:
+                # one acknowledgement covers every event before it: send it when the queue runs
+                # dry, when an inbox file may go, or every 256 events
+                if not self.closed and (path or self._deliveries.empty() or event.seq % 256 == 0):
                     self._submit("ack", identifier=self.identifier, seq=event.seq, finished_path=path)
 
     # the host surface --------------------------------------------------------------------
