@@ -87,6 +87,7 @@ def test_notebook_that_restarts_its_kernel(name, tmp_path, state_dir):
     assert restarted == 1
     if name.startswith("02"):
         assert (tmp_path / "data" / "restart" / "survey.bin").stat().st_size == 48_000_000
+        assert "one continuous event log across 2 kernels" in "".join(output)
     if name.startswith("05"):
         text = "".join(output)
         assert "finished while no kernel was attached: True" in text
