@@ -8,8 +8,6 @@ import os
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import textwrap
 
 import filelock
@@ -67,26 +65,46 @@ def test_a_download_goes_on_while_no_process_holds_the_session(origin, tmp_path,
     second.close()
 
 
-def test_two_sessions_one_identifier_one_transfer(origin, tmp_path, state_dir):
-    url = origin.url("shared", 6 * MB, rate=6 * MB)
-    mine = bg.Session(bg.Configuration.background("two"))
-    task = mine.download_task(url, tmp_path / "shared").resume()
-    other = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
-        import bgdl_nb as bg
-        s = bg.Session(bg.Configuration.background("two"))
-        [t] = s.all_tasks()
-        seen = []
-        s.add_listener(lambda e: seen.append(e.event))
-        t.wait(60)
-        print(t.count_of_bytes_received, seen.count("progress") > 0)
-        s.close()
-    """)], stdout=subprocess.PIPE, text=True, env=os.environ.copy())
-    out, _ = other.communicate(timeout=90)
-    task.wait(60)
-    received, saw_progress = out.split()
-    assert int(received) == 6 * MB and saw_progress == "True"
+def test_two_kernels_one_identifier_one_transfer(origin, tmp_path, state_dir):
+    """Two real Jupyter kernels attach to one identifier: both see progress and the
+    outcome, and the file is transferred once."""
+    from jupyter_client.manager import KernelManager
+
+    url = origin.url("shared", 12 * MB, rate=6 * MB)
+    kernels = []
+    try:
+        for _ in range(2):
+            km = KernelManager(kernel_name="python3")
+            km.start_kernel(env=os.environ.copy())
+            kc = km.client()
+            kc.start_channels()
+            kc.wait_for_ready(timeout=60)
+            kernels.append((km, kc))
+        (_, first), (_, second) = kernels
+        run_in_kernel(first, textwrap.dedent(f"""
+            import bgdl_nb as bg
+            session = bg.Session(bg.Configuration.background("two"))
+            task = session.download_task({url!r}, {str(tmp_path / "shared")!r}).resume()
+        """))
+        watch = textwrap.dedent("""
+            import bgdl_nb as bg
+            session = bg.Session(bg.Configuration.background("two"))
+            [task] = session.all_tasks()
+            seen = []
+            session.add_listener(lambda e: seen.append(e.event))
+            path = task.wait(120)
+            print(path, task.count_of_bytes_received, seen.count("progress") > 0)
+        """)
+        out_second = run_in_kernel(second, watch, timeout=150)
+        out_first = run_in_kernel(first, "print(task.wait(120), task.count_of_bytes_received)", timeout=150)
+    finally:
+        for km, kc in kernels:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+    assert out_second.split() == [str(tmp_path / "shared"), str(12 * MB), "True"]
+    assert out_first.split() == [str(tmp_path / "shared"), str(12 * MB)]
+    assert sha256_of(tmp_path / "shared") == origin.sha256("shared", 12 * MB)
     assert len(origin.requests_for("shared")) == 1  # transferred once
-    mine.close()
 
 
 def test_a_second_start_finds_the_running_service(state_dir):
@@ -129,7 +147,7 @@ def test_protocol_mismatch_names_both_versions(state_dir):
         write_frame(sock, {"id": 1, "op": "hello", "protocol": 999})
         reply = read_frame(sock)
     assert not reply["ok"]
-    assert f"protocol 999" in reply["error"]["message"] and f"speaks {PROTOCOL_VERSION}" in reply["error"]["message"]
+    assert "protocol 999" in reply["error"]["message"] and f"speaks {PROTOCOL_VERSION}" in reply["error"]["message"]
 
 
 def test_runtime_directory_is_private(state_dir):
