@@ -60,6 +60,32 @@ process re-fetches at most this much (plus what was in flight on the socket)."""
 _MAX_RESTARTS = 5
 
 
+class _HashThread:
+    """Feeds a sha256 object on a thread of its own, so hashing (which releases the GIL)
+    runs beside the event loop instead of in its way. :meth:`finish` waits until every
+    chunk handed over has been hashed."""
+
+    def __init__(self, hasher: Any) -> None:
+        import queue
+        import threading
+        self.hasher = hasher
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="bgdl-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self.hasher.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def finish(self) -> Any:
+        self._queue.put(None)
+        self._thread.join()
+        return self.hasher
+
+
 class _Restart(Exception):
     """The partial file was discarded; ask again from byte 0."""
 
@@ -569,7 +595,7 @@ class Engine:
     async def _receive(self, task: DownloadTask, resp: Any, offset: int) -> None:
         rec = task._record
         tid = rec.task_identifier
-        hasher = await self._hasher_at(task, offset)
+        hashing = _HashThread(await self._hasher_at(task, offset))
         fd = os.open(rec.partial_path, os.O_WRONLY | os.O_CREAT, 0o600)
         position = journaled = reported = offset
         interval = self.config.progress_interval
@@ -581,7 +607,7 @@ class Engine:
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view):]
-                hasher.update(chunk)
+                hashing.update(chunk)
                 position += len(chunk)
                 task._received = position
                 pause = self.bucket.reserve(len(chunk), time.monotonic())
@@ -599,7 +625,7 @@ class Engine:
             if position != journaled:
                 self.store.set_offset(tid, position)
                 rec.offset = position
-            self._hashers[tid] = (hasher, position)
+            self._hashers[tid] = (hashing.finish(), position)  # at most a few chunks behind
             if position > reported:
                 self._progress(task, position - reported)
 
