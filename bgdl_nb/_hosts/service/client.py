@@ -260,16 +260,16 @@ class ServiceHost:
     # mirroring ---------------------------------------------------------------------------
 
     def _mirror(self, snap: dict[str, Any]) -> DownloadTask:
-        record = TaskRecord(**snap["record"])
-        task = self.tasks.get(record.task_identifier)
+        fields = snap["record"]
+        task = self.tasks.get(fields["task_identifier"])
         if task is None:
-            task = DownloadTask(self.session, record)
-            self.tasks[record.task_identifier] = task
+            task = DownloadTask(self.session, TaskRecord(**fields))
+            self.tasks[task.task_identifier] = task
         else:
-            task._record.__dict__.update(record.__dict__)
+            vars(task._record).update(fields)
         task._received = snap["received"]
         task.waiting_reason = snap["waiting_reason"]
-        if record.state == TaskState.COMPLETED.value:
+        if fields["state"] == TaskState.COMPLETED.value:
             task._settle()
         return task
 

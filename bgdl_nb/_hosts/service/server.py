@@ -49,7 +49,8 @@ _CONFIG_FIELDS = {f.name for f in dataclasses.fields(Configuration)} - {"identif
 
 def snapshot(task: DownloadTask) -> dict[str, Any]:
     """What a client needs to mirror a task."""
-    return {"record": dataclasses.asdict(task._record), "received": task._received,
+    # a shallow copy is enough (it is encoded to JSON at once) and much cheaper than asdict()
+    return {"record": dict(vars(task._record)), "received": task._received,
             "waiting_reason": task.waiting_reason}
 
 
