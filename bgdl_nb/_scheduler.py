@@ -320,9 +320,6 @@ class Scheduler:
             return
         self._push_ready(item)
 
-    def waiting_count(self) -> int:
-        return len(self.items) - len(self.running)
-
 
 class TokenBucket:
     """A bandwidth limit: ``rate`` bytes per second with bursts up to ``burst`` bytes.
