@@ -227,8 +227,7 @@ class Engine:
             if pending:
                 await asyncio.gather(*(asyncio.wrap_future(f) for f in pending), return_exceptions=True)
         elif mode == "cancel":
-            await asyncio.gather(*(self._finish_cancel(t, keep_partial=False) for t in list(self.tasks.values())
-                                   if t.state != TaskState.COMPLETED))
+            await self.cancel_all()
         if mode == "detach" and self.store.durable and any(
                 t.state == TaskState.RUNNING for t in self.tasks.values()):
             self._emit(EventKind.DETACHED, detail="transfers pause until a session reattaches")
@@ -267,10 +266,23 @@ class Engine:
         """Create (and resume) many tasks at once: one call for the caller, one plan."""
         tasks = [self.create(record) for record in records]
         if resume:
-            for task in tasks:
-                self._resume(task)
-            self._schedule()
+            self.resume_many([t.task_identifier for t in tasks])
         return tasks
+
+    def resume_many(self, tids: list[int]) -> None:
+        """Resume several tasks, then plan once."""
+        for tid in tids:
+            self._resume(self.tasks[tid])
+        self._schedule()
+
+    def note(self, kind: EventKind, detail: str) -> Event:
+        """Journal a session-level event (a reattach, a launch) and tell everyone listening."""
+        return self._emit(kind, detail=detail)
+
+    async def cancel_all(self) -> None:
+        """Cancel every unfinished task (``invalidate_and_cancel``)."""
+        await asyncio.gather(*(self._finish_cancel(t, keep_partial=False) for t in list(self.tasks.values())
+                               if t.state != TaskState.COMPLETED))
 
     def resume(self, tid: int) -> None:
         if self._resume(self.tasks[tid]):

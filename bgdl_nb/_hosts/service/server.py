@@ -254,7 +254,7 @@ class Service:
         threading.Thread(target=proc.wait, name="bgdl-launch-reaper", daemon=True).start()
         hosted.launched = proc
         delay = config.launch_delay * 2 ** (hosted.launches - 1)
-        hosted.engine._emit(EventKind.LAUNCHED, detail=(
+        hosted.engine.note(EventKind.LAUNCHED, (
             f"launch {hosted.launches}: ran {' '.join(config.launch_command)} (pid {proc.pid}); tasks it creates "
             f"wait {delay:g} s; output in {log_path}"))
 
@@ -320,8 +320,8 @@ class Service:
         if existed and engine.tasks:
             reset = f"; launch rate limiter reset after {hosted.launches} launches" \
                 if interactive and hosted.launches else ""
-            engine._emit(EventKind.REATTACHED, detail=f"{'' if interactive else 'launched '}client pid "
-                                                      f"{request.get('pid')} attached{reset}")
+            engine.note(EventKind.REATTACHED, f"{'' if interactive else 'launched '}client pid "
+                                              f"{request.get('pid')} attached{reset}")
         if interactive:
             hosted.launches = 0
         else:
@@ -341,37 +341,39 @@ class Service:
         return self.hosted[identifier].engine
 
     async def _op_create(self, client: _Client, request: dict[str, Any]) -> dict[str, Any]:
-        return self._create(client, request, request["record"])
+        [snap] = self._create(client, request, [request["record"]], resume=False)
+        return snap
 
     async def _op_create_many(self, client: _Client, request: dict[str, Any]) -> list[dict[str, Any]]:
-        snaps = [self._create(client, request, record) for record in request["records"]]
-        if request.get("resume"):
-            engine = self._engine(client, request)
-            for snap in snaps:
-                engine._resume(engine.tasks[snap["record"]["task_identifier"]])
-            engine._schedule()
-            snaps = [snapshot(engine.tasks[s["record"]["task_identifier"]]) for s in snaps]
-        return snaps
+        return self._create(client, request, request["records"], resume=bool(request.get("resume")))
 
-    def _create(self, client: _Client, request: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    def _create(self, client: _Client, request: dict[str, Any], fields: list[dict[str, Any]],
+                resume: bool) -> list[dict[str, Any]]:
+        identifier = request["identifier"]
         engine = self._engine(client, request)
-        destination = fields.get("destination")
-        busy = engine.active_destinations.get(destination) if destination else None
-        if busy is not None:
-            from ..._exceptions import InvalidDestination
-            raise InvalidDestination(f"task {busy} already downloads to {destination}; wait for it or cancel it")
-        record = TaskRecord(**fields)
-        hosted = self.hosted[request["identifier"]]
-        if request["identifier"] in client.launched and hosted.launches:
-            delay = engine.config.launch_delay * 2 ** (hosted.launches - 1)
-            record.launch_delay_until = time.time() + delay
-            record.launch_delay_reason = f"launch rate limit ({delay:g} s after launch {hosted.launches})"
-        task = engine.create(record)
-        leader = self._leader_for(request["identifier"], record)
-        if leader is not None:  # the same URL and destination in another session: one transfer
-            engine.follow(task.task_identifier, f"session {leader[0]!r} task {leader[1]}")
-            self.shared.setdefault(leader, []).append((request["identifier"], task.task_identifier))
-        return snapshot(task)
+        hosted = self.hosted[identifier]
+        records = []
+        for item in fields:
+            destination = item.get("destination")
+            busy = engine.active_destinations.get(destination) if destination else None
+            if busy is not None:
+                from ..._exceptions import InvalidDestination
+                raise InvalidDestination(f"task {busy} already downloads to {destination}; wait for it or cancel it")
+            record = TaskRecord(**item)
+            if identifier in client.launched and hosted.launches:  # the relaunch rate limiter
+                delay = engine.config.launch_delay * 2 ** (hosted.launches - 1)
+                record.launch_delay_until = time.time() + delay
+                record.launch_delay_reason = f"launch rate limit ({delay:g} s after launch {hosted.launches})"
+            records.append(record)
+        tasks = engine.create_many(records, resume=False)
+        for task in tasks:
+            leader = self._leader_for(identifier, task._record)
+            if leader is not None:  # the same URL and destination in another session: one transfer
+                engine.follow(task.task_identifier, f"session {leader[0]!r} task {leader[1]}")
+                self.shared.setdefault(leader, []).append((identifier, task.task_identifier))
+        if resume:
+            engine.resume_many([t.task_identifier for t in tasks])
+        return [snapshot(t) for t in tasks]
 
     def _leader_for(self, identifier: str, record: TaskRecord) -> tuple[str, int] | None:
         if not record.destination:
@@ -421,8 +423,7 @@ class Service:
         identifier = request["identifier"]
         if request.get("mode") == "cancel" and identifier in self.hosted:
             engine = self.hosted[identifier].engine
-            await asyncio.gather(*(engine._finish_cancel(t, keep_partial=False) for t in list(engine.tasks.values())
-                                   if t.state != TaskState.COMPLETED))
+            await engine.cancel_all()
         client.identifiers.discard(identifier)
         if identifier in self.hosted:
             self.hosted[identifier].clients.discard(client)
