@@ -14,7 +14,6 @@ completion time. It is rewritten atomically after every file that completes.
 from __future__ import annotations
 
 import asyncio
-import queue
 import datetime as _dt
 import hashlib
 import json
@@ -28,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 from ._config import Configuration
 from ._exceptions import BgdlError, FetchError, InvalidDestination, InvalidInput
-from ._progress import progress_display
+from ._progress import finished_batches, progress_display
 from ._session import Session, _registry, _registry_lock
 from ._journal import TaskRecord
 from ._task import DownloadTask, TaskState
@@ -298,25 +297,12 @@ def _wait_all(tasks: dict[int, DownloadTask], urls: list[str], names: list[str],
     """Wait for every task; record each finished file in the manifest (saved at most a few
     times a second, so thousands of small files cost linear work)."""
     errors: dict[str, BgdlError] = {}
-    finished: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for i, task in tasks.items():
-        task._done.add_done_callback(lambda _, i=i: finished.put(i))
-    left = set(tasks)
-    deadline = None if timeout is None else time.monotonic() + timeout
+    order = list(tasks)
+    left = set(order)
     unsaved, saved_at = False, time.monotonic()
     with progress_display(list(tasks.values()), enabled=progress) as display:
-        while left:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                break
-            batch = []
-            try:
-                batch.append(finished.get(timeout=min(0.25, remaining) if remaining is not None else 0.25))
-                while True:
-                    batch.append(finished.get_nowait())
-            except queue.Empty:
-                pass
-            for i in batch:
+        for batch in finished_batches([tasks[i] for i in order], timeout):
+            for i in (order[k] for k in batch):
                 left.discard(i)
                 try:
                     path = tasks[i]._done.result()

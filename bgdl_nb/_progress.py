@@ -8,12 +8,14 @@ second by the waiting loop); it never reaches into the engine.
 from __future__ import annotations
 
 import contextlib
+import queue
 import sys
+import time
 from typing import Any, Iterator, Protocol, Sequence
 
 from ._task import DownloadTask
 
-__all__ = ["in_notebook", "progress_display", "watch"]
+__all__ = ["finished_batches", "in_notebook", "progress_display", "watch"]
 
 
 class Display(Protocol):
@@ -97,15 +99,35 @@ def progress_display(tasks: Sequence[DownloadTask], *, enabled: bool = True) -> 
             display.refresh()
 
 
+def finished_batches(tasks: Sequence[DownloadTask], timeout: float | None = None) -> Iterator[list[int]]:
+    """Yield the positions of ``tasks`` that completed, in batches, at least every 0.25 s
+    (an empty batch when none did), until all completed or ``timeout`` seconds passed.
+
+    Completion callbacks feed one queue, so waiting costs linear work however many
+    tasks there are (``concurrent.futures.wait`` would rescan them all every time).
+    """
+    finished: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for i, task in enumerate(tasks):
+        task._done.add_done_callback(lambda _, i=i: finished.put(i))
+    left = len(tasks)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while left:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return
+        batch = []
+        try:
+            batch.append(finished.get(timeout=0.25 if remaining is None else min(0.25, remaining)))
+            while True:
+                batch.append(finished.get_nowait())
+        except queue.Empty:
+            pass
+        left -= len(batch)
+        yield batch
+
+
 def watch(tasks: Sequence[DownloadTask], timeout: float | None = None) -> None:
     """Show progress of ``tasks`` until they all complete (or ``timeout`` seconds pass)."""
-    import concurrent.futures
-    import time
-
-    deadline = None if timeout is None else time.monotonic() + timeout
-    pending = {t._done for t in tasks}
     with progress_display(list(tasks)) as display:
-        while pending and (deadline is None or time.monotonic() < deadline):
-            _, pending = concurrent.futures.wait(pending, timeout=0.25,
-                                                 return_when=concurrent.futures.FIRST_COMPLETED)
+        for _ in finished_batches(tasks, timeout):
             display.refresh()
