@@ -129,6 +129,7 @@ class ServiceHost:
         self.state_dir = config.resolved_state_dir()
         self.session, self.delegate = session, delegate
         self.tasks: dict[int, DownloadTask] = {}
+        self._destinations: dict[str, int] = {}  # destination -> unfinished task writing it
         self.listeners: list[Callable[[Event], None]] = []
         self.closed = False
         self._bandwidth: float | None = config.bandwidth_limit
@@ -269,8 +270,13 @@ class ServiceHost:
             vars(task._record).update(fields)
         task._received = snap["received"]
         task.waiting_reason = snap["waiting_reason"]
+        destination = fields["destination"]
         if fields["state"] == TaskState.COMPLETED.value:
             task._settle()
+            if destination and self._destinations.get(destination) == task.task_identifier:
+                del self._destinations[destination]
+        elif destination:
+            self._destinations[destination] = task.task_identifier
         return task
 
     def _on_event(self, message: dict[str, Any]) -> None:
@@ -347,10 +353,7 @@ class ServiceHost:
         return [Event(**e) for e in self._request("events", identifier=self.identifier, since=since)]
 
     def destination_busy(self, destination: str) -> int | None:
-        for task in list(self.tasks.values()):
-            if task._record.destination == destination and task._record.state != TaskState.COMPLETED.value:
-                return task.task_identifier
-        return None
+        return self._destinations.get(destination)
 
     def bandwidth_limit(self) -> float | None:
         return self._bandwidth
