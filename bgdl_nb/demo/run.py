@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -88,13 +89,12 @@ def run_demo(workdir: str | None = None, size_mb: int = 48) -> int:
         console.print("\n[bold]4.[/] verification")
         ok = True
         for path, digest in zip(paths, digests):
-            import hashlib
             actual = hashlib.sha256(path.read_bytes()).hexdigest()
             good = actual == digest
             ok &= good
             console.print(f"  {'[green]ok[/]' if good else '[red]MISMATCH[/]'}  {path.name}  sha256 {actual[:16]}…")
 
-        tasks, events = read_journal(journal, identifier)
+        _, events = read_journal(journal, identifier)
         served = sum(origin.bytes_sent(name) for name, _ in files)
         kinds = Counter(e.event for e in events)
         table = Table(title="event log summary")
@@ -111,6 +111,5 @@ def run_demo(workdir: str | None = None, size_mb: int = 48) -> int:
                       f"(re-fetched {max(0, served - total) / 1024:.0f} KiB); resume took {elapsed:.1f} s")
         console.print(f"  `bgdl events --id {identifier}` with BGDL_STATE_DIR={state} shows every row")
         console.print("[bold green]all files complete and verified[/]" if ok else "[bold red]verification failed[/]")
-        del tasks
         stop_service(state)
         return 0 if ok else 1
