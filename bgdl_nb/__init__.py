@@ -34,11 +34,14 @@ from ._exceptions import (
     SessionInvalidated,
     TransferError,
     TransferTimeout,
+    UnexpectedResponse,
     UnsupportedURL,
 )
 from ._fetch import fetch, fetch_async
+from ._scheduler import WaitReason
 from ._session import Session
-from ._task import DownloadTask, Progress, Request, Response, TaskState
+from ._states import TaskState
+from ._task import DownloadTask, Progress, Request, Response
 
 __version__ = "0.1.0"
 
@@ -69,7 +72,9 @@ __all__ = [
     "TaskState",
     "TransferError",
     "TransferTimeout",
+    "UnexpectedResponse",
     "UnsupportedURL",
+    "WaitReason",
     "fetch",
     "fetch_async",
 ]

@@ -115,6 +115,11 @@ class Configuration:
     max_redirects: int = 10
     """Redirect hops followed before the task fails."""
 
+    delegate_close_timeout: float = 10.0
+    """Seconds ``session.close()`` waits for delegate callbacks still queued or running;
+    a callback that has not returned by then is named in a warning and abandoned (a
+    background session delivers the rest to its next session)."""
+
     def __post_init__(self) -> None:
         if self.launch_command is not None and not isinstance(self.launch_command, str):
             object.__setattr__(self, "launch_command", tuple(str(a) for a in self.launch_command))
@@ -127,7 +132,7 @@ class Configuration:
             if getattr(self, name) < 1:
                 raise InvalidConfiguration(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("timeout_interval_for_request", "timeout_interval_for_resource",
-                     "progress_interval", "retry_backoff"):
+                     "progress_interval", "retry_backoff", "delegate_close_timeout"):
             if not getattr(self, name) > 0:
                 raise InvalidConfiguration(f"{name} must be a positive number of seconds")
         if self.bandwidth_limit is not None and not self.bandwidth_limit > 0:

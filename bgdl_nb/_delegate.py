@@ -7,16 +7,14 @@ their own: a slow callback delays later callbacks but never a transfer.
 
 For background sessions every callback is journaled before it is delivered and marked
 delivered after it returns; a process that dies in between gets it again when the
-session is recreated (delivery is at least once).
+session is recreated (delivery is at least once). The delivery itself lives with the
+hosts (:class:`bgdl_nb._hosts.base.Delivery`); this module only names the callbacks.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import inspect
-import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._events import Event
@@ -24,9 +22,7 @@ if TYPE_CHECKING:
     from ._session import Session
     from ._task import DownloadTask
 
-__all__ = ["Deliverer", "SessionDelegate"]
-
-log = logging.getLogger("bgdl_nb")
+__all__ = ["SessionDelegate"]
 
 
 class SessionDelegate:
@@ -62,68 +58,3 @@ class SessionDelegate:
 
     def did_receive_event(self, session: Session, event: Event) -> Any:
         """Every journaled event, callbacks included, before the specific callback."""
-
-
-def _overrides(delegate: SessionDelegate, name: str) -> Callable[..., Any] | None:
-    method = getattr(delegate, name, None)
-    if method is None or getattr(type(delegate), name, None) is getattr(SessionDelegate, name, None):
-        return None  # not overridden: nothing to call
-    return method
-
-
-class Deliverer:
-    """Turns events into delegate calls, one event at a time, on a delegate thread.
-
-    Used by the in-process engine and by the client of the transfer service alike.
-    """
-
-    def __init__(self) -> None:
-        self._thread: Any = None
-
-    def submit(self, delegate: SessionDelegate | None, session: Any, task: Any,
-               event: Event) -> concurrent.futures.Future[bool]:
-        """Deliver ``event``; the future's value says whether a ``did_finish_downloading_to``
-        ran (so its temporary file may now be removed)."""
-        from ._events import EventKind
-        from ._hosts.thread import EngineThread
-
-        kind = event.event
-        calls: list[tuple[str, tuple[Any, ...]]] = [("did_receive_event", (session, event))]
-        if kind == EventKind.PROGRESS.value and task is not None:
-            calls.append(("did_write_data", (session, task, event.bytes_written or 0,
-                                             event.total_bytes_written or 0, event.total_bytes_expected)))
-        elif kind == EventKind.RESUMED_AT_OFFSET.value and task is not None:
-            calls.append(("did_resume_at_offset", (session, task, event.total_bytes_written or 0,
-                                                   event.total_bytes_expected)))
-        elif kind == EventKind.FINISHED.value and task is not None:
-            calls.append(("did_finish_downloading_to", (session, task, Path(event.detail or ""))))
-        elif kind in (EventKind.COMPLETED.value, EventKind.FAILED.value) and task is not None:
-            calls.append(("did_complete_with_error", (session, task, task.error)))
-        elif kind == EventKind.FINISHED_EVENTS.value:
-            calls.append(("did_finish_events_for_background_session", (session,)))
-        methods = [(name, m, args) for name, args in calls
-                   if delegate is not None and (m := _overrides(delegate, name)) is not None]
-        if not methods:
-            done: concurrent.futures.Future[bool] = concurrent.futures.Future()
-            done.set_result(False)
-            return done
-        if self._thread is None:
-            self._thread = EngineThread(name="bgdl-delegate")
-
-        async def invoke() -> bool:
-            finished = False
-            for name, method, args in methods:
-                try:
-                    result = method(*args)
-                    if inspect.isawaitable(result):
-                        await result
-                except Exception:
-                    log.exception("bgdl_nb delegate method %s raised", name)
-                finished |= name == "did_finish_downloading_to"
-            return finished
-
-        return self._thread.submit(invoke())
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._thread.loop.call_soon_threadsafe(self._thread.loop.stop)

@@ -42,7 +42,7 @@ class EventKind(str, enum.Enum):
 
 EVENT_COLUMNS = (
     "seq", "time", "identifier", "task_identifier", "event", "bytes_written",
-    "total_bytes_written", "total_bytes_expected", "status", "error", "detail",
+    "total_bytes_written", "total_bytes_expected", "status", "error", "detail", "reason",
 )
 
 
@@ -70,6 +70,9 @@ class Event:
         The error's type and message for ``failed``/``retry`` rows.
     detail
         Human-readable specifics: why a task waits, why it restarted, where it redirected.
+    reason
+        For ``waiting`` rows, the :class:`~bgdl_nb.WaitReason` value (data, not text to
+        parse); ``None`` otherwise.
     """
 
     seq: int
@@ -83,6 +86,7 @@ class Event:
     status: int | None = None
     error: str | None = None
     detail: str | None = None
+    reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -22,7 +22,8 @@ The tree::
     │   │                             or the task outlived timeout_interval_for_resource
     │   ├── Cancelled                 the task was cancelled by the user
     │   ├── DiskFull                  the destination's file system ran out of space
-    │   └── ChecksumMismatch          the finished bytes do not hash to the expected digest
+    │   ├── ChecksumMismatch          the finished bytes do not hash to the expected digest
+    │   └── UnexpectedResponse        a 2xx that carries no file (204, 205, a 206 not asked for)
     ├── HTTPStatusError               the server answered with a non-2xx status
     │                                 (raised by fetch() and task.wait(); the delegate
     │                                 reads it from task.response, as in the seeds)
@@ -51,6 +52,7 @@ __all__ = [
     "SessionInvalidated",
     "TransferError",
     "TransferTimeout",
+    "UnexpectedResponse",
     "UnsupportedURL",
 ]
 
@@ -172,6 +174,18 @@ class ChecksumMismatch(TransferError):
         return {"expected": self.expected, "actual": self.actual}
 
 
+class UnexpectedResponse(TransferError):
+    """The server answered with a success status that does not carry the file (a 204 or
+    205, a part of the file that was not asked for); no file was written."""
+
+    def __init__(self, message: str, *, status: int = 0, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.status = status
+
+    def _extra(self) -> dict[str, Any]:
+        return {"status": self.status}
+
+
 class HTTPStatusError(BgdlError):
     """The server answered with a status that carries no file (4xx, or 5xx after retries)."""
 
@@ -200,6 +214,7 @@ _TYPES: dict[str, type[BgdlError]] = {
         BgdlError, InvalidInput, UnsupportedURL, InvalidDestination, InvalidResumeData,
         InvalidConfiguration, SessionError, SessionBusy, SessionInvalidated, TransferError,
         NetworkError, TransferTimeout, Cancelled, DiskFull, ChecksumMismatch, HTTPStatusError,
+        UnexpectedResponse,
     )
 }
 

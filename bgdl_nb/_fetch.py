@@ -14,7 +14,9 @@ completion time. It is rewritten atomically after every file that completes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as _dt
+import enum
 import hashlib
 import json
 import os
@@ -29,11 +31,11 @@ from ._config import Configuration
 from ._exceptions import BgdlError, FetchError, InvalidDestination, InvalidInput
 from ._progress import finished_batches, progress_display
 from ._session import Session, _registry, _registry_lock
-from ._journal import TaskRecord
-from ._task import DownloadTask, TaskState
+from ._states import TaskState
+from ._task import DownloadTask
 from ._transfer import check_url
 
-__all__ = ["Manifest", "fetch", "fetch_async", "file_name_for"]
+__all__ = ["FileAction", "FileFacts", "Manifest", "fetch", "fetch_async", "file_action", "file_name_for"]
 
 MANIFEST_NAME = ".bgdl-manifest.json"
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
@@ -126,6 +128,53 @@ class Manifest:
         os.replace(tmp, self.path)
 
 
+class FileAction(str, enum.Enum):
+    """What ``fetch()`` does about a file that is already at its destination."""
+
+    SKIP = "skip"          # the manifest vouches for it: nothing to do
+    ADOPT = "adopt"        # ours (the journal or the expected digest says so): record it, do not fetch
+    FETCH = "fetch"        # download it (continuing a partial file when one exists)
+    CONFLICT = "conflict"  # someone else's file, or changed since: refuse, touch nothing
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What is known of an existing destination file before deciding (read first, once)."""
+
+    url: str
+    expected: str | None              # the digest the caller gave
+    entry: ManifestEntry | None       # the manifest's record of this name
+    entry_matches: bool               # the file still has the recorded size and mtime
+    journal_digest: str | None        # the session's journal finished this URL here with this digest
+    overwrite: bool
+    digest: str | None = None         # the file's sha256, when needs_digest() asked for it
+
+    def needs_digest(self) -> bool:
+        """Whether the decision depends on the file's own digest (costly for big files)."""
+        ours = self.entry is not None and self.entry.url == self.url
+        if ours and self.entry_matches and self.expected in (None, self.entry.sha256 if self.entry else None):
+            return False
+        return self.journal_digest is not None or self.expected is not None
+
+
+def file_action(facts: FileFacts) -> tuple[FileAction, str | None]:
+    """Decide about an existing destination file; the digest goes with ADOPT."""
+    entry, exp = facts.entry, facts.expected
+    if entry is None and facts.journal_digest is not None and exp in (None, facts.journal_digest) \
+            and facts.digest == facts.journal_digest:
+        return FileAction.ADOPT, facts.journal_digest  # finished, but the manifest was not saved yet
+    ours = entry is not None and entry.url == facts.url
+    if ours and facts.entry_matches and exp in (None, entry.sha256 if entry else None):
+        return FileAction.SKIP, None
+    if ours and not facts.entry_matches and not facts.overwrite:
+        return FileAction.CONFLICT, None
+    if exp is not None and facts.digest == exp:
+        return FileAction.ADOPT, exp
+    if not facts.overwrite and not ours:
+        return FileAction.CONFLICT, None
+    return FileAction.FETCH, None
+
+
 def _expected(urls: Sequence[str], sha256: str | Mapping[str, str] | Sequence[str] | None) -> list[str | None]:
     if sha256 is None:
         return [None] * len(urls)
@@ -153,7 +202,7 @@ def _finished_in_journal(config: Configuration) -> dict[tuple[str, str], str]:
         return {}
     tasks, _ = read_journal(path, str(config.identifier))
     return {(t.url, t.destination): t.digest for t in tasks
-            if t.state == "completed" and t.error is None and t.destination and t.digest}
+            if t.state is TaskState.COMPLETED and t.error is None and t.destination and t.digest and t.location}
 
 
 def default_identifier(dest: Path) -> str:
@@ -215,27 +264,30 @@ def fetch(
 
     done: dict[int, Path] = {}
     adopt: dict[int, str] = {}
-    finished = None  # the journal's finished files, read once if needed
+    finished: dict[tuple[str, str], str] | None = None  # the journal's finished files, read once if needed
     for i, (url, name, exp) in enumerate(zip(url_list, names, expected)):
         path = dest_dir / name
-        entry = manifest.files.get(name)
         if not path.exists():
             continue
+        entry = manifest.files.get(name)
+        journal_digest = None
         if entry is None:
             if finished is None:
                 finished = _finished_in_journal(config)
-            digest = finished.get((url, str(path)))
-            if digest is not None and exp in (None, digest) and _sha256_file(path) == digest:
-                adopt[i] = digest  # completed, but the process stopped before the manifest was saved
-                continue
-        if entry is not None and entry.url == url and entry.matches(path) and exp in (None, entry.sha256):
+            journal_digest = finished.get((url, str(path)))
+        facts = FileFacts(url=url, expected=exp, entry=entry, entry_matches=entry is not None and entry.matches(path),
+                          journal_digest=journal_digest, overwrite=overwrite)
+        if facts.needs_digest():
+            facts = dataclasses.replace(facts, digest=_sha256_file(path))
+        action, digest = file_action(facts)
+        if action is FileAction.SKIP:
             done[i] = path
-        elif entry is not None and entry.url == url and not entry.matches(path) and not overwrite:
-            raise InvalidDestination(f"{path} changed since bgdl_nb downloaded it; delete it (or pass "
-                                     "overwrite=True) to download it again")
-        elif exp is not None and _sha256_file(path) == exp:
-            adopt[i] = exp
-        elif not overwrite and (entry is None or entry.url != url):
+        elif action is FileAction.ADOPT:
+            adopt[i] = digest or ""
+        elif action is FileAction.CONFLICT:
+            if entry is not None and entry.url == url:
+                raise InvalidDestination(f"{path} changed since bgdl_nb downloaded it; delete it (or pass "
+                                         "overwrite=True) to download it again")
             raise InvalidDestination(f"{path} exists and was not downloaded from {url} by bgdl_nb; it was "
                                      "left untouched. Remove it, choose another dest, or pass overwrite=True")
     for i, digest in adopt.items():
@@ -265,16 +317,16 @@ def _tasks_for(session: Session, urls: list[str], names: list[str], expected: li
         if task.destination is not None:
             existing[(task.original_request.url, task.destination)] = task
     tasks: dict[int, DownloadTask] = {}
-    fresh: dict[int, TaskRecord] = {}
+    fresh: dict[int, dict[str, object]] = {}
     for i, (url, name, exp) in enumerate(zip(urls, names, expected)):
         if i in done:
             continue
         path = dest_dir / name
         task = existing.get((url, path))
-        if task is not None and task.state != TaskState.COMPLETED:
+        if task is not None and task.state is not TaskState.COMPLETED:
             tasks[i] = task.resume()
             continue
-        if task is not None and task.error is None and task.location == path and path.exists():
+        if task is not None and task.succeeded and task.location == path and path.exists():
             tasks[i] = task  # completed earlier; the manifest entry was not written yet
             continue
         resume = task.error.resume_data if task is not None and task.error is not None else None
@@ -285,9 +337,9 @@ def _tasks_for(session: Session, urls: list[str], names: list[str], expected: li
                 continue
             except BgdlError:
                 pass  # the partial file is gone: start again below
-        fresh[i] = session._task_record(url, path, description=name, sha256=exp, overwrite=replace)
+        fresh[i] = {"request": url, "destination": path, "description": name, "sha256": exp, "overwrite": replace}
     if fresh:  # one round trip for all new tasks, however many files
-        for i, task in zip(fresh, session._start_many(list(fresh.values()))):
+        for i, task in zip(fresh, session.download_tasks(fresh.values(), resume=True)):
             tasks[i] = task
     return tasks
 

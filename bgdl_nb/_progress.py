@@ -60,7 +60,7 @@ class _Rich:
         for task, row in self.rows:
             state = task.waiting_reason or task.state.value
             if task.done():
-                state = "done" if task.error is None and task.response and task.response.status < 300 else "failed"
+                state = "done" if task.succeeded else "failed"
             self.progress.update(row, total=task.count_of_bytes_expected_to_receive,
                                  completed=task.count_of_bytes_received, state=state)
 

@@ -10,8 +10,12 @@ module turns those into small pure functions:
   least one second older than the response's Date). Weak ETags never qualify: If-Range
   requires a strong comparison.
 * :func:`resume_headers` builds ``Range`` + ``If-Range``.
-* :func:`decide` reads the answer to a request made at some offset and says whether the
-  body continues the partial file, replaces it from byte 0 (and why), or completes it.
+* :func:`decide` reads the answer to a request made at some offset and returns one
+  :class:`Outcome` for every status: the body continues the partial file, replaces it
+  from byte 0 (and why), completes it, is retried after a delay, or fails (204, 205, a
+  206 nobody asked for and other 2xx without the file fail too: never a "success"
+  without a file). :func:`retry_delay` and :func:`retry_after_seconds` are the backoff
+  rules beside it.
   Appending is only ever allowed after an exact ``Content-Range`` match: bytes of two
   versions are never mixed.
 * :func:`encode_resume_data` / :func:`decode_resume_data` produce and check the
@@ -24,12 +28,14 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import enum
 import hashlib
 import hmac
 import json
 import os
 import re
 import secrets
+import time as _time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -38,6 +44,7 @@ from ._exceptions import InvalidResumeData
 
 __all__ = [
     "Decision",
+    "Outcome",
     "ResumeState",
     "Validator",
     "decide",
@@ -45,6 +52,8 @@ __all__ = [
     "encode_resume_data",
     "load_key",
     "resume_headers",
+    "retry_after_seconds",
+    "retry_delay",
     "validator_from_headers",
 ]
 
@@ -107,23 +116,41 @@ _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECA
 _UNSATISFIED = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
 
 
+class Outcome(str, enum.Enum):
+    """What a response means for the task that asked for it."""
+
+    APPEND = "append"      # the body continues the partial file at ``offset`` (0: a fresh file)
+    RESTART = "restart"    # discard the partial file; with ``use_body`` the body is the file from byte 0
+    COMPLETE = "complete"  # the partial file already holds the whole resource
+    RETRY = "retry"        # a passing server condition (408, 425, 429, 5xx): ask again after a delay
+    FAIL = "fail"          # no file can come of this response; ``client_error`` says whose fault
+
+
 @dataclass(frozen=True)
 class Decision:
     """What to do with a response.
 
-    ``action`` is one of ``"append"`` (the body continues the partial file at
-    ``offset``), ``"restart"`` (discard the partial file; the body, if ``use_body``,
-    is the whole resource from byte 0, else a fresh request is needed),
-    ``"complete"`` (the partial file already holds the whole resource) or
-    ``"status"`` (not a file: an HTTP error or unexpected status). ``total`` is the
-    resource length when known; ``reason`` explains restarts.
+    ``outcome`` is an :class:`Outcome`; ``total`` is the resource length when known;
+    ``reason`` explains restarts and failures in words a user can act on. For
+    ``FAIL``, ``client_error`` is True when the response could not be turned into a
+    file (a 204, a part that was not asked for): the task fails with
+    :class:`UnexpectedResponse`. Otherwise the server refused (a 404): seed semantics
+    say the task completes without a client-side error and ``task.response`` tells.
+    ``retry_after`` is the server's ``Retry-After`` in seconds, when it sent one.
     """
 
-    action: str
+    outcome: Outcome
     offset: int = 0
     total: int | None = None
     reason: str = ""
     use_body: bool = True
+    client_error: bool = False
+    retry_after: float | None = None
+
+    @property
+    def action(self) -> Outcome:
+        """The outcome (an older name, kept for readers of the decision)."""
+        return self.outcome
 
 
 def _content_length(headers: Mapping[str, str]) -> int | None:
@@ -131,6 +158,52 @@ def _content_length(headers: Mapping[str, str]) -> int | None:
     if value is None or not value.strip().isdigit():
         return None
     return int(value)
+
+
+_RETRYABLE = frozenset({408, 425, 429})
+_BODY_IS_RESOURCE = frozenset({200, 203})  # 203: a transforming proxy's copy, still the whole body
+
+
+def retry_after_seconds(value: str | None, date: str | None = None, *, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: a number, or an HTTP date read
+    against the server's own ``Date`` (so a client whose clock is off waits the time the
+    server meant). ``now`` is the client's wall clock, used only without a ``Date``."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    if not _parses(value):
+        return None
+    when = email.utils.parsedate_to_datetime(value).timestamp()
+    base = email.utils.parsedate_to_datetime(date).timestamp() if date and _parses(date) else now
+    return max(0.0, when - base)
+
+
+def retry_delay(failures: int, *, base: float, retry_after: float | None, cap: float = 30.0,
+                retry_after_cap: float = 3600.0, jitter: float = 1.0) -> float:
+    """Seconds before attempt ``failures + 1``: exponential from ``base`` (capped at
+    ``cap``, times ``jitter``), or the server's ``Retry-After`` capped at ``retry_after_cap``."""
+    if retry_after is not None:
+        return min(retry_after, retry_after_cap)
+    return min(cap, base * 2 ** max(0, failures - 1)) * jitter
+
+
+def _not_a_file(status: int, headers: Mapping[str, str], offset: int) -> Decision | None:
+    """The answers that end the task whatever the offset, or ``None``."""
+    if status in _RETRYABLE or status >= 500:
+        return Decision(Outcome.RETRY, reason=f"HTTP {status}", retry_after=retry_after_seconds(
+            _header(headers, "retry-after"), _header(headers, "date"), now=_time.time()))
+    if status in (204, 205):
+        return Decision(Outcome.FAIL, client_error=True,
+                        reason=f"the server answered HTTP {status} ({'No Content' if status == 204 else 'Reset Content'})"
+                               " and sent no file; check the URL")
+    if 200 <= status < 300 and status not in _BODY_IS_RESOURCE and status != 206:
+        return Decision(Outcome.FAIL, client_error=True,
+                        reason=f"the server answered HTTP {status}, which does not carry the file; check the URL")
+    if not 200 <= status < 300 and not (status == 416 and offset > 0):
+        return Decision(Outcome.FAIL, reason=f"HTTP {status}")
+    return None
 
 
 def decide(
@@ -141,46 +214,60 @@ def decide(
     validator: Validator | None,
     known_total: int | None,
 ) -> Decision:
-    """Interpret the response to a request sent at ``offset`` (0 for a fresh request)."""
+    """Interpret the response to a request sent at ``offset`` (0 for a fresh request).
+
+    Every status has exactly one outcome here; nothing else in bgdl_nb decides what a
+    response means.
+    """
+    early = _not_a_file(status, headers, offset)
+    if early is not None:
+        return early
     if offset == 0:
-        if status == 200:
-            return Decision("append", 0, _content_length(headers))
-        return Decision("status", reason=f"HTTP {status}")
+        if status in _BODY_IS_RESOURCE:
+            return Decision(Outcome.APPEND, 0, _content_length(headers))
+        # a 206 nobody asked for: usable only when it is the whole resource
+        match = _CONTENT_RANGE.match(_header(headers, "content-range") or "")
+        if match and int(match.group(1)) == 0 and match.group(3) != "*" \
+                and int(match.group(2)) == int(match.group(3)) - 1:
+            return Decision(Outcome.APPEND, 0, int(match.group(3)))
+        shown = (_header(headers, "content-range") or "no Content-Range").strip()
+        return Decision(Outcome.FAIL, client_error=True,
+                        reason=f"the server answered HTTP 206 with part of the file ({shown}) to a request for all of it; "
+                               "try again later or report it to the server's operator")
 
     new_validator = validator_from_headers(headers)
     if status == 206:
         match = _CONTENT_RANGE.match(_header(headers, "content-range") or "")
         if not match:
-            return Decision("restart", reason="206 without a usable Content-Range", use_body=False)
+            return Decision(Outcome.RESTART, reason="206 without a usable Content-Range", use_body=False)
         first, last, total_text = match.groups()
         total = None if total_text == "*" else int(total_text)
         if int(first) != offset:
-            return Decision("restart", reason=f"server sent bytes from {first}, not {offset}", use_body=False)
+            return Decision(Outcome.RESTART, reason=f"server sent bytes from {first}, not {offset}", use_body=False)
         if total is None or int(last) != total - 1:
-            return Decision("restart", reason=f"Content-Range {match.group(0).strip()} does not run to the end",
+            return Decision(Outcome.RESTART, reason=f"Content-Range {match.group(0).strip()} does not run to the end",
                             use_body=False)
         if known_total is not None and total != known_total:
-            return Decision("restart", reason=f"length changed from {known_total} to {total}", use_body=False)
+            return Decision(Outcome.RESTART, reason=f"length changed from {known_total} to {total}", use_body=False)
         if validator is not None and new_validator is not None and new_validator.kind == validator.kind \
                 and new_validator.value != validator.value:
-            return Decision("restart", reason=f"validator changed from {validator.value} to {new_validator.value}",
+            return Decision(Outcome.RESTART,
+                            reason=f"validator changed from {validator.value} to {new_validator.value}",
                             use_body=False)
-        return Decision("append", offset, total)
+        return Decision(Outcome.APPEND, offset, total)
 
-    if status == 200:
+    if status in _BODY_IS_RESOURCE:
         if validator is not None and new_validator is not None and new_validator.value != validator.value:
             reason = f"resource changed ({validator.value} -> {new_validator.value})"
         else:
             reason = "server ignored the range request"
-        return Decision("restart", 0, _content_length(headers), reason=reason, use_body=True)
+        return Decision(Outcome.RESTART, 0, _content_length(headers), reason=reason, use_body=True)
 
-    if status == 416:
-        match = _UNSATISFIED.match(_header(headers, "content-range") or "")
-        if match and int(match.group(1)) == offset and (known_total is None or known_total == offset):
-            return Decision("complete", offset, offset)
-        return Decision("restart", reason="416: the partial file does not fit the resource", use_body=False)
-
-    return Decision("status", reason=f"HTTP {status}")
+    # 416 to a range request
+    match = _UNSATISFIED.match(_header(headers, "content-range") or "")
+    if match and int(match.group(1)) == offset and (known_total is None or known_total == offset):
+        return Decision(Outcome.COMPLETE, offset, offset)
+    return Decision(Outcome.RESTART, reason="416: the partial file does not fit the resource", use_body=False)
 
 
 # -- resume data ---------------------------------------------------------------------------

@@ -33,6 +33,7 @@ clock cannot, and a jump of the wall clock only shifts when waiting tasks start.
 
 from __future__ import annotations
 
+import enum
 import heapq
 import itertools
 import time
@@ -40,16 +41,47 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-__all__ = ["Item", "Plan", "Scheduler", "TokenBucket", "in_window"]
+__all__ = ["Item", "Plan", "Scheduler", "TokenBucket", "Wait", "WaitReason", "in_window"]
 
-SLOT = "waiting for a free slot"
-HOST = "host connection limit"
-DISCRETIONARY = "discretionary"
-DISK = "insufficient disk"
-BEGIN = "earliest begin date"
-RETRY = "retry backoff"
-LAUNCH = "launch rate limit"
-PAUSED = "session paused"
+
+class WaitReason(str, enum.Enum):
+    """Why a RUNNING task does not transfer yet: the ``reason`` column of ``waiting`` rows."""
+
+    SLOT = "waiting for a free slot"
+    HOST = "host connection limit"
+    DISCRETIONARY = "discretionary"
+    DISK = "insufficient disk"
+    BEGIN = "earliest begin date"
+    RETRY = "retry backoff"
+    LAUNCH = "launch rate limit"
+    PAUSED = "session paused"
+    SHARED = "shares a transfer"  # another session's task transfers the same file
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Wait(str):
+    """A waiting reason as shown to people (``"host connection limit (6 per host)"``)
+    that also carries its :class:`WaitReason` as data (``.reason``), so nobody has to
+    parse the text."""
+
+    reason: WaitReason
+
+    def __new__(cls, reason: WaitReason, text: str | None = None) -> Wait:
+        obj = super().__new__(cls, reason.value if text is None else text)
+        obj.reason = reason
+        return obj
+
+
+SLOT = Wait(WaitReason.SLOT)
+HOST = Wait(WaitReason.HOST)
+DISCRETIONARY = Wait(WaitReason.DISCRETIONARY)
+DISK = Wait(WaitReason.DISK)
+BEGIN = Wait(WaitReason.BEGIN)
+RETRY = Wait(WaitReason.RETRY)
+LAUNCH = Wait(WaitReason.LAUNCH)
+PAUSED = Wait(WaitReason.PAUSED)
 
 
 @dataclass
@@ -65,7 +97,7 @@ class Item:
     disk: str = ""                 # a key of the file system the bytes go to
     deadline: float | None = None  # created + timeout_interval_for_resource
     not_before: float | None = None  # retry backoff or launch delay
-    not_before_reason: str = RETRY
+    not_before_reason: Wait = RETRY
 
 
 @dataclass
@@ -74,7 +106,7 @@ class Plan:
 
     start: list[int] = field(default_factory=list)
     preempt: list[int] = field(default_factory=list)  # discretionary tasks to stop: other work arrived
-    waiting: dict[int, str | None] = field(default_factory=dict)  # reasons that changed (None: no longer waits)
+    waiting: dict[int, Wait | None] = field(default_factory=dict)  # reasons that changed (None: no longer waits)
     expired: list[int] = field(default_factory=list)
     wake_at: float | None = None
 
@@ -111,7 +143,7 @@ class Scheduler:
         self.paused = False
         self.items: dict[int, Item] = {}
         self.running: dict[int, Item] = {}
-        self.reason: dict[int, str | None] = {}
+        self.reason: dict[int, Wait | None] = {}
         self._host_running: Counter[str] = Counter()
         self._nondisc_running = 0
         self._reserved: Counter[str] = Counter()
@@ -124,7 +156,7 @@ class Scheduler:
         self._host_blocked: dict[str, list[int]] = {}
         self._disk_blocked: list[int] = []
         self._waiting_nondisc: set[int] = set()  # non-discretionary tasks ready or blocked, not timed
-        self._changed: dict[int, str | None] = {}
+        self._changed: dict[int, Wait | None] = {}
 
     # events ------------------------------------------------------------------------------
 
@@ -150,7 +182,7 @@ class Scheduler:
         if self.reason.pop(tid, None) is not None:
             self._changed[tid] = None
 
-    def backoff(self, tid: int, until: float, reason: str = RETRY) -> None:
+    def backoff(self, tid: int, until: float, reason: Wait = RETRY) -> None:
         """A running task must wait until ``until`` (retry backoff, launch delay)."""
         item = self.items.get(tid)
         if item is None:
@@ -232,7 +264,7 @@ class Scheduler:
 
     # internals ---------------------------------------------------------------------------
 
-    def _set_reason(self, tid: int, reason: str | None) -> None:
+    def _set_reason(self, tid: int, reason: Wait | None) -> None:
         if self.reason.get(tid) != reason:
             self.reason[tid] = reason
             self._changed[tid] = reason
@@ -284,14 +316,14 @@ class Scheduler:
         tid = item.task_identifier
         if self._host_running[item.host] >= self.max_per_host:
             self._host_blocked.setdefault(item.host, []).append(tid)
-            self._set_reason(tid, f"{HOST} ({self.max_per_host} per host)")
+            self._set_reason(tid, Wait(WaitReason.HOST, f"{HOST} ({self.max_per_host} per host)"))
             return
         if self.free_disk is not None and item.remaining_bytes > 0:
             free = self.free_disk(item.disk)
             if free is not None and free - self._reserved[item.disk] < item.remaining_bytes:
                 self._disk_blocked.append(tid)
-                self._set_reason(tid, f"{DISK}: needs {item.remaining_bytes} bytes, "
-                                      f"{max(0, free - self._reserved[item.disk])} free")
+                self._set_reason(tid, Wait(WaitReason.DISK, f"{DISK}: needs {item.remaining_bytes} bytes, "
+                                                            f"{max(0, free - self._reserved[item.disk])} free"))
                 return
         if not item.discretionary:
             self._waiting_nondisc.discard(tid)

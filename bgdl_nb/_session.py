@@ -1,11 +1,12 @@
-"""The session: the public facade over an engine host.
+"""The session: the public facade over a host.
 
 A :class:`Session` validates every request in the caller's thread (bad input fails
-before any I/O and before any journal record), then hands work to its engine on the
-engine thread. Background sessions hold a file lock per identifier, so one engine owns
-a journal at a time; within a process, sessions created with the same identifier share
-that engine (re-running a notebook cell reattaches instead of failing), and the newest
-session's delegate receives the callbacks.
+before any I/O and before any journal record), then hands it to its host
+(:mod:`bgdl_nb._hosts`), which it only picks: the transfer service for background
+sessions (unless ``use_service=False``), the engine thread of this process otherwise.
+Within a process, sessions created with the same background identifier share one host
+(re-running a notebook cell reattaches instead of failing), and the newest session's
+delegate receives the callbacks.
 """
 
 from __future__ import annotations
@@ -17,15 +18,12 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-import filelock
-
 from ._config import Configuration
 from ._delegate import SessionDelegate
-from ._engine import Engine
 from ._events import Event
-from ._exceptions import (InvalidDestination, InvalidInput, SessionBusy, SessionInvalidated)
-from ._hosts.thread import Call, ThreadHost, engine_thread
-from ._journal import MemoryStore, SqliteStore, TaskRecord
+from ._exceptions import InvalidDestination, InvalidInput, SessionInvalidated
+from ._hosts.thread import ThreadHost
+from ._journal import TaskRecord
 from ._resume import decode_resume_data, load_key
 from ._task import DownloadTask, Request
 from ._transfer import check_url
@@ -33,10 +31,12 @@ from ._transfer import check_url
 if TYPE_CHECKING:
     import pandas
 
+    from ._hosts.base import Host
+
 __all__ = ["Session", "check_destination"]
 
-_registry: dict[tuple[str, str], Any] = {}  # background identifier -> its host in this process
-_live: set[Any] = set()  # every open host, closed at interpreter exit
+_registry: dict[tuple[str, str], Host] = {}  # background identifier -> its host in this process
+_live: set[Host] = set()  # every open host, closed at interpreter exit
 _registry_lock = threading.RLock()
 
 
@@ -57,6 +57,13 @@ def check_destination(destination: str | os.PathLike[str], *, overwrite: bool) -
             f"destination {path} already exists and was left untouched; remove it, choose another path, "
             "or pass overwrite=True to replace it atomically once the download is complete")
     return path
+
+
+def _new_host(config: Configuration, session: Session, delegate: SessionDelegate | None) -> Host:
+    if config.runs_in_service:
+        from ._hosts.service.client import ServiceHost
+        return ServiceHost(config, session, delegate)
+    return ThreadHost(config, session, delegate)
 
 
 def _timestamp(value: float | _dt.datetime | None) -> float | None:
@@ -89,53 +96,22 @@ class Session:
                  delegate: SessionDelegate | None = None) -> None:
         self.configuration = configuration or Configuration.default()
         self.delegate = delegate
-        self._thread = engine_thread()
         config = self.configuration
         if config.is_background:
             key = (str(config.resolved_state_dir()), str(config.identifier))
             with _registry_lock:
                 host = _registry.get(key)
                 if host is not None and not host.closed:
-                    host.set_session(self, delegate)
+                    host.attach_session(self, delegate)
                 else:
-                    host = self._open_background(config)
+                    host = _new_host(config, self, delegate)
                     _registry[key] = host
                 _live.add(host)
             self._host = host
         else:
-            root = config.resolved_state_dir()
-            engine = Engine(config, MemoryStore(), load_key(root), root / "default" / str(os.getpid()))
-            self._host = ThreadHost(engine, None, self._thread)
-            self._host.open(self, delegate)
+            self._host = ThreadHost(config, self, delegate)
             with _registry_lock:
                 _live.add(self._host)
-
-    def _open_background(self, config: Configuration) -> Any:
-        if config.runs_in_service:
-            from ._hosts.service.client import ServiceHost
-            return ServiceHost(config, self, self.delegate)
-        journal = config.journal_path()
-        journal.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock = filelock.FileLock(str(journal) + ".lock", timeout=0)
-        owner = Path(str(journal) + ".owner")
-        try:
-            lock.acquire()
-        except filelock.Timeout:
-            holder = owner.read_text().strip() if owner.exists() else "another process"
-            raise SessionBusy(
-                f"background session {config.identifier!r} is held by {holder}; close that session "
-                "(session.close()) or stop that process, then create the Session again") from None
-        try:
-            owner.write_text(f"pid {os.getpid()}\n")
-            store = SqliteStore(journal, str(config.identifier))
-            root = config.resolved_state_dir()
-            engine = Engine(config, store, load_key(root), root / "work" / str(config.identifier))
-            host = ThreadHost(engine, lock, self._thread)
-            host.open(self, self.delegate)
-        except BaseException:
-            lock.release()
-            raise
-        return host
 
     # properties --------------------------------------------------------------------------
 
@@ -144,7 +120,7 @@ class Session:
         return self.configuration.identifier
 
     @property
-    def _live_host(self) -> Any:
+    def _live_host(self) -> Host:
         if self._host.closed:
             raise SessionInvalidated("this session was invalidated or closed; create a new Session")
         return self._host
@@ -189,11 +165,31 @@ class Session:
             Run only when no non-discretionary task is active, and inside the
             configuration's ``discretionary_window``; the reason it waits is always shown.
         """
-        return self._live_host.create(self._task_record(
+        [task] = self._live_host.create_many([self._task_record(
             request, destination, description=description, priority=priority,
             earliest_begin_date=earliest_begin_date,
             count_of_bytes_client_expects_to_receive=count_of_bytes_client_expects_to_receive,
-            sha256=sha256, overwrite=overwrite, is_discretionary=is_discretionary))
+            sha256=sha256, overwrite=overwrite, is_discretionary=is_discretionary)], False)
+        return task
+
+    def download_tasks(self, specs: Iterable[dict[str, Any]], *, resume: bool = False) -> list[DownloadTask]:
+        """Create many tasks in one call to the engine: each spec holds the arguments of
+        :meth:`download_task` (``{"request": url, "destination": path, "sha256": ...}``).
+
+        Every spec is checked before any task is created, so bad input creates none.
+        With ``resume=True`` the tasks start at once (one scheduling pass for all).
+        """
+        records = []
+        claimed: set[str] = set()
+        for spec in specs:
+            spec = dict(spec)
+            record = self._task_record(spec.pop("request"), spec.pop("destination", None), **spec)
+            if record.destination is not None:
+                if record.destination in claimed:
+                    raise InvalidDestination(f"{record.destination} is named by two tasks of one call")
+                claimed.add(record.destination)
+            records.append(record)
+        return self._live_host.create_many(records, resume) if records else []
 
     def _task_record(self, request: str | Request, destination: str | os.PathLike[str] | None, *,
                      description: str | None = None, priority: float = 0.5,
@@ -222,10 +218,6 @@ class Session:
             sha256=sha256.lower() if sha256 else None, overwrite=overwrite, discretionary=is_discretionary,
         )
 
-    def _start_many(self, records: list[TaskRecord]) -> list[DownloadTask]:
-        """Create and resume many tasks in one round trip to the engine (fetch uses it)."""
-        return self._live_host.create_many(records, True)
-
     def download_task_with_resume_data(self, resume_data: bytes,
                                        destination: str | os.PathLike[str] | None = None,
                                        *, overwrite: bool = False) -> DownloadTask:
@@ -244,7 +236,8 @@ class Session:
             validator_value=state.validator.value if state.validator else None,
             accepts_ranges=True, current_url=state.current_url, overwrite=overwrite,
         )
-        return self._live_host.create(record)
+        [task] = self._live_host.create_many([record], False)
+        return task
 
     # reading -----------------------------------------------------------------------------
 
@@ -338,9 +331,6 @@ class Session:
         if rate is not None and not rate > 0:
             raise InvalidInput("bandwidth_limit must be a positive number of bytes per second, or None")
         self._control("set_bandwidth_limit", rate)
-
-    def _control_call(self, name: str, task_identifier: int) -> Call:
-        return self._live_host.call(name, task_identifier)
 
     def finish_tasks_and_invalidate(self) -> None:
         """Let running tasks finish, then close the session (no new tasks after this)."""

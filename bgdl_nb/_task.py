@@ -1,44 +1,33 @@
-"""Download tasks, their states, and the request/response records they carry.
+"""The public view of a download task, and the request/response records it carries.
 
-A task starts ``SUSPENDED``; nothing moves until ``resume()``. The transitions::
-
-    SUSPENDED --resume()--> RUNNING --(file complete / error)--> COMPLETED
-    RUNNING --suspend()--> SUSPENDED
-    SUSPENDED|RUNNING --cancel()--> CANCELING --> COMPLETED (error: Cancelled)
-
-``RUNNING`` covers waiting for a slot and transferring, as in URLSession;
-``waiting_reason`` tells which. ``COMPLETED`` is final: ``error`` says whether it
-succeeded, and ``response`` carries the HTTP status (a 404 completes without a
-client-side error, as in the seeds).
+A :class:`DownloadTask` is a view: its host (``_hosts/``) fills it from the snapshots
+the engine sends with every event, and forwards ``resume()``, ``suspend()`` and
+``cancel()`` to the engine. The states and their transition table are in
+:mod:`bgdl_nb._states`. ``COMPLETED`` is final; :attr:`DownloadTask.succeeded` is the
+one answer to "did this produce a file", read by ``wait()``, ``fetch()``, the CLI and
+the displays alike (a 404 completes without a client-side error, as in the seeds, and
+does not succeed).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generator, Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ._exceptions import BgdlError, HTTPStatusError
+from ._exceptions import BgdlError, HTTPStatusError, SessionInvalidated
+from ._states import TaskState
 
 if TYPE_CHECKING:
+    from ._hosts.base import Host
     from ._hosts.thread import Call
     from ._journal import TaskRecord
-    from ._session import Session
 
 __all__ = ["DownloadTask", "Progress", "Request", "Response", "TaskState"]
 
-
-class TaskState(str, enum.Enum):
-    """Where a task is in its life."""
-
-    SUSPENDED = "suspended"   # created, or suspend() was called
-    RUNNING = "running"       # resume() was called: waiting for its turn or transferring
-    CANCELING = "canceling"   # cancel() was called and the transfer is being stopped
-    COMPLETED = "completed"   # finished, failed or cancelled; final
 
 
 @dataclass(frozen=True)
@@ -83,8 +72,8 @@ class DownloadTask:
     status that carries no file.
     """
 
-    def __init__(self, session: Session, record: TaskRecord) -> None:
-        self._session = session
+    def __init__(self, host: Host, record: TaskRecord) -> None:
+        self._host = host
         self._record = record
         self._done: concurrent.futures.Future[Path] = concurrent.futures.Future()
         self._received = record.offset  # live count, ahead of the journaled offset
@@ -120,6 +109,12 @@ class DownloadTask:
     @property
     def state(self) -> TaskState:
         return TaskState(self._record.state)
+
+    @property
+    def succeeded(self) -> bool:
+        """True once the task completed with its file in place (at ``location``); False
+        while it runs and when it failed, was cancelled or the server refused."""
+        return self._record.succeeded
 
     @property
     def response(self) -> Response | None:
@@ -160,7 +155,7 @@ class DownloadTask:
         from ._exceptions import InvalidInput
         if not 0.0 <= float(value) <= 1.0:
             raise InvalidInput(f"priority must be between 0.0 and 1.0, got {value}")
-        self._session._control("set_priority", self.task_identifier, float(value))
+        self._control("set_priority", float(value))
 
     @property
     def is_discretionary(self) -> bool:
@@ -174,8 +169,7 @@ class DownloadTask:
     @property
     def location(self) -> Path | None:
         """Where the finished file is (the destination, or the inbox when none was given)."""
-        return None if self._record.location is None or self._record.state != "completed" \
-            else Path(self._record.location)
+        return Path(self._record.location) if self.succeeded and self._record.location else None
 
     @property
     def sha256(self) -> str | None:
@@ -186,17 +180,17 @@ class DownloadTask:
 
     def resume(self) -> DownloadTask:
         """Start or continue the task (it continues from its partial file when it can)."""
-        self._session._control("resume", self.task_identifier)
+        self._control("resume")
         return self
 
     def suspend(self) -> DownloadTask:
         """Pause the transfer; bytes received so far are kept for resume()."""
-        self._session._control("suspend", self.task_identifier)
+        self._control("suspend")
         return self
 
     def cancel(self) -> None:
         """Stop the task and delete its partial file."""
-        self._session._control("cancel", self.task_identifier)
+        self._control("cancel")
 
     def cancel_by_producing_resume_data(self) -> Call:
         """Stop the task, keep its partial file, and produce resume data.
@@ -206,7 +200,16 @@ class DownloadTask:
         ``None`` when the server gave no validator or does not support byte ranges,
         since such a download cannot continue.
         """
-        return self._session._control_call("cancel_with_resume_data", self.task_identifier)
+        return self._live_host().call("cancel_with_resume_data", self.task_identifier)
+
+    def _live_host(self) -> Host:
+        if self._host.closed:
+            raise SessionInvalidated(f"the session of task {self.task_identifier} was closed; create a new "
+                                     "Session with the same configuration to reach its tasks again")
+        return self._host
+
+    def _control(self, name: str, *args: Any) -> None:
+        self._live_host().control(name, self.task_identifier, *args)
 
     # results ---------------------------------------------------------------------------
 
@@ -231,7 +234,7 @@ class DownloadTask:
         size = f"{self._received}/{total if total is not None else '?'} bytes"
         return f"<DownloadTask {self.task_identifier} {self.state.value} {size} {self._record.url}>"
 
-    # engine side -----------------------------------------------------------------------
+    # host side -------------------------------------------------------------------------
 
     def _settle(self) -> None:
         """Resolve the waiters once the record is COMPLETED."""
@@ -239,11 +242,10 @@ class DownloadTask:
             return
         rec = self._record
         if rec.error is not None:
-            error = BgdlError.from_dict(rec.error)
-            self._done.set_exception(error)
-        elif rec.status is not None and not 200 <= rec.status < 300 and rec.status != 416:
+            self._done.set_exception(BgdlError.from_dict(rec.error))
+        elif not self.succeeded:
             self._done.set_exception(HTTPStatusError(
                 f"{rec.current_url or rec.url} answered HTTP {rec.status}; no file was written",
-                status=rec.status, url=rec.url, task_identifier=rec.task_identifier))
+                status=rec.status or 0, url=rec.url, task_identifier=rec.task_identifier))
         else:
             self._done.set_result(Path(rec.location or ""))

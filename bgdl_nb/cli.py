@@ -77,7 +77,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for t in tasks:
         err = f"  [{t.error.get('type')}: {t.error.get('message')}]" if t.error else ""
         total = "?" if t.total is None else str(t.total)
-        print(f"{t.task_identifier:>5}  {t.state:<10} {t.offset:>14} {total:>14}  {t.status or '':>6}  "
+        print(f"{t.task_identifier:>5}  {t.outcome:<10} {t.offset:>14} {total:>14}  {t.status or '':>6}  "
               f"{t.url} -> {t.destination or '(inbox)'}{err}")
     return 0
 

@@ -10,7 +10,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bgdl_nb import InvalidResumeData
-from bgdl_nb._resume import (RESUME_DATA_VERSION, ResumeState, Validator, decide, decode_resume_data,
+from bgdl_nb._resume import (RESUME_DATA_VERSION, Outcome, ResumeState, Validator, decide, decode_resume_data,
+                             retry_after_seconds, retry_delay,
                              encode_resume_data, load_key, resume_headers, validator_from_headers)
 
 DATE = "Sat, 21 Nov 2026 12:00:00 GMT"
@@ -73,8 +74,47 @@ def test_416_on_a_complete_file_completes() -> None:
 
 
 def test_error_statuses_are_statuses() -> None:
-    assert _d(404, {}).action == "status"
-    assert decide(503, {}, offset=0, validator=None, known_total=None).action == "status"
+    refused = _d(404, {})
+    assert refused.outcome is Outcome.FAIL and not refused.client_error
+    assert decide(503, {}, offset=0, validator=None, known_total=None).outcome is Outcome.RETRY
+
+
+@pytest.mark.parametrize("status, headers, offset", [
+    (204, {}, 0), (205, {}, 0), (204, {}, 100), (201, {"Content-Length": "3"}, 0), (202, {}, 0),
+    (206, {"Content-Range": "bytes 0-2/10"}, 0),      # part of the file, never asked for
+    (206, {"Content-Range": "bytes 5-9/10"}, 0),
+    (206, {}, 0),
+])
+def test_success_statuses_without_the_file_fail_as_client_errors(status, headers, offset) -> None:
+    d = decide(status, headers, offset=offset, validator=None, known_total=None)
+    assert d.outcome is Outcome.FAIL and d.client_error and str(status) in d.reason + str(headers)
+
+
+def test_an_unasked_206_that_is_the_whole_file_is_kept() -> None:
+    d = decide(206, {"Content-Range": "bytes 0-2/3"}, offset=0, validator=None, known_total=None)
+    assert (d.outcome, d.offset, d.total) == (Outcome.APPEND, 0, 3)
+
+
+@given(st.integers(min_value=100, max_value=599), st.integers(min_value=0, max_value=10_000))
+def test_every_status_has_exactly_one_outcome(status: int, offset: int) -> None:
+    d = decide(status, {}, offset=offset, validator=Validator("etag", ETAG), known_total=None)
+    assert isinstance(d.outcome, Outcome)
+    if d.outcome in (Outcome.APPEND, Outcome.COMPLETE):  # a file can only come from a 2xx (or a 416 at the end)
+        assert 200 <= status < 300 or (status == 416 and offset > 0)
+    if status >= 500 or status in (408, 425, 429):
+        assert d.outcome is Outcome.RETRY
+
+
+def test_retry_after_reads_the_servers_clock_and_is_capped() -> None:
+    date = "Sun, 22 Nov 2026 10:00:00 GMT"
+    later = "Sun, 22 Nov 2026 10:00:30 GMT"
+    # the client's clock is a day off: the wait is still the 30 s the server meant
+    assert retry_after_seconds(later, date, now=0.0) == 30.0
+    assert retry_after_seconds("12", None, now=0.0) == 12.0
+    assert retry_after_seconds("soon", None, now=0.0) is None
+    assert retry_delay(3, base=0.5, retry_after=None) == 2.0
+    assert retry_delay(30, base=0.5, retry_after=None) == 30.0
+    assert retry_delay(1, base=0.5, retry_after=10 ** 6, retry_after_cap=3600) == 3600
 
 
 # resume data -------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The engine thread: one event loop on a daemon thread of this process.
+"""The engine thread (one event loop on a daemon thread of this process) and the host
+that runs engines on it.
 
 Notebook kernels already run an event loop, and sync calls from a cell must not nest
 another one (nest-asyncio patches asyncio and breaks on newer Pythons). Instead every
@@ -12,10 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
-from typing import Any, Callable, Coroutine, Generator, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Generator, TypeVar
 
-__all__ = ["Call", "EngineThread", "engine_thread"]
+import filelock
+
+from .._engine import Engine
+from .._exceptions import SessionBusy
+from .._journal import MemoryStore, SqliteStore
+from .._resume import load_key
+from .base import HostCore
+
+if TYPE_CHECKING:
+    from .._config import Configuration
+    from .._events import Event
+    from .._journal import Store
+
+__all__ = ["CONTROLS", "Call", "EngineThread", "ThreadHost", "engine_thread"]
 
 T = TypeVar("T")
 
@@ -93,57 +109,104 @@ def engine_thread() -> EngineThread:
 
 
 
+class _Sink:
+    """The engine's output, straight into the host's mirror and delivery (engine thread)."""
+
+    def __init__(self, core: HostCore) -> None:
+        self.core = core
+
+    def event(self, event: Event, snapshot: dict[str, Any] | None) -> None:
+        self.core.on_event(event, snapshot)
+
+    def counts(self, counts: dict[int, int]) -> None:
+        self.core.mirror.counts(counts)
+
+
 class ThreadHost:
     """An engine on the engine thread of this process: the host of default sessions and
     of background sessions that do not use the transfer service.
 
-    Every host offers the same surface to :class:`~bgdl_nb.Session`: ``tasks``,
-    ``listeners``, ``closed``, ``create``, ``control``, ``call``, ``event_log``,
-    ``destination_busy``, ``bandwidth_limit``, ``set_session`` and ``close``.
+    It builds the engine and its store: a memory store for default sessions, the SQLite
+    journal (held with a file lock, so one engine owns it) for background ones.
     """
 
-    def __init__(self, engine: Any, lock: Any, thread: EngineThread) -> None:
-        self.engine = engine
-        self.lock = lock
-        self.thread = thread
+    def __init__(self, config: Configuration, session: Any, delegate: Any) -> None:
+        self.config = config
+        self.thread = engine_thread()
         self.closed = False
+        self.lock: filelock.BaseFileLock | None = None
+        self.core = HostCore(self, self._ack, config.delegate_close_timeout)
+        self.core.attach_session(session, delegate)
+        root = config.resolved_state_dir()
+        store: Store
+        if config.is_background:
+            self.lock = _hold_journal(config)
+            try:
+                store = SqliteStore(config.journal_path(), str(config.identifier))
+            except BaseException:
+                self.lock.release()
+                raise
+            work = root / "work" / str(config.identifier)
+        else:
+            store, work = MemoryStore(), root / "default" / str(os.getpid())
+        self.engine = Engine(config, store, load_key(root), work, sink=_Sink(self.core))
+        try:
+            self.thread.call(self._open).result()
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _open(self) -> None:
+        """On the engine loop, in one turn: mirror the journal's tasks, queue the backlog,
+        continue the tasks (a ``reattached`` row first), then the end of the backlog."""
+        engine, durable = self.engine, self.engine.store.durable
+        backlog = engine.backlog() if durable else []
+        found = engine.load()
+        for snap in engine.snapshots():
+            self.core.mirror.apply(snap)
+        for event in backlog:
+            self.core.delivery.put(event)
+        engine.start(announce=True)
+        if durable and (found or backlog):
+            self.core.delivery.finish_events()
+
+    def _ack(self, seq: int, finished_path: str | None) -> None:
+        self.thread.call(self.engine.ack, seq, finished_path)
 
     @property
     def tasks(self) -> dict[int, Any]:
-        return self.engine.tasks
+        return self.core.mirror.tasks
 
     @property
     def listeners(self) -> list[Callable[..., None]]:
-        return self.engine.listeners
+        return self.core.listeners
 
-    def open(self, session: Any, delegate: Any) -> None:
-        self.thread.run(self.engine.open(session, delegate))
-
-    def set_session(self, session: Any, delegate: Any) -> None:
-        self.engine.session, self.engine.delegate = session, delegate
-        for task in list(self.engine.tasks.values()):
-            task._session = session
-
-    def create(self, record: Any) -> Any:
-        return self.thread.call(self.engine.create, record).result()
+    def attach_session(self, session: Any, delegate: Any) -> None:
+        self.core.attach_session(session, delegate)
 
     def create_many(self, records: list[Any], resume: bool) -> list[Any]:
-        return self.thread.call(self.engine.create_many, records, resume).result()
+        snaps = self.thread.call(self.engine.create_many, records, resume).result()
+        return [self.core.mirror.view(snap) for snap in snaps]
 
     def control(self, name: str, *args: Any) -> None:
+        if name not in CONTROLS:
+            raise ValueError(f"unknown control {name!r}")
         self.thread.call(getattr(self.engine, name), *args).result()
 
     def call(self, name: str, *args: Any) -> Call:
-        return self.thread.submit(getattr(self.engine, name)(*args))
+        if name != "cancel_with_resume_data":
+            raise ValueError(name)
+        return self.thread.submit(self.engine.cancel_with_resume_data(*args))
 
     def event_log(self, since: int = 0) -> list[Any]:
-        return self.thread.call(self.engine.store.events, since).result()
+        return self.thread.call(self.engine.events, since).result()
 
     def destination_busy(self, destination: str) -> int | None:
-        return self.engine.active_destinations.get(destination)
+        return self.core.mirror.destination_busy(destination)
 
     def bandwidth_limit(self) -> float | None:
-        return self.engine.bucket.rate
+        return self.engine.bandwidth_limit
 
     def close(self, mode: str) -> None:
         if self.closed:
@@ -151,6 +214,29 @@ class ThreadHost:
         self.closed = True
         try:
             self.thread.run(self.engine.close(mode))
+            self.core.delivery.close()
         finally:
+            self.thread.call(self.engine.close_store).result()
             if self.lock is not None:
                 self.lock.release()
+
+
+CONTROLS = frozenset({"resume", "suspend", "cancel", "set_priority", "pause", "unpause", "set_bandwidth_limit"})
+"""The engine methods a host forwards for ``task.resume()`` and friends."""
+
+
+def _hold_journal(config: Configuration) -> filelock.BaseFileLock:
+    """Take the identifier's journal lock, or say who holds it."""
+    journal = config.journal_path()
+    journal.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = filelock.FileLock(str(journal) + ".lock", timeout=0)
+    owner = Path(str(journal) + ".owner")
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        holder = owner.read_text().strip() if owner.exists() else "another process"
+        raise SessionBusy(
+            f"background session {config.identifier!r} is held by {holder}; close that session "
+            "(session.close()) or stop that process, then create the Session again") from None
+    owner.write_text(f"pid {os.getpid()}\n")
+    return lock

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from .._events import Event
+from .._states import TaskState
 
 __all__ = ["Store", "TaskRecord", "TASK_FIELDS"]
 
@@ -19,7 +21,7 @@ class TaskRecord:
     headers: dict[str, str] = field(default_factory=dict)
     destination: str | None = None
     description: str | None = None
-    state: str = "suspended"
+    state: TaskState = TaskState.SUSPENDED
     priority: float = 0.5
     earliest_begin_date: float | None = None
     launch_delay_until: float | None = None
@@ -43,6 +45,20 @@ class TaskRecord:
     created: float = 0.0
     finished_at: float | None = None
 
+    @property
+    def succeeded(self) -> bool:
+        """Completed with its file in place: the one definition every reader uses."""
+        return self.state is TaskState.COMPLETED and self.error is None and self.location is not None
+
+    @property
+    def outcome(self) -> str:
+        """A word for people: the state while unfinished, else done, cancelled or failed."""
+        if self.state is not TaskState.COMPLETED:
+            return TaskState(self.state).value
+        if self.succeeded:
+            return "done"
+        return "cancelled" if (self.error or {}).get("type") == "Cancelled" else "failed"
+
 
 TASK_FIELDS = tuple(f.name for f in fields(TaskRecord))
 
@@ -51,6 +67,9 @@ class Store(Protocol):
     """What the engine needs from a journal. Every method is called from one thread."""
 
     durable: bool
+
+    def atomic(self) -> AbstractContextManager[None]:
+        """A block whose writes commit together (a state change and its event)."""
 
     def load_tasks(self) -> list[TaskRecord]: ...
 

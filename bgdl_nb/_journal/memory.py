@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 from .._events import Event
 from .base import TaskRecord
@@ -22,6 +23,11 @@ class MemoryStore:
         self._events: list[Event] = []
         self._meta: dict[str, str] = {}
         self._lock = threading.Lock()  # events() may be read from other threads
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Nothing here outlives the process, so there is nothing to make atomic."""
+        yield
 
     def load_tasks(self) -> list[TaskRecord]:
         return [dataclasses.replace(r) for r in self._tasks.values()]

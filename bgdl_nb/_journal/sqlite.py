@@ -11,19 +11,21 @@ Schema (``PRAGMA user_version`` = 1)::
 
     tasks(task_identifier PK, <TaskRecord fields>, headers/response_headers/error as JSON)
     segments(task_identifier, idx, start, end, offset)   -- one segment per task for now
-    events(seq PK autoincrement, time, task_identifier, event, ..., detail)
+    events(seq PK autoincrement, time, task_identifier, event, ..., detail, reason)
     meta(key PK, value)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .._events import EVENT_COLUMNS, Event
+from .._states import TaskState
 from .base import TASK_FIELDS, TaskRecord
 
 __all__ = ["SqliteStore", "journaled_bytes", "read_journal"]
@@ -42,7 +44,7 @@ CREATE TABLE IF NOT EXISTS segments (
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, task_identifier INTEGER,
     event TEXT NOT NULL, bytes_written INTEGER, total_bytes_written INTEGER,
-    total_bytes_expected INTEGER, status INTEGER, error TEXT, detail TEXT);
+    total_bytes_expected INTEGER, status INTEGER, error TEXT, detail TEXT, reason TEXT);
 CREATE INDEX IF NOT EXISTS events_by_task ON events(task_identifier, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
@@ -74,6 +76,7 @@ def _to_row(record: TaskRecord) -> list[Any]:
 
 def _from_row(names: list[str], row: tuple[Any, ...]) -> TaskRecord:
     values = dict(zip(names, row))
+    values["state"] = TaskState(values.get("state") or TaskState.SUSPENDED.value)
     for name in _JSON_FIELDS:
         if values.get(name) is not None:
             values[name] = json.loads(values[name])
@@ -107,16 +110,36 @@ class SqliteStore:
         for column in _TASK_COLUMNS:  # journals of older versions gain the newer columns
             if column not in present:
                 self._conn.execute(f"ALTER TABLE tasks ADD COLUMN {column}")
+        if "reason" not in {row[1] for row in self._conn.execute("PRAGMA table_info(events)")}:
+            self._conn.execute("ALTER TABLE events ADD COLUMN reason TEXT")
         self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._depth = 0
 
     # tasks -------------------------------------------------------------------------------
 
     def load_tasks(self) -> list[TaskRecord]:
         return _load_tasks(self._conn)
 
-    def next_task_identifier(self) -> int:
-        with self._conn:
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Everything written inside commits together, or not at all (nesting joins the
+        outer transaction)."""
+        if self._depth == 0:
             self._conn.execute("BEGIN IMMEDIATE")
+        self._depth += 1
+        try:
+            yield
+        except BaseException:
+            self._depth -= 1
+            if self._depth == 0:
+                self._conn.execute("ROLLBACK")
+            raise
+        self._depth -= 1
+        if self._depth == 0:
+            self._conn.execute("COMMIT")
+
+    def next_task_identifier(self) -> int:
+        with self.atomic():
             current = self.get_meta("next_task_identifier")
             value = int(current or "1")
             self.set_meta("next_task_identifier", str(value + 1))
@@ -125,35 +148,33 @@ class SqliteStore:
     def put_task(self, record: TaskRecord) -> None:
         cols = ", ".join(_TASK_COLUMNS)
         marks = ", ".join("?" for _ in _TASK_COLUMNS)
-        self._conn.execute("BEGIN")
-        self._conn.execute(f"INSERT OR REPLACE INTO tasks ({cols}) VALUES ({marks})", _to_row(record))
-        self._conn.execute(
-            'INSERT OR REPLACE INTO segments (task_identifier, idx, start, "end", offset) VALUES (?, 0, 0, ?, ?)',
-            (record.task_identifier, record.total, record.offset),
-        )
-        self._conn.execute("COMMIT")
+        with self.atomic():
+            self._conn.execute(f"INSERT OR REPLACE INTO tasks ({cols}) VALUES ({marks})", _to_row(record))
+            self._conn.execute(
+                'INSERT OR REPLACE INTO segments (task_identifier, idx, start, "end", offset) VALUES (?, 0, 0, ?, ?)',
+                (record.task_identifier, record.total, record.offset),
+            )
 
     def update_task(self, task_identifier: int, **changes: Any) -> None:
         offset = changes.pop("offset", None)
-        self._conn.execute("BEGIN")
-        if changes:
-            assigns, values = [], []
-            for name, value in changes.items():
-                if name in _JSON_FIELDS:
-                    value = None if value is None else json.dumps(value)
-                elif name in _BOOL_FIELDS:
-                    value = int(bool(value))
-                assigns.append(f"{name} = ?")
-                values.append(value)
-            self._conn.execute(f"UPDATE tasks SET {', '.join(assigns)} WHERE task_identifier = ?",
-                               (*values, task_identifier))
-            if "total" in changes:
-                self._conn.execute('UPDATE segments SET "end" = ? WHERE task_identifier = ? AND idx = 0',
-                                   (changes["total"], task_identifier))
-        if offset is not None:
-            self._conn.execute("UPDATE segments SET offset = ? WHERE task_identifier = ? AND idx = 0",
-                               (offset, task_identifier))
-        self._conn.execute("COMMIT")
+        with self.atomic():
+            if changes:
+                assigns, values = [], []
+                for name, value in changes.items():
+                    if name in _JSON_FIELDS:
+                        value = None if value is None else json.dumps(value)
+                    elif name in _BOOL_FIELDS:
+                        value = int(bool(value))
+                    assigns.append(f"{name} = ?")
+                    values.append(value)
+                self._conn.execute(f"UPDATE tasks SET {', '.join(assigns)} WHERE task_identifier = ?",
+                                   (*values, task_identifier))
+                if "total" in changes:
+                    self._conn.execute('UPDATE segments SET "end" = ? WHERE task_identifier = ? AND idx = 0',
+                                       (changes["total"], task_identifier))
+            if offset is not None:
+                self._conn.execute("UPDATE segments SET offset = ? WHERE task_identifier = ? AND idx = 0",
+                                   (offset, task_identifier))
 
     def set_offset(self, task_identifier: int, offset: int) -> None:
         self._conn.execute("UPDATE segments SET offset = ? WHERE task_identifier = ? AND idx = 0",
@@ -164,9 +185,9 @@ class SqliteStore:
     def append_event(self, event: Event) -> Event:
         cur = self._conn.execute(
             "INSERT INTO events (time, task_identifier, event, bytes_written, total_bytes_written, "
-            "total_bytes_expected, status, error, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "total_bytes_expected, status, error, detail, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (event.time, event.task_identifier, event.event, event.bytes_written, event.total_bytes_written,
-             event.total_bytes_expected, event.status, event.error, event.detail),
+             event.total_bytes_expected, event.status, event.error, event.detail, event.reason),
         )
         return Event(cur.lastrowid or 0, *[getattr(event, c) for c in EVENT_COLUMNS[1:]])
 
@@ -198,7 +219,7 @@ def _load_tasks(conn: sqlite3.Connection) -> list[TaskRecord]:
 def _load_events(conn: sqlite3.Connection, identifier: str, since_seq: int,
                  task_identifier: int | None) -> list[Event]:
     query = ("SELECT seq, time, task_identifier, event, bytes_written, total_bytes_written, "
-             "total_bytes_expected, status, error, detail FROM events WHERE seq > ?")
+             "total_bytes_expected, status, error, detail, reason FROM events WHERE seq > ?")
     args: list[Any] = [since_seq]
     if task_identifier is not None:
         query += " AND task_identifier = ?"

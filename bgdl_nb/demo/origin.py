@@ -20,6 +20,9 @@ If-Range. Query switches shape the server's behaviour for one URL:
 ``fail503=K``       answer the first K requests with 503 and ``Retry-After``
 ``retry_after=S``   the Retry-After value for fail503 (seconds, default 1)
 ``faults=K``        apply reset/stall only to the first K requests of this URL
+``status=N``        answer every request with status N and no body (204, 205, 404, ...)
+``unasked_range=K`` answer 206 with the first K bytes (``Content-Range: bytes 0-K-1/size``)
+                    even to a request without Range, as a broken cache might
 ==================  ===============================================================
 
 ``GET /redirect?to=URL[&status=302]`` answers with a redirect. The server records every
@@ -203,6 +206,10 @@ class Origin:
             return web.Response(status=503, headers={"Retry-After": q.get("retry_after", "1")},
                                 text="temporarily unavailable\n")
 
+        if "status" in q:
+            record.status = int(q["status"])
+            return web.Response(status=record.status)
+
         etag_value = hashlib.sha256(f"{name}:{size}:{version}".encode()).hexdigest()[:20]
         validators = q.get("validators", "both")
         headers = {"Content-Type": "application/octet-stream"}
@@ -217,7 +224,10 @@ class Origin:
             headers["Accept-Ranges"] = "bytes"
 
         start, end, status = 0, size, 200
-        range_header = request.headers.get("Range")
+        if "unasked_range" in q:
+            end, status = min(size, int(q["unasked_range"])), 206
+            headers["Content-Range"] = f"bytes 0-{end - 1}/{size}"
+        range_header = None if "unasked_range" in q else request.headers.get("Range")
         if ranges and range_header:
             if_range = request.headers.get("If-Range")
             fresh = if_range is None or if_range in (headers.get("ETag"), headers.get("Last-Modified")) \

@@ -4,7 +4,8 @@ Columns and dtypes: ``seq`` (Int64), ``time`` (datetime64[ns, UTC]), ``identifie
 (string), ``task_identifier`` (Int64), ``event`` (categorical over every
 :class:`~bgdl_nb.EventKind`, so frames from different sessions concatenate cleanly),
 ``bytes_written``/``total_bytes_written``/``total_bytes_expected``/``status`` (Int64,
-nullable), ``error`` and ``detail`` (string).
+nullable), ``error`` and ``detail`` (string), ``reason`` (categorical over every
+:class:`~bgdl_nb.WaitReason`: why a ``waiting`` row waits).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from . import require
 from .._events import EVENT_COLUMNS, Event, EventKind
+from .._scheduler import WaitReason
 
 if TYPE_CHECKING:
     import pandas
@@ -37,5 +39,6 @@ def events_frame(events: Iterable[Event]) -> pandas.DataFrame:
         "event": pd.Categorical(columns["event"], categories=[k.value for k in EventKind]),
         "error": pd.array(columns["error"], dtype="string"),
         "detail": pd.array(columns["detail"], dtype="string"),
+        "reason": pd.Categorical(columns["reason"], categories=[r.value for r in WaitReason]),
     })
     return frame[list(EVENT_COLUMNS)]

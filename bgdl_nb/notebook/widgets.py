@@ -105,10 +105,7 @@ class _Row:
         speed = self.speed.update(now, got)
         state = task.state
         if state is TaskState.COMPLETED:
-            response = task.response
-            ok = task.error is None and response is not None and response.status < 300 or \
-                (response is not None and response.status == 416)
-            text, style = ("done", "success") if ok else (f"failed: {_short_error(task)}", "danger")
+            text, style = ("done", "success") if task.succeeded else (f"failed: {_short_error(task)}", "danger")
         elif task.waiting_reason:
             text, style = f"waiting: {task.waiting_reason}", "warning"
         elif state is TaskState.RUNNING:
@@ -198,9 +195,7 @@ class TaskPanel:
                 total_bytes += total
             state = task.state
             if state is TaskState.COMPLETED:
-                response = task.response
-                good = task.error is None and response is not None and (response.status < 300 or response.status == 416)
-                counts["done" if good else "failed"] += 1
+                counts["done" if task.succeeded else "failed"] += 1
                 finished.append(task)
             elif state is TaskState.SUSPENDED:
                 counts["suspended"] += 1

@@ -2,10 +2,11 @@
 
 The :class:`ServiceHost` starts the service when none runs (detached, in a session of
 its own, reaped by a thread so it never lingers as a zombie), attaches to an
-identifier, and mirrors its tasks: every event pushed by the service carries the task's
-state, and progress messages carry live byte counts, so ``DownloadTask`` objects read
-here are always current. Delegate callbacks run in order on a delegate thread; each
-event is acknowledged after its callbacks returned.
+identifier, and feeds the same :class:`~bgdl_nb._hosts.base.HostCore` as the thread
+host: every event pushed by the service carries the task's snapshot, and progress
+messages carry live byte counts, so ``DownloadTask`` views read here are always
+current; delegate callbacks run in order on the delivery thread, and each event is
+acknowledged to the service after its callbacks returned.
 
 When the service vanishes (killed, crashed), the reader thread starts a new one and
 attaches again, within a bounded time; pending calls fail with
@@ -19,7 +20,6 @@ import dataclasses
 import itertools
 import logging
 import os
-import queue
 import select
 import socket
 import subprocess
@@ -29,12 +29,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..._config import Configuration
-from ..._delegate import Deliverer, SessionDelegate
-from ..._events import Event, EventKind
+from ..._delegate import SessionDelegate
+from ..._events import Event
 from ..._exceptions import BgdlError, SessionBusy
 from ..._journal import TaskRecord
-from ..._task import DownloadTask, TaskState
-from ..thread import Call
+from ..._states import TaskState
+from ..._task import DownloadTask
+from ..base import HostCore
+from ..thread import CONTROLS, Call
 from .protocol import PROTOCOL_VERSION, ServiceUnavailable, ensure_private_dir, read_frame, runtime_dir, write_frame
 
 __all__ = ["ServiceHost", "service_status", "start_service", "stop_service"]
@@ -127,24 +129,16 @@ class ServiceHost:
         self.config = config
         self.identifier = str(config.identifier)
         self.state_dir = config.resolved_state_dir()
-        self.session, self.delegate = session, delegate
-        self.tasks: dict[int, DownloadTask] = {}
-        self._destinations: dict[str, int] = {}  # destination -> unfinished task writing it
-        self.listeners: list[Callable[[Event], None]] = []
         self.closed = False
+        self.core = HostCore(self, self._ack, config.delegate_close_timeout)
+        self.core.attach_session(session, delegate)
         self._bandwidth: float | None = config.bandwidth_limit
         self._ids = itertools.count(1)
         self._pending: dict[int, Call] = {}
         self._send_lock = threading.Lock()
-        self._deliveries: queue.Queue[tuple[Event, bool] | None] = queue.Queue()
-        self._delivered = 0
-        self._deliverer = Deliverer()
         self._sock: socket.socket | None = None
         self._attaching = False
         self._attach_with_retries()
-        self._delivery_thread = threading.Thread(target=self._deliver_loop, name="bgdl-client-delegate",
-                                                 daemon=True)
-        self._delivery_thread.start()
 
     # connection --------------------------------------------------------------------------
 
@@ -166,11 +160,11 @@ class ServiceHost:
                               interactive=not launched)
         self._bandwidth = reply.get("bandwidth_limit")
         for snap in reply["tasks"]:
-            self._mirror(snap)
+            self.core.mirror.apply(snap)
         for data in reply["backlog"]:
-            self._deliveries.put((Event(**data), True))
+            self.core.delivery.put(Event(**data))
         if reply["reattached"]:
-            self._deliveries.put((Event(0, 0.0, self.identifier, None, EventKind.FINISHED_EVENTS.value), False))
+            self.core.delivery.finish_events()
 
     def _read_loop(self, sock: socket.socket) -> None:
         while True:
@@ -191,12 +185,9 @@ class ServiceHost:
                 else:
                     call.set_exception(BgdlError.from_dict(message["error"]))
             elif message.get("type") == "event":
-                self._on_event(message)
+                self.core.on_event(Event(**message["event"]), message.get("task"))
             elif message.get("type") == "progress":
-                for tid, (received, reason) in message["counts"].items():
-                    task = self.tasks.get(int(tid))
-                    if task is not None:
-                        task._received, task.waiting_reason = received, reason
+                self.core.mirror.counts({int(tid): received for tid, received in message["counts"].items()})
         self._lost(sock)
 
     def _lost(self, sock: socket.socket) -> None:
@@ -258,77 +249,31 @@ class ServiceHost:
                 call.set_exception(ServiceUnavailable(f"the transfer service is unreachable ({exc}); try again"))
         return call
 
-    # mirroring ---------------------------------------------------------------------------
-
-    def _mirror(self, snap: dict[str, Any]) -> DownloadTask:
-        fields = snap["record"]
-        task = self.tasks.get(fields["task_identifier"])
-        if task is None:
-            task = DownloadTask(self.session, TaskRecord(**fields))
-            self.tasks[task.task_identifier] = task
-        else:
-            vars(task._record).update(fields)
-        task._received = snap["received"]
-        task.waiting_reason = snap["waiting_reason"]
-        destination = fields["destination"]
-        if fields["state"] == TaskState.COMPLETED.value:
-            task._settle()
-            if destination and self._destinations.get(destination) == task.task_identifier:
-                del self._destinations[destination]
-        elif destination:
-            self._destinations[destination] = task.task_identifier
-        return task
-
-    def _on_event(self, message: dict[str, Any]) -> None:
-        if message.get("task") is not None:
-            self._mirror(message["task"])
-        event = Event(**message["event"])
-        for listener in list(self.listeners):
-            try:
-                listener(event)
-            except Exception:
-                log.exception("bgdl_nb event listener failed")
-        self._deliveries.put((event, True))
-
-    def _deliver_loop(self) -> None:
-        while True:
-            item = self._deliveries.get()
-            if item is None:
-                return
-            event, journaled = item
-            if journaled and event.seq <= self._delivered:
-                continue  # seen before a reconnect
-            task = self.tasks.get(event.task_identifier) if event.task_identifier is not None else None
-            try:
-                finished = self._deliverer.submit(self.delegate, self.session, task, event).result()
-            except Exception:
-                log.exception("bgdl_nb could not deliver %s", event)
-                finished = False
-            if journaled:
-                self._delivered = event.seq
-                path = event.detail if finished and task is not None and not task._record.destination else None
-                # one acknowledgement covers every event before it: send it when the queue runs
-                # dry, when an inbox file may go, or every 256 events
-                if not self.closed and (path or self._deliveries.empty() or event.seq % 256 == 0):
-                    self._submit("ack", identifier=self.identifier, seq=event.seq, finished_path=path)
+    def _ack(self, seq: int, finished_path: str | None) -> None:
+        if not self.closed:
+            self._submit("ack", identifier=self.identifier, seq=seq, finished_path=finished_path)
 
     # the host surface --------------------------------------------------------------------
 
-    def set_session(self, session: Any, delegate: SessionDelegate | None) -> None:
-        self.session, self.delegate = session, delegate
-        for task in list(self.tasks.values()):
-            task._session = session
+    @property
+    def tasks(self) -> dict[int, DownloadTask]:
+        return self.core.mirror.tasks
 
-    def create(self, record: TaskRecord) -> DownloadTask:
-        snap = self._request("create", identifier=self.identifier, record=dataclasses.asdict(record))
-        return self._mirror(snap)
+    @property
+    def listeners(self) -> list[Callable[[Event], None]]:
+        return self.core.listeners
+
+    def attach_session(self, session: Any, delegate: SessionDelegate | None) -> None:
+        self.core.attach_session(session, delegate)
 
     def create_many(self, records: list[TaskRecord], resume: bool) -> list[DownloadTask]:
         snaps = self._request("create_many", identifier=self.identifier, resume=resume,
                               records=[dataclasses.asdict(r) for r in records])
-        return [self._mirror(snap) for snap in snaps]
+        return [self.core.mirror.view(snap) for snap in snaps]
 
     def control(self, name: str, *args: Any) -> None:
+        if name not in CONTROLS:
+            raise ValueError(f"unknown control {name!r}")
         self._request("control", identifier=self.identifier, name=name, args=list(args))
         if name == "set_bandwidth_limit":
             self._bandwidth = args[0]
@@ -353,7 +298,7 @@ class ServiceHost:
         return [Event(**e) for e in self._request("events", identifier=self.identifier, since=since)]
 
     def destination_busy(self, destination: str) -> int | None:
-        return self._destinations.get(destination)
+        return self.core.mirror.destination_busy(destination)
 
     def bandwidth_limit(self) -> float | None:
         return self._bandwidth
@@ -363,15 +308,19 @@ class ServiceHost:
             return
         if mode == "finish":
             for task in list(self.tasks.values()):
-                if task.state != TaskState.COMPLETED:
+                if task.state is not TaskState.COMPLETED:
                     try:
                         task.wait()
                     except BgdlError:
                         pass
-        self._deliveries.put(None)  # callbacks already queued are delivered (and acknowledged) first
-        self._delivery_thread.join(30)
         try:
-            self._request("detach", identifier=self.identifier, mode=mode, timeout=30)
+            if mode == "cancel":  # cancel first, so the cancellations reach the delegate below
+                self._request("detach", identifier=self.identifier, mode=mode, keep=True, timeout=30)
+        except BgdlError:
+            pass
+        self.core.delivery.close()  # callbacks already queued are delivered (and acknowledged) first
+        try:
+            self._request("detach", identifier=self.identifier, mode="detach", timeout=30)
         except BgdlError:
             pass
         self.closed = True
@@ -382,4 +331,3 @@ class ServiceHost:
             except OSError:
                 pass
             sock.close()
-        self._deliverer.close()

@@ -30,7 +30,7 @@ from ..._exceptions import SessionError
 
 __all__ = ["PROTOCOL_VERSION", "ServiceUnavailable", "peer_uid", "read_frame", "runtime_dir", "write_frame"]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_FRAME = 64 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 

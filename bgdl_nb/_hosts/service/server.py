@@ -30,28 +30,22 @@ from typing import Any
 import filelock
 
 from ..._config import Configuration
-from ..._engine import Engine
+from ..._engine import Engine, Snapshot
 from ..._events import Event, EventKind
-from ..._exceptions import BgdlError, InvalidInput, SessionBusy
+from ..._exceptions import BgdlError, InvalidDestination, InvalidInput, SessionBusy
 from ..._journal import SqliteStore, TaskRecord, read_journal
 from ..._resume import load_key
-from ..._task import DownloadTask, TaskState
+from ..._states import TaskState
+from ..thread import CONTROLS
 from .protocol import (PROTOCOL_VERSION, decode_length, encode, ensure_private_dir, peer_allowed, peer_uid,
                        runtime_dir)
+from .sharing import Sharing
 
-__all__ = ["Service", "snapshot"]
+__all__ = ["Service"]
 
 log = logging.getLogger("bgdl_nb.service")
 
-_CONTROLS = {"resume", "suspend", "cancel", "set_priority", "pause", "unpause", "set_bandwidth_limit"}
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(Configuration)} - {"identifier", "state_directory", "use_service"}
-
-
-def snapshot(task: DownloadTask) -> dict[str, Any]:
-    """What a client needs to mirror a task."""
-    # a shallow copy is enough (it is encoded to JSON at once) and much cheaper than asdict()
-    return {"record": dict(vars(task._record)), "received": task._received,
-            "waiting_reason": task.waiting_reason}
 
 
 class _Client:
@@ -66,16 +60,28 @@ class _Client:
 
 
 class _Hosted:
-    def __init__(self, identifier: str, engine: Engine, lock: filelock.BaseFileLock) -> None:
+    """One identifier's engine in the service, and the sink its output goes to."""
+
+    def __init__(self, service: Service, identifier: str, engine: Engine, lock: filelock.BaseFileLock) -> None:
+        self.service = service
         self.identifier = identifier
         self.engine = engine
         self.lock = lock
         self.clients: set[_Client] = set()
-        self.sent_counts: dict[int, tuple[int, str | None]] = {}
         self.rate = 0.0
         self._last: tuple[float, int] | None = None
         self.launches = 0  # since an interactive client last attached
         self.launched: Any = None  # the running launch_command process
+        engine.sink = self
+
+    def event(self, event: Event, snapshot: Snapshot | None) -> None:
+        self.service._broadcast(self, event, snapshot)
+
+    def counts(self, counts: dict[int, int]) -> None:
+        message = {"type": "progress", "identifier": self.identifier, "counts": {str(k): v for k, v in counts.items()}}
+        for client in self.clients:
+            client.send(message)
+        self.service.sharing.progress(self, counts)
 
 
 class Service:
@@ -90,7 +96,7 @@ class Service:
         self.clients: set[_Client] = set()
         self.started = time.time()
         self.key = load_key(state_dir)
-        self.shared: dict[tuple[str, int], list[tuple[str, int]]] = {}  # leading task -> tasks sharing it
+        self.sharing = Sharing(self.hosted)
         self._stop = asyncio.Event()
 
     # life --------------------------------------------------------------------------------
@@ -142,14 +148,17 @@ class Service:
                 os.close(fd)
 
     async def _tick(self) -> None:
-        """Live byte counts to attached clients (4 per second), throughput, and idle exit."""
+        """Throughput (4 times a second) and idle exit."""
         idle_since: float | None = None
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
             for hosted in self.hosted.values():
-                self._push_counts(hosted, now)
-            busy = any(t.state == TaskState.RUNNING for h in self.hosted.values() for t in h.engine.tasks.values())
+                moved = hosted.engine.bytes_moved
+                if hosted._last is not None and now > hosted._last[0]:
+                    hosted.rate = max(0.0, (moved - hosted._last[1]) / (now - hosted._last[0]))
+                hosted._last = (now, moved)
+            busy = any(h.engine.busy for h in self.hosted.values())
             if self.clients or busy:
                 idle_since = None
             elif idle_since is None:
@@ -159,23 +168,6 @@ class Service:
                 self._stop.set()
                 return
 
-    def _push_counts(self, hosted: _Hosted, now: float) -> None:
-        counts = {}
-        total = 0
-        for tid, task in hosted.engine.tasks.items():
-            value = (task._received, task.waiting_reason)
-            if task.state == TaskState.RUNNING:
-                total += task._received
-            if hosted.sent_counts.get(tid) != value:
-                hosted.sent_counts[tid] = value
-                counts[str(tid)] = list(value)
-        if hosted._last is not None and now > hosted._last[0]:
-            hosted.rate = max(0.0, (total - hosted._last[1]) / (now - hosted._last[0]))
-        hosted._last = (now, total)
-        if counts:
-            for client in hosted.clients:
-                client.send({"type": "progress", "identifier": hosted.identifier, "counts": counts})
-
     # engines -----------------------------------------------------------------------------
 
     async def _load_if_running(self, journal: Path) -> None:
@@ -184,7 +176,7 @@ class Service:
             tasks, _ = read_journal(journal, identifier)
         except Exception:
             return
-        if any(t.state in ("running", "canceling") for t in tasks):
+        if any(t.state in (TaskState.RUNNING, TaskState.CANCELING) for t in tasks):
             try:
                 await self._host(identifier, {})
             except BgdlError as exc:  # an in-process session holds it: leave it alone
@@ -212,25 +204,23 @@ class Service:
                                           **{k: (tuple(v) if isinstance(v, list) else v)
                                              for k, v in fields.items() if k in _CONFIG_FIELDS})
         engine = Engine(config, store, self.key, self.state_dir / "work" / identifier)
-        engine.external_delivery = True
-        await engine.open(None, None)  # type: ignore[arg-type]
-        hosted = _Hosted(identifier, engine, lock)
-        engine.listeners.append(lambda event: self._broadcast(hosted, event))
+        hosted = _Hosted(self, identifier, engine, lock)
+        engine.open(announce=False)  # attaching clients are announced one by one
         self.hosted[identifier] = hosted
         return hosted
 
     async def _unload(self, hosted: _Hosted) -> None:
         await hosted.engine.close("detach")
+        hosted.engine.close_store()
         hosted.lock.release()
         self.hosted.pop(hosted.identifier, None)
 
-    def _broadcast(self, hosted: _Hosted, event: Event) -> None:
-        task = hosted.engine.tasks.get(event.task_identifier) if event.task_identifier is not None else None
-        message = {"type": "event", "identifier": hosted.identifier, "event": event.as_dict(),
-                   "task": snapshot(task) if task is not None else None}
+    def _broadcast(self, hosted: _Hosted, event: Event, snapshot: Snapshot | None) -> None:
+        message = {"type": "event", "identifier": hosted.identifier, "event": event.as_dict(), "task": snapshot}
         for client in hosted.clients:
             client.send(message)
-        self._relay(hosted, event)
+        if snapshot is not None:
+            self.sharing.relay(hosted, event, snapshot)
         if event.event in (EventKind.FINISHED.value, EventKind.COMPLETED.value, EventKind.FAILED.value) \
                 and not hosted.clients:
             asyncio.get_running_loop().call_soon(self._launch, hosted)
@@ -317,7 +307,7 @@ class Service:
         hosted = await self._host(identifier, request.get("config", {}))
         engine = hosted.engine
         interactive = request.get("interactive", True)
-        if existed and engine.tasks:
+        if existed and engine.summary()[0]:
             reset = f"; launch rate limiter reset after {hosted.launches} launches" \
                 if interactive and hosted.launches else ""
             engine.note(EventKind.REATTACHED, f"{'' if interactive else 'launched '}client pid "
@@ -331,8 +321,8 @@ class Service:
         backlog = engine.backlog()
         hosted.clients.add(client)
         client.identifiers.add(identifier)
-        return {"tasks": [snapshot(t) for t in engine.tasks.values()], "backlog": [e.as_dict() for e in backlog],
-                "reattached": existed, "bandwidth_limit": engine.bucket.rate}
+        return {"tasks": engine.snapshots(), "backlog": [e.as_dict() for e in backlog],
+                "reattached": existed, "bandwidth_limit": engine.bandwidth_limit}
 
     def _engine(self, client: _Client, request: dict[str, Any]) -> Engine:
         identifier = request["identifier"]
@@ -348,63 +338,33 @@ class Service:
         return self._create(client, request, request["records"], resume=bool(request.get("resume")))
 
     def _create(self, client: _Client, request: dict[str, Any], fields: list[dict[str, Any]],
-                resume: bool) -> list[dict[str, Any]]:
+                resume: bool) -> list[Snapshot]:
         identifier = request["identifier"]
         engine = self._engine(client, request)
         hosted = self.hosted[identifier]
         records = []
         for item in fields:
             destination = item.get("destination")
-            busy = engine.active_destinations.get(destination) if destination else None
+            busy = engine.destination_owner(destination) if destination else None
             if busy is not None:
-                from ..._exceptions import InvalidDestination
                 raise InvalidDestination(f"task {busy} already downloads to {destination}; wait for it or cancel it")
-            record = TaskRecord(**item)
+            record = TaskRecord(**{**item, "state": TaskState(item.get("state", TaskState.SUSPENDED))})
             if identifier in client.launched and hosted.launches:  # the relaunch rate limiter
                 delay = engine.config.launch_delay * 2 ** (hosted.launches - 1)
                 record.launch_delay_until = time.time() + delay
                 record.launch_delay_reason = f"launch rate limit ({delay:g} s after launch {hosted.launches})"
             records.append(record)
-        tasks = engine.create_many(records, resume=False)
-        for task in tasks:
-            leader = self._leader_for(identifier, task._record)
-            if leader is not None:  # the same URL and destination in another session: one transfer
-                engine.follow(task.task_identifier, f"session {leader[0]!r} task {leader[1]}")
-                self.shared.setdefault(leader, []).append((identifier, task.task_identifier))
+        snaps = engine.create_many(records, resume=False)
+        for snap in snaps:
+            self.sharing.link(hosted, snap["record"])
         if resume:
-            engine.resume_many([t.task_identifier for t in tasks])
-        return [snapshot(t) for t in tasks]
-
-    def _leader_for(self, identifier: str, record: TaskRecord) -> tuple[str, int] | None:
-        if not record.destination:
-            return None
-        for other, hosted in self.hosted.items():
-            tid = hosted.engine.active_destinations.get(record.destination)
-            if other != identifier and tid is not None and hosted.engine.tasks[tid]._record.url == record.url \
-                    and tid not in hosted.engine.followers:
-                return other, tid
-        return None
-
-    def _relay(self, hosted: _Hosted, event: Event) -> None:
-        """Pass a leading task's progress and outcome to the tasks sharing its transfer."""
-        key = (hosted.identifier, event.task_identifier or 0)
-        if key not in self.shared:
-            return
-        task = hosted.engine.tasks[key[1]]
-        for identifier, tid in list(self.shared[key]):
-            follower = self.hosted.get(identifier)
-            if follower is None:
-                continue
-            if event.event == EventKind.PROGRESS.value:
-                follower.engine.mirror_progress(tid, task._received, task._record.total)
-            elif event.event in (EventKind.COMPLETED.value, EventKind.FAILED.value):
-                follower.engine.adopt(tid, task._record, task._record.error)
-        if event.event in (EventKind.COMPLETED.value, EventKind.FAILED.value):
-            del self.shared[key]
+            engine.resume_many([snap["record"]["task_identifier"] for snap in snaps])
+            snaps = [engine.snapshot(snap["record"]["task_identifier"]) for snap in snaps]
+        return snaps
 
     async def _op_control(self, client: _Client, request: dict[str, Any]) -> None:
         name = request["name"]
-        if name not in _CONTROLS:
+        if name not in CONTROLS:
             raise InvalidInput(f"unknown control {name!r}")
         getattr(self._engine(client, request), name)(*request.get("args", []))
 
@@ -414,7 +374,7 @@ class Service:
 
     async def _op_events(self, client: _Client, request: dict[str, Any]) -> list[dict[str, Any]]:
         engine = self._engine(client, request)
-        return [e.as_dict() for e in engine.store.events(int(request.get("since", 0)))]
+        return [e.as_dict() for e in engine.events(int(request.get("since", 0)))]
 
     async def _op_ack(self, client: _Client, request: dict[str, Any]) -> None:
         self._engine(client, request).ack(int(request["seq"]), request.get("finished_path"))
@@ -424,6 +384,8 @@ class Service:
         if request.get("mode") == "cancel" and identifier in self.hosted:
             engine = self.hosted[identifier].engine
             await engine.cancel_all()
+            if request.get("keep"):
+                return
         client.identifiers.discard(identifier)
         if identifier in self.hosted:
             self.hosted[identifier].clients.discard(client)
@@ -431,10 +393,9 @@ class Service:
     async def _op_status(self, client: _Client, request: dict[str, Any]) -> dict[str, Any]:
         sessions = {}
         for identifier, hosted in self.hosted.items():
-            tasks = hosted.engine.tasks.values()
-            sessions[identifier] = {
-                "tasks": len(tasks), "running": sum(t.state == TaskState.RUNNING for t in tasks),
-                "clients": len(hosted.clients), "bytes_per_second": round(hosted.rate)}
+            count, running = hosted.engine.summary()
+            sessions[identifier] = {"tasks": count, "running": running, "clients": len(hosted.clients),
+                                    "bytes_per_second": round(hosted.rate)}
         return {"pid": os.getpid(), "uptime": round(time.time() - self.started, 1), "protocol": PROTOCOL_VERSION,
                 "clients": len(self.clients) - 1, "sessions": sessions, "state_dir": str(self.state_dir)}
 

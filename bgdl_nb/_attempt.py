@@ -1,0 +1,251 @@
+"""One download attempt: a request, what its response means, the bytes, the final rename.
+
+An :class:`Attempt` works on the engine's private record of one task (:class:`TaskRun`)
+and tells the engine everything through a :class:`Reporter`: events, changed fields,
+durable offsets (only after the bytes below them were written to the partial file),
+restarts. It never touches the journal and never decides a retry: it raises, and the
+engine applies :func:`bgdl_nb._resume.retry_delay`.
+
+What a response means is decided in one place, :func:`bgdl_nb._resume.decide`; this
+module only carries out the :class:`~bgdl_nb._resume.Outcome`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._events import EventKind
+from ._exceptions import ChecksumMismatch, InvalidDestination, NetworkError, TransferError, UnexpectedResponse
+from ._files import HashThread, fsync_path, hash_prefix, unlink
+from ._resume import Outcome, Validator, accepts_ranges, decide, resume_headers, validator_from_headers
+from ._transfer import open_response
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from ._config import Configuration
+    from ._journal import TaskRecord
+    from ._scheduler import Wait
+
+__all__ = ["Attempt", "CHECKPOINT_BYTES", "Reporter", "RestartNeeded", "RetryableStatus", "TaskRun", "finalise"]
+
+CHECKPOINT_BYTES = 1024 * 1024
+"""The journal records a segment's offset at least every this many bytes, so a killed
+process re-fetches at most this much (plus what was in flight on the socket)."""
+
+
+@dataclass(eq=False)
+class TaskRun:
+    """The engine's private, live state of one task: its journal record and what is not
+    journaled (the byte count ahead of the durable offset, the waiting reason, the running
+    digest, the retry counters)."""
+
+    record: TaskRecord
+    received: int = 0
+    waiting: Wait | None = None
+    hasher: Any = None
+    hashed: int = -1          # bytes the hasher has seen (-1: none)
+    failures: int = 0         # consecutive failed attempts without progress
+    restarts: int = 0
+
+    @property
+    def task_identifier(self) -> int:
+        return self.record.task_identifier
+
+
+class RestartNeeded(Exception):
+    """The partial file was discarded; ask again from byte 0."""
+
+
+class RetryableStatus(TransferError):
+    """A 408, 425, 429 or 5xx: the engine retries after ``retry_after`` or its backoff."""
+
+    def __init__(self, message: str, *, status: int, retry_after: float | None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class Reporter(Protocol):
+    """What an attempt tells the engine."""
+
+    def emit(self, kind: EventKind, **fields: Any) -> None:
+        """Journal and publish an event of this task."""
+
+    def update(self, **changes: Any) -> None:
+        """Change fields of the task's record (journaled)."""
+
+    def checkpoint(self, offset: int) -> None:
+        """The first ``offset`` bytes of the partial file are written: journal the offset."""
+
+    def restart(self, reason: str) -> None:
+        """The partial file cannot be continued: discard it (with ``reason`` in the log)."""
+
+    def learned_total(self, total: int) -> None:
+        """The resource's length became known (the disk preflight uses it)."""
+
+    def throttle(self, nbytes: int) -> float:
+        """Seconds to pause after ``nbytes`` to honour the bandwidth limit."""
+
+
+async def _hasher_at(run: TaskRun, offset: int) -> Any:
+    """A sha256 object that has seen the first ``offset`` bytes of the partial file."""
+    if run.hasher is not None and run.hashed == offset:
+        return run.hasher
+    if offset == 0:
+        return hashlib.sha256()
+    return await asyncio.to_thread(hash_prefix, run.record.partial_path, offset)
+
+
+class Attempt:
+    """One request for a task and what follows from its response."""
+
+    def __init__(self, run: TaskRun, reporter: Reporter, client: aiohttp.ClientSession,
+                 config: Configuration, target: Path) -> None:
+        self.run = run
+        self.report = reporter
+        self.client = client
+        self.config = config
+        self.target = target
+
+    def check_partial(self) -> int:
+        """Reconcile the partial file with the journaled offset; return where to continue."""
+        rec = self.run.record
+        try:
+            size = os.path.getsize(rec.partial_path)
+        except FileNotFoundError:
+            size = -1
+        if rec.offset > 0 and size < rec.offset:
+            what = "is missing" if size < 0 else f"has {size} bytes, fewer than the {rec.offset} journaled"
+            self.report.restart(f"partial file {what}")
+            return 0
+        if size > rec.offset:
+            os.truncate(rec.partial_path, rec.offset)  # bytes past the journaled offset are not vouched for
+        if rec.offset > 0 and (rec.validator_kind is None or not rec.accepts_ranges):
+            why = "no validator (ETag or Last-Modified)" if rec.validator_kind is None else "no byte-range support"
+            self.report.restart(f"server gave {why}, so the partial file cannot be continued safely")
+            return 0
+        return rec.offset
+
+    async def __call__(self) -> bool:
+        """Run the attempt. True: the file is finished at the target. False: the server
+        refused (a 404, say) and the task completes with that status and no file.
+        Raises :class:`RestartNeeded`, :class:`RetryableStatus`, or a :class:`BgdlError`."""
+        run, rec = self.run, self.run.record
+        offset = self.check_partial()
+        run.received = offset
+        validator = Validator(rec.validator_kind, rec.validator_value) \
+            if rec.validator_kind and rec.validator_value else None
+        headers = {**rec.headers, **resume_headers(offset, validator)}
+        self.report.emit(EventKind.STARTED, total_bytes_written=offset, total_bytes_expected=rec.total,
+                         detail=f"from byte {offset}")
+
+        def on_redirect(status: int, target: str) -> None:
+            self.report.emit(EventKind.REDIRECT, status=status, detail=target)
+
+        async with open_response(self.client, rec.url, headers, self.config, on_redirect) as resp:
+            self.report.update(current_url=resp.url, status=resp.status, response_headers=resp.headers)
+            self.report.emit(EventKind.RESPONSE, status=resp.status, total_bytes_written=offset)
+            decision = decide(resp.status, resp.headers, offset=offset, validator=validator, known_total=rec.total)
+            if decision.outcome is Outcome.RETRY:
+                raise RetryableStatus(f"{resp.url} answered HTTP {resp.status}", status=resp.status,
+                                      retry_after=decision.retry_after)
+            if decision.outcome is Outcome.FAIL:
+                unlink(rec.partial_path)
+                if decision.client_error:
+                    raise UnexpectedResponse(f"{resp.url}: {decision.reason}", status=resp.status, url=rec.url)
+                return False
+            if decision.outcome is Outcome.COMPLETE:
+                await finalise(run, self.report, self.target)
+                return True
+            if decision.outcome is Outcome.RESTART:
+                self.report.restart(decision.reason)
+                if not decision.use_body:
+                    raise RestartNeeded()
+                offset = 0
+            if offset == 0:
+                found = validator_from_headers(resp.headers)
+                self.report.update(total=decision.total, accepts_ranges=accepts_ranges(resp.headers),
+                                   validator_kind=found.kind if found else None,
+                                   validator_value=found.value if found else None)
+                if decision.total is not None:
+                    self.report.learned_total(decision.total)
+            else:
+                self.report.emit(EventKind.RESUMED_AT_OFFSET, total_bytes_written=offset,
+                                 total_bytes_expected=rec.total)
+            await self._receive(resp, offset)
+        if rec.total is not None and run.received != rec.total:
+            raise NetworkError(f"connection closed after {run.received} of {rec.total} bytes", url=rec.url)
+        if rec.total is None:
+            self.report.update(total=run.received)
+        await finalise(run, self.report, self.target)
+        return True
+
+    async def _receive(self, resp: Any, offset: int) -> None:
+        run, rec = self.run, self.run.record
+        hashing = HashThread(await _hasher_at(run, offset))
+        fd = os.open(rec.partial_path, os.O_WRONLY | os.O_CREAT, 0o600)
+        position = journaled = reported = offset
+        interval = self.config.progress_interval
+        next_report = time.monotonic() + interval
+        try:
+            os.ftruncate(fd, offset)
+            os.lseek(fd, offset, os.SEEK_SET)
+            async for chunk in resp.chunks():
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+                hashing.update(chunk)
+                position += len(chunk)
+                run.received = position
+                pause = self.report.throttle(len(chunk))
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                if position - journaled >= CHECKPOINT_BYTES:
+                    self.report.checkpoint(position)  # the bytes are in the file first
+                    journaled = position
+                now = time.monotonic()
+                if now >= next_report:
+                    self._progress(position - reported)
+                    reported, next_report = position, now + interval
+        finally:
+            os.close(fd)
+            if position != journaled:
+                self.report.checkpoint(position)
+            run.hasher, run.hashed = hashing.finish(), position  # at most a few chunks behind
+            if position > reported:
+                self._progress(position - reported)
+
+    def _progress(self, written: int) -> None:
+        self.report.emit(EventKind.PROGRESS, bytes_written=written, total_bytes_written=self.run.received,
+                         total_bytes_expected=self.run.record.total)
+
+
+async def finalise(run: TaskRun, report: Reporter, target: Path) -> None:
+    """Verify the digest, make the bytes durable, journal the intent, then rename into place."""
+    rec = run.record
+    hasher = await _hasher_at(run, rec.offset)
+    digest = hasher.hexdigest()
+    if rec.sha256 and digest != rec.sha256.lower():
+        unlink(rec.partial_path)
+        raise ChecksumMismatch(
+            f"{rec.url} downloaded to {rec.offset} bytes with sha256 {digest}, expected {rec.sha256}; "
+            "nothing was kept. Check the expected digest or whether the source changed",
+            expected=rec.sha256, actual=digest)
+    if rec.destination and target.exists() and not rec.overwrite:
+        raise InvalidDestination(
+            f"{target} appeared while the download ran; it was left untouched. Remove it, or pass "
+            "overwrite=True; the download can continue from the error's resume_data")
+    await asyncio.to_thread(fsync_path, rec.partial_path)
+    report.update(digest=digest, location=str(target))  # intent first: a crash now is recoverable
+    os.replace(rec.partial_path, target)
+    await asyncio.to_thread(fsync_path, target.parent)
+    run.hasher, run.hashed = None, -1
+    report.emit(EventKind.FINISHED, total_bytes_written=rec.offset, total_bytes_expected=rec.total,
+                detail=str(target))

@@ -1,0 +1,107 @@
+"""Files on disk: partial-file names, durable renames, free space, and hashing beside the loop.
+
+Small helpers shared by the download attempt and the engine. Anything here that can
+take milliseconds (fsync, re-hashing a partial file) is called through
+``asyncio.to_thread`` by its callers, so the engine's event loop never waits on a disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+__all__ = ["HashThread", "fsync_path", "free_disk", "hash_prefix", "inbox_path", "partial_path_for", "unlink"]
+
+HASH_BLOCK = 4 * 1024 * 1024
+
+
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """fsync a file or a directory (a rename is durable once its directory is synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def free_disk(folder: str) -> int | None:
+    """Free bytes on the file system of ``folder`` (or its nearest existing ancestor)."""
+    path = Path(folder)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def unlink(path: str | os.PathLike[str] | None) -> None:
+    """Remove ``path`` if it exists."""
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def partial_path_for(destination: str | None, task_identifier: int, work_dir: Path) -> Path:
+    """Where a task's partial file lives: beside its destination (so the final rename
+    stays on one file system), or in the session's private work folder."""
+    token = os.urandom(4).hex()
+    if destination:
+        dest = Path(destination)
+        return dest.with_name(f".{dest.name}.{token}.bgdl-part")
+    folder = work_dir / "partial"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder / f"{task_identifier}-{token}.bgdl-part"
+
+
+def inbox_path(url: str, task_identifier: int, work_dir: Path) -> Path:
+    """The temporary location of a finished file that has no destination."""
+    folder = work_dir / "inbox"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    name = Path(url.split("?", 1)[0]).name or "download"
+    return folder / f"{task_identifier}-{name}"
+
+
+def hash_prefix(path: str, length: int) -> Any:
+    """A sha256 object over the first ``length`` bytes of ``path`` (blocking: run on a thread)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        remaining = length
+        while remaining > 0:
+            block = f.read(min(remaining, HASH_BLOCK))
+            if not block:
+                break
+            digest.update(block)
+            remaining -= len(block)
+    return digest
+
+
+class HashThread:
+    """Feeds a sha256 object on a thread of its own, so hashing (which releases the GIL)
+    runs beside the event loop instead of in its way. :meth:`finish` waits until every
+    chunk handed over has been hashed."""
+
+    def __init__(self, hasher: Any) -> None:
+        self.hasher = hasher
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="bgdl-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self.hasher.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def finish(self) -> Any:
+        self._queue.put(None)
+        self._thread.join()
+        return self.hasher

@@ -1,0 +1,264 @@
+"""The seam between a session and wherever its engine runs.
+
+A :class:`Host` is what :class:`~bgdl_nb.Session` talks to. Two implement it: the
+thread host (the engine on this process's engine thread) and the service host (the
+engine in the transfer service, over a socket). Both are built from the same parts:
+
+* :class:`TaskMirror` keeps one public :class:`~bgdl_nb.DownloadTask` view per task,
+  filled from the snapshots the engine sends with its events (and live byte counts);
+* :class:`Delivery` turns events into delegate callbacks, one at a time and in order,
+  on a delegate thread of its own; acknowledges them (the delivery cursor, and the
+  removal of inbox files once ``did_finish_downloading_to`` returned); calls
+  ``did_finish_events_for_background_session`` once after a reattach's backlog; and,
+  on close, waits a bounded time for a stuck callback, then says which one it was;
+* :class:`HostCore` joins the two and fans events out to listeners (displays).
+
+So the two hosts cannot disagree about what an event means to a task or a delegate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import queue
+import threading
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from .._events import Event, EventKind
+from .._journal import TaskRecord
+from .._states import TaskState
+from .._task import DownloadTask
+
+if TYPE_CHECKING:
+    from .._delegate import SessionDelegate
+    from .thread import Call
+
+__all__ = ["Delivery", "Host", "HostCore", "TaskMirror"]
+
+log = logging.getLogger("bgdl_nb")
+
+Ack = Callable[[int, "str | None"], None]
+
+
+class Host(Protocol):
+    """What a session needs from the place its engine runs."""
+
+    closed: bool
+
+    @property
+    def tasks(self) -> dict[int, DownloadTask]:
+        """Every task of the session, as public views."""
+
+    @property
+    def listeners(self) -> list[Callable[[Event], None]]:
+        """Called with every new event (displays); keep them quick."""
+
+    def attach_session(self, session: Any, delegate: SessionDelegate | None) -> None:
+        """Deliver callbacks to ``delegate`` with ``session`` as their first argument."""
+
+    def create_many(self, records: list[TaskRecord], resume: bool) -> list[DownloadTask]:
+        """Create tasks (and resume them) in one call."""
+
+    def control(self, name: str, *args: Any) -> None:
+        """resume, suspend, cancel, set_priority, pause, unpause or set_bandwidth_limit."""
+
+    def call(self, name: str, *args: Any) -> Call:
+        """cancel_with_resume_data, as an awaitable future."""
+
+    def event_log(self, since: int = 0) -> list[Event]:
+        """Journaled events after ``since``."""
+
+    def destination_busy(self, destination: str) -> int | None:
+        """The unfinished task writing ``destination``, if any."""
+
+    def bandwidth_limit(self) -> float | None:
+        """The session's bandwidth limit (bytes per second)."""
+
+    def close(self, mode: str) -> None:
+        """detach, finish or cancel; returns within a bounded time."""
+
+
+class TaskMirror:
+    """Public task views, filled from engine snapshots."""
+
+    def __init__(self, host: Any) -> None:
+        self.host = host
+        self.tasks: dict[int, DownloadTask] = {}
+        self._destinations: dict[str, int] = {}  # destination -> unfinished task writing it
+
+    def apply(self, snap: dict[str, Any]) -> DownloadTask:
+        """Create or update the view of the task in ``snap``."""
+        fields = snap["record"]
+        tid = fields["task_identifier"]
+        task = self.tasks.get(tid)
+        if task is None:
+            task = DownloadTask(self.host, TaskRecord(**fields))
+            self.tasks[tid] = task
+        else:
+            vars(task._record).update(fields)
+        task._record.state = TaskState(task._record.state)
+        task._received = snap["received"]
+        task.waiting_reason = snap["waiting_reason"]
+        destination = fields["destination"]
+        if task._record.state is TaskState.COMPLETED:
+            if destination and self._destinations.get(destination) == tid:
+                del self._destinations[destination]
+            task._settle()
+        elif destination:
+            self._destinations[destination] = tid
+        return task
+
+    def view(self, snap: dict[str, Any]) -> DownloadTask:
+        """The view of a task a reply names: the one events already filled when there is
+        one (a reply can be older than the events that followed it), else from ``snap``."""
+        return self.tasks.get(snap["record"]["task_identifier"]) or self.apply(snap)
+
+    def counts(self, counts: dict[int, int]) -> None:
+        for tid, received in counts.items():
+            task = self.tasks.get(int(tid))
+            if task is not None and not task.done():
+                task._received = received
+
+    def destination_busy(self, destination: str) -> int | None:
+        return self._destinations.get(destination)
+
+
+def _overrides(delegate: Any, name: str) -> Callable[..., Any] | None:
+    from .._delegate import SessionDelegate
+    method = getattr(delegate, name, None)
+    if method is None or getattr(type(delegate), name, None) is getattr(SessionDelegate, name, None):
+        return None  # not overridden: nothing to call
+    return method
+
+
+def _calls(event: Event, session: Any, task: DownloadTask | None) -> list[tuple[str, tuple[Any, ...]]]:
+    """The delegate methods an event means, with their arguments."""
+    kind = event.event
+    calls: list[tuple[str, tuple[Any, ...]]] = [("did_receive_event", (session, event))]
+    if task is not None:
+        if kind == EventKind.PROGRESS.value:
+            calls.append(("did_write_data", (session, task, event.bytes_written or 0,
+                                             event.total_bytes_written or 0, event.total_bytes_expected)))
+        elif kind == EventKind.RESUMED_AT_OFFSET.value:
+            calls.append(("did_resume_at_offset", (session, task, event.total_bytes_written or 0,
+                                                   event.total_bytes_expected)))
+        elif kind == EventKind.FINISHED.value:
+            calls.append(("did_finish_downloading_to", (session, task, Path(event.detail or ""))))
+        elif kind in (EventKind.COMPLETED.value, EventKind.FAILED.value):
+            calls.append(("did_complete_with_error", (session, task, task.error)))
+    elif kind == EventKind.FINISHED_EVENTS.value:
+        calls.append(("did_finish_events_for_background_session", (session,)))
+    return calls
+
+
+class Delivery:
+    """Delegate callbacks of one session: serial, ordered, on a thread of their own.
+
+    ``ack(seq, finished_path)`` is told how far delivery got; one acknowledgement covers
+    every event before it, so it is sent when the queue runs dry, when an inbox file may
+    go, or every 256 events (delivery is at least once).
+    """
+
+    def __init__(self, tasks: dict[int, DownloadTask], ack: Ack, close_timeout: float) -> None:
+        self.session: Any = None
+        self.delegate: SessionDelegate | None = None
+        self.close_timeout = close_timeout
+        self._tasks = tasks
+        self._ack = ack
+        self._queue: queue.SimpleQueue[tuple[Event, bool] | None] = queue.SimpleQueue()
+        self._delivered = 0
+        self._current: str | None = None  # the callback running now, for a stuck close
+        self._closing = False
+        self._thread = threading.Thread(target=self._main, name="bgdl-delegate", daemon=True)
+        self._thread.start()
+
+    def put(self, event: Event, journaled: bool = True) -> None:
+        self._queue.put((event, journaled))
+
+    def finish_events(self) -> None:
+        """Queue ``did_finish_events_for_background_session`` (after the backlog queued so far)."""
+        self.put(Event(0, 0.0, None, None, EventKind.FINISHED_EVENTS.value), journaled=False)
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()  # for async def callbacks; it runs only on this thread
+        try:
+            while (item := self._queue.get()) is not None:
+                event, journaled = item
+                if journaled and event.seq <= self._delivered:
+                    continue  # seen before a reconnect
+                task = self._tasks.get(event.task_identifier) if event.task_identifier is not None else None
+                finished = self._deliver(loop, event, task)
+                if journaled:
+                    self._delivered = event.seq
+                    path = event.detail if finished and task is not None and task.destination is None else None
+                    if path or self._queue.empty() or event.seq % 256 == 0:
+                        try:
+                            self._ack(event.seq, path)
+                        except Exception:
+                            log.debug("acknowledging event %s failed", event.seq, exc_info=True)
+        finally:
+            loop.close()
+
+    def _deliver(self, loop: asyncio.AbstractEventLoop, event: Event, task: DownloadTask | None) -> bool:
+        """Run the event's callbacks; True when a ``did_finish_downloading_to`` ran."""
+        delegate, finished = self.delegate, False
+        if delegate is None:
+            return False
+        for name, args in _calls(event, self.session, task):
+            method = _overrides(delegate, name)
+            if method is None:
+                continue
+            self._current = name if task is None else f"{name} of task {task.task_identifier}"
+            try:
+                result = method(*args)
+                if inspect.isawaitable(result):
+                    loop.run_until_complete(result)  # type: ignore[arg-type]
+            except Exception:
+                log.exception("bgdl_nb delegate method %s raised", name)
+            finally:
+                self._current = None
+            finished |= name == "did_finish_downloading_to"
+        return finished
+
+    def close(self) -> bool:
+        """Deliver what is queued, then stop; give up after ``close_timeout`` seconds on a
+        callback that does not return (with a warning naming it). True when all was delivered."""
+        if not self._closing:
+            self._closing = True
+            self._queue.put(None)
+        self._thread.join(self.close_timeout)
+        if not self._thread.is_alive():
+            return True
+        stuck = self._current or "a delegate callback"
+        message = (f"bgdl_nb: {stuck} did not return within {self.close_timeout:g} s; the session closed "
+                   "without waiting for it (later callbacks were not delivered and will be delivered again "
+                   "to the next session of a background identifier)")
+        log.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        return False
+
+
+class HostCore:
+    """The parts every host shares: the mirror, the listeners and the delivery."""
+
+    def __init__(self, host: Any, ack: Ack, close_timeout: float) -> None:
+        self.mirror = TaskMirror(host)
+        self.listeners: list[Callable[[Event], None]] = []
+        self.delivery = Delivery(self.mirror.tasks, ack, close_timeout)
+
+    def attach_session(self, session: Any, delegate: SessionDelegate | None) -> None:
+        self.delivery.session, self.delivery.delegate = session, delegate
+
+    def on_event(self, event: Event, snapshot: dict[str, Any] | None) -> None:
+        """An event from the engine: update the view first, then displays, then the delegate."""
+        if snapshot is not None:
+            self.mirror.apply(snapshot)
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:  # a display must never break a transfer
+                log.exception("bgdl_nb event listener failed")
+        self.delivery.put(event)
