@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ._journal import TaskRecord
     from ._scheduler import Wait
 
-__all__ = ["Attempt", "CHECKPOINT_BYTES", "Reporter", "RestartNeeded", "RetryableStatus", "TaskRun", "finalise"]
+__all__ = ["CHECKPOINT_BYTES", "Attempt", "Reporter", "RestartNeeded", "RetryableStatus", "TaskRun", "finalise"]
 
 CHECKPOINT_BYTES = 1024 * 1024
 """The journal records a segment's offset at least every this many bytes, so a killed

@@ -13,7 +13,7 @@ import enum
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Event", "EventKind", "EVENT_COLUMNS"]
+__all__ = ["EVENT_COLUMNS", "Event", "EventKind"]
 
 
 class EventKind(str, enum.Enum):

@@ -22,9 +22,9 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 from urllib.parse import unquote, urlsplit
 
 from ._config import Configuration
@@ -313,9 +313,9 @@ def fetch(
 def _tasks_for(session: Session, urls: list[str], names: list[str], expected: list[str | None],
                dest_dir: Path, done: dict[int, Path], overwrite: bool) -> dict[int, DownloadTask]:
     existing: dict[tuple[str, Path], DownloadTask] = {}
-    for task in session.all_tasks():  # newest last, so the newest task per file wins
-        if task.destination is not None:
-            existing[(task.original_request.url, task.destination)] = task
+    for known in session.all_tasks():  # newest last, so the newest task per file wins
+        if known.destination is not None:
+            existing[(known.original_request.url, known.destination)] = known
     tasks: dict[int, DownloadTask] = {}
     fresh: dict[int, dict[str, object]] = {}
     for i, (url, name, exp) in enumerate(zip(urls, names, expected)):

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HashThread", "fsync_path", "free_disk", "hash_prefix", "inbox_path", "partial_path_for", "unlink"]
+__all__ = ["HashThread", "free_disk", "fsync_path", "hash_prefix", "inbox_path", "partial_path_for", "unlink"]
 
 HASH_BLOCK = 4 * 1024 * 1024
 

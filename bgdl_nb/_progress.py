@@ -8,10 +8,12 @@ second by the waiting loop); it never reaches into the engine.
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import sys
 import time
-from typing import Any, Iterator, Protocol, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 from ._task import DownloadTask
 
@@ -33,7 +35,7 @@ def in_notebook() -> bool:
     if shell is None:
         return False
     try:
-        ip = shell.get_ipython()  # type: ignore[attr-defined]
+        ip = shell.get_ipython()
     except AttributeError:
         return False
     return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
@@ -41,8 +43,14 @@ def in_notebook() -> bool:
 
 class _Rich:
     def __init__(self, tasks: Sequence[DownloadTask]) -> None:
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                   TransferSpeedColumn)
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
 
         self.progress = Progress(
             TextColumn("{task.description}", justify="left"), BarColumn(), DownloadColumn(),
@@ -99,6 +107,10 @@ def progress_display(tasks: Sequence[DownloadTask], *, enabled: bool = True) -> 
             display.refresh()
 
 
+def _put(finished: queue.SimpleQueue[int], i: int, _future: object) -> None:
+    finished.put(i)
+
+
 def finished_batches(tasks: Sequence[DownloadTask], timeout: float | None = None) -> Iterator[list[int]]:
     """Yield the positions of ``tasks`` that completed, in batches, at least every 0.25 s
     (an empty batch when none did), until all completed or ``timeout`` seconds passed.
@@ -108,7 +120,7 @@ def finished_batches(tasks: Sequence[DownloadTask], timeout: float | None = None
     """
     finished: queue.SimpleQueue[int] = queue.SimpleQueue()
     for i, task in enumerate(tasks):
-        task._done.add_done_callback(lambda _, i=i: finished.put(i))
+        task._done.add_done_callback(functools.partial(_put, finished, i))
     left = len(tasks)
     deadline = None if timeout is None else time.monotonic() + timeout
     while left:

@@ -36,9 +36,9 @@ import os
 import re
 import secrets
 import time as _time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from ._exceptions import InvalidResumeData
 
@@ -186,7 +186,7 @@ def retry_delay(failures: int, *, base: float, retry_after: float | None, cap: f
     ``cap``, times ``jitter``), or the server's ``Retry-After`` capped at ``retry_after_cap``."""
     if retry_after is not None:
         return min(retry_after, retry_after_cap)
-    return min(cap, base * 2 ** max(0, failures - 1)) * jitter
+    return float(min(cap, base * 2.0 ** max(0, failures - 1)) * jitter)
 
 
 def _not_a_file(status: int, headers: Mapping[str, str], offset: int) -> Decision | None:

@@ -38,8 +38,8 @@ import heapq
 import itertools
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 __all__ = ["Item", "Plan", "Scheduler", "TokenBucket", "Wait", "WaitReason", "in_window"]
 

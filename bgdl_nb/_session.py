@@ -15,8 +15,9 @@ import atexit
 import datetime as _dt
 import os
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from ._config import Configuration
 from ._delegate import SessionDelegate

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Iterator
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -81,7 +81,7 @@ def new_client(config: Configuration) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=0,
         limit_per_host=config.http_maximum_connections_per_host,
-        ssl=None if config.verify_tls else False,
+        ssl=True if config.verify_tls else False,
     )
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=config.timeout_interval_for_request)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
@@ -127,7 +127,7 @@ async def open_response(
         sent["Accept-Encoding"] = "identity"
         with map_exceptions(current):
             response = await client.get(current, headers=sent, allow_redirects=False,
-                                        ssl=None if config.verify_tls else False)
+                                        ssl=True if config.verify_tls else False)
         if response.status in _REDIRECTS and "Location" in response.headers:
             target = urljoin(current, response.headers["Location"])
             response.release()

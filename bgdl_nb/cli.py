@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import datetime as _dt
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ._config import Configuration
 from ._exceptions import BgdlError, FetchError, InvalidInput
@@ -47,7 +47,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     if args.id or fields:
         from ._fetch import default_identifier
         identifier = args.id or default_identifier(Path(args.output).expanduser().absolute())
-        config = Configuration.background(identifier, **fields)  # type: ignore[arg-type]
+        config = Configuration.background(identifier, **fields)
     sha = None
     if args.sha256:
         if len(args.sha256) != len(urls):

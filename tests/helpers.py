@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from bgdl_nb import DownloadTask, Event, SessionDelegate
 

@@ -19,7 +19,8 @@ def test_binder_files_are_what_repo2docker_reads():
     files = sorted(p.name for p in (ROOT / "binder").iterdir())
     assert files == ["requirements.txt", "runtime.txt"]
     assert (ROOT / "binder" / "runtime.txt").read_text().strip().startswith("python-3.1")
-    lines = [l for l in (ROOT / "binder" / "requirements.txt").read_text().splitlines() if l and not l.startswith("#")]
+    text = (ROOT / "binder" / "requirements.txt").read_text()
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert lines == [".[notebook]"]
 
 

@@ -11,11 +11,12 @@ import signal
 import subprocess
 import sys
 
+from conftest import run_cli
+
 import bgdl_nb as bg
 from bgdl_nb._engine import CHECKPOINT_BYTES
 from bgdl_nb._journal import journaled_bytes
 
-from conftest import run_cli
 from helpers import sha256_of, wait_until
 
 MB = 1024 * 1024
@@ -34,7 +35,8 @@ def test_kill_9_at_random_points_then_resume(origin, tmp_path, monkeypatch):
         child = subprocess.Popen([sys.executable, "-m", "bgdl_nb.cli", "fetch", url, "-o", str(out),
                                   "--id", "killed", "-q"], env=os.environ.copy())
         try:
-            wait_until(lambda: journaled_bytes(bg.Configuration.background("killed").journal_path(), "killed") >= fraction * size or child.poll() is not None,
+            journal = bg.Configuration.background("killed").journal_path()
+            wait_until(lambda: journaled_bytes(journal, "killed") >= fraction * size or child.poll() is not None,
                        timeout=60, what=f"{fraction:.0%} journaled")
         finally:
             if child.poll() is None:

@@ -11,11 +11,11 @@ import time
 import urllib.request
 
 import pytest
+from conftest import run_cli
 
 import bgdl_nb as bg
 from bgdl_nb._resume import ResumeState, Validator, encode_resume_data, load_key
 
-from conftest import run_cli
 from helpers import sha256_of, wait_for_bytes, wait_until
 
 MB = 1024 * 1024

@@ -6,15 +6,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
 
-import bgdl_nb as bg  # noqa: E402
-from bgdl_nb.notebook.plots import _bin_width, delay_segments, throughput_frame  # noqa: E402
-from bgdl_nb.notebook.widgets import SessionPanel, TaskPanel  # noqa: E402
+import bgdl_nb as bg
+from bgdl_nb.notebook.plots import _bin_width, delay_segments, throughput_frame
+from bgdl_nb.notebook.widgets import SessionPanel, TaskPanel
 
-from helpers import wait_for_bytes  # noqa: E402
+from helpers import wait_for_bytes
 
 MB = 1024 * 1024
 
@@ -91,7 +91,7 @@ def test_plots_render_headless_and_take_ax(interrupted, tmp_path):
 def test_scheduler_delay_splits_by_reason(interrupted):
     segments = delay_segments(interrupted.events)
     b = segments[(segments["task_identifier"] == 2) & segments["first_byte"]]
-    assert "slot" in set(b["kind"])  # task b waited for the only slot behind task a
+    assert "waiting for a free slot" in set(b["kind"])  # task b waited for the only slot behind task a
     assert (segments["seconds"] >= 0).all()
 
 

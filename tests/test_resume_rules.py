@@ -10,9 +10,20 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bgdl_nb import InvalidResumeData
-from bgdl_nb._resume import (RESUME_DATA_VERSION, Outcome, ResumeState, Validator, decide, decode_resume_data,
-                             retry_after_seconds, retry_delay,
-                             encode_resume_data, load_key, resume_headers, validator_from_headers)
+from bgdl_nb._resume import (
+    RESUME_DATA_VERSION,
+    Outcome,
+    ResumeState,
+    Validator,
+    decide,
+    decode_resume_data,
+    encode_resume_data,
+    load_key,
+    resume_headers,
+    retry_after_seconds,
+    retry_delay,
+    validator_from_headers,
+)
 
 DATE = "Sat, 21 Nov 2026 12:00:00 GMT"
 ETAG = '"abc"'

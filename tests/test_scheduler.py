@@ -181,7 +181,7 @@ def test_invariants_under_random_operations(operations, max_tasks, per_host):
             for tid, reason in s.reason.items():
                 if reason == SLOT and not s.items[tid].discretionary:
                     assert s.items[tid].priority <= lowest  # nobody more urgent was left waiting
-        for tid, item in s.items.items():
+        for tid in s.items:
             assert (tid in running) == (s.reason.get(tid) is None)  # every waiting task has a reason
 
 

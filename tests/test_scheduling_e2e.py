@@ -86,7 +86,7 @@ def test_resource_timeout_fails_a_task_that_waits_too_long(origin, tmp_path):
     s = bg.Session(bg.Configuration.default(timeout_interval_for_resource=0.5))
     task = s.download_task(origin.url("never", 1000), tmp_path / "never", earliest_begin_date=time.time() + 60)
     task.resume()
-    with pytest.raises(bg.TransferTimeout, match="timeout_interval_for_resource .* while waiting: earliest begin"):
+    with pytest.raises(bg.TransferTimeout, match=r"timeout_interval_for_resource .* while waiting: earliest begin"):
         task.wait(30)
     assert origin.log == []
     s.close()

@@ -12,6 +12,7 @@ import textwrap
 
 import filelock
 import pytest
+from conftest import run_cli
 
 import bgdl_nb as bg
 from bgdl_nb._engine import CHECKPOINT_BYTES
@@ -19,7 +20,6 @@ from bgdl_nb._hosts.service.client import service_status, start_service, stop_se
 from bgdl_nb._hosts.service.protocol import PROTOCOL_VERSION, peer_allowed, read_frame, runtime_dir, write_frame
 from bgdl_nb._journal import journaled_bytes, read_journal
 
-from conftest import run_cli
 from helpers import Recorder, run_in_kernel, sha256_of, wait_for_bytes, wait_until
 
 MB = 1024 * 1024

@@ -24,8 +24,9 @@ import logging
 import queue
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._events import Event, EventKind
 from .._journal import TaskRecord
@@ -128,7 +129,7 @@ class TaskMirror:
 
 def _overrides(delegate: Any, name: str) -> Callable[..., Any] | None:
     from .._delegate import SessionDelegate
-    method = getattr(delegate, name, None)
+    method: Callable[..., Any] | None = getattr(delegate, name, None)
     if method is None or getattr(type(delegate), name, None) is getattr(SessionDelegate, name, None):
         return None  # not overridden: nothing to call
     return method
@@ -215,7 +216,7 @@ class Delivery:
             try:
                 result = method(*args)
                 if inspect.isawaitable(result):
-                    loop.run_until_complete(result)  # type: ignore[arg-type]
+                    loop.run_until_complete(result)
             except Exception:
                 log.exception("bgdl_nb delegate method %s raised", name)
             finally:

@@ -15,8 +15,9 @@ import asyncio
 import concurrent.futures
 import os
 import threading
+from collections.abc import Callable, Coroutine, Generator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Coroutine, Generator, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import filelock
 
@@ -85,7 +86,8 @@ class EngineThread:
         """Run ``coro`` on the engine loop and wait for its result (sync callers)."""
         if self.is_current:
             raise RuntimeError("EngineThread.run() called from the engine thread; await instead")
-        return self.submit(coro).result(timeout)
+        result: T = self.submit(coro).result(timeout)
+        return result
 
     def call(self, fn: Callable[..., T], *args: Any) -> Call:
         """Run plain function ``fn`` on the engine loop."""
@@ -200,7 +202,8 @@ class ThreadHost:
         return self.thread.submit(self.engine.cancel_with_resume_data(*args))
 
     def event_log(self, since: int = 0) -> list[Any]:
-        return self.thread.call(self.engine.events, since).result()
+        events: list[Any] = self.thread.call(self.engine.events, since).result()
+        return events
 
     def destination_busy(self, destination: str) -> int | None:
         return self.core.mirror.destination_busy(destination)

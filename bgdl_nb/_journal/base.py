@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from .._events import Event
 from .._states import TaskState
 
-__all__ = ["Store", "TaskRecord", "TASK_FIELDS"]
+__all__ = ["TASK_FIELDS", "Store", "TaskRecord"]
 
 
 @dataclass

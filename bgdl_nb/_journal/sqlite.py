@@ -21,8 +21,9 @@ import contextlib
 import json
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .._events import EVENT_COLUMNS, Event
 from .._states import TaskState

@@ -41,9 +41,10 @@ import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Iterator
+from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -230,8 +231,8 @@ class Origin:
         range_header = None if "unasked_range" in q else request.headers.get("Range")
         if ranges and range_header:
             if_range = request.headers.get("If-Range")
-            fresh = if_range is None or if_range in (headers.get("ETag"), headers.get("Last-Modified")) \
-                and not if_range.startswith("W/")
+            fresh = if_range is None or (if_range in (headers.get("ETag"), headers.get("Last-Modified")) \
+                and not if_range.startswith("W/"))
             match = _RANGE.match(range_header.strip())
             if fresh and match and (match.group(1) or match.group(2)):
                 first, last = match.groups()
@@ -299,9 +300,9 @@ class Origin:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        server = site._server  # the bound port when port was 0
+        server: Any = site._server  # the bound port when port was 0
         assert server is not None and server.sockets
-        self.port = server.sockets[0].getsockname()[1]
+        self.port = int(server.sockets[0].getsockname()[1])
         return self.base_url
 
     async def stop_async(self) -> None:

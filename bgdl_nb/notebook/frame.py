@@ -10,11 +10,12 @@ nullable), ``error`` and ``detail`` (string), ``reason`` (categorical over every
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from . import require
 from .._events import EVENT_COLUMNS, Event, EventKind
 from .._scheduler import WaitReason
+from . import require
 
 if TYPE_CHECKING:
     import pandas

@@ -13,8 +13,9 @@ conditions, retry backoff, the launch rate limiter, or connecting.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from .._scheduler import WaitReason
 from . import require
 
 if TYPE_CHECKING:
@@ -25,10 +26,11 @@ if TYPE_CHECKING:
 __all__ = ["delay_segments", "plot_scheduler_delay", "plot_throughput", "throughput_frame"]
 
 _NICE_STEPS = (0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600)
-_REASONS = ("slot", "earliest begin date", "discretionary", "retry backoff", "launch rate limit",
-            "insufficient disk", "other wait", "connecting")
-_COLORS = {"slot": "#9ecae1", "earliest begin date": "#fdae6b", "discretionary": "#c7e9c0",
-           "retry backoff": "#fc9272", "launch rate limit": "#bcbddc", "insufficient disk": "#e7969c",
+_SLOT = WaitReason.SLOT.value
+_REASONS = (*(r.value for r in WaitReason), "other wait", "connecting")
+_COLORS = {_SLOT: "#9ecae1", WaitReason.BEGIN.value: "#fdae6b", WaitReason.DISCRETIONARY.value: "#c7e9c0",
+           WaitReason.RETRY.value: "#fc9272", WaitReason.LAUNCH.value: "#bcbddc", WaitReason.DISK.value: "#e7969c",
+           WaitReason.HOST.value: "#fdd0a2", WaitReason.PAUSED.value: "#bdbdbd", WaitReason.SHARED.value: "#dadaeb",
            "other wait": "#d9d9d9", "connecting": "#6baed6", "transferring": "#31a354"}
 
 
@@ -61,7 +63,7 @@ def throughput_frame(events: pandas.DataFrame, bin_seconds: float | None = None)
         # accrue only after a transfer (re)started, never across a dead kernel's gap.
         cumulative = np.cumsum(written)
         sampled = np.interp(edges, times, cumulative, left=0.0, right=cumulative[-1])
-        columns[int(tid)] = np.diff(sampled) / width / 1e6
+        columns[int(cast(Any, tid))] = np.diff(sampled) / width / 1e6
     index = pd.to_datetime(t0) + pd.to_timedelta(edges[:-1], unit="s")
     frame = pd.DataFrame(columns, index=index)
     frame["total"] = frame.sum(axis=1)
@@ -107,20 +109,11 @@ def plot_throughput(events: pandas.DataFrame, *, ax: Axes | None = None, per_tas
     ax.set_ylabel("throughput (MB/s)")
     ax.set_xlabel(f"time (UTC), {width:g} s bins" if width else "time (UTC)")
     ax.set_ylim(bottom=0)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))  # type: ignore[no-untyped-call]
     ax.set_title("download throughput")
     ax.legend(loc="upper left", fontsize="small", ncols=2)
     ax.grid(alpha=0.3)
     return ax
-
-
-def _reason_of(detail: str | None) -> str:
-    text = (detail or "").lower()
-    for key, reason in (("slot", "slot"), ("earliest", "earliest begin date"), ("discretionary", "discretionary"),
-                        ("retry", "retry backoff"), ("launch", "launch rate limit"), ("disk", "insufficient disk")):
-        if key in text:
-            return reason
-    return "other wait"
 
 
 def delay_segments(events: pandas.DataFrame) -> pandas.DataFrame:
@@ -144,7 +137,8 @@ def delay_segments(events: pandas.DataFrame) -> pandas.DataFrame:
             spans.append({"task_identifier": tid, "start": since, "end": at, "kind": kind,
                           "first_byte": first and kind != "transferring"})
 
-    for row in events.sort_values("seq").itertuples(index=False):
+    rows: Any = events.sort_values("seq").itertuples(index=False)  # pandas types a row loosely
+    for row in rows:
         kind = row.event
         if pd.isna(row.task_identifier):
             if kind in ("reattached", "detached") and last_time is not None:
@@ -156,11 +150,12 @@ def delay_segments(events: pandas.DataFrame) -> pandas.DataFrame:
         state, _, first = current.get(tid, (None, None, False))
         new: str | None = state
         if kind == "resumed":
-            new, first = "slot", True
+            new, first = _SLOT, True
         elif kind == "waiting":
-            new = _reason_of(row.detail)
+            reason = getattr(row, "reason", None)
+            new = "other wait" if reason is None or pd.isna(reason) else str(reason)
         elif kind == "retry":
-            new = "retry backoff"
+            new = WaitReason.RETRY.value
         elif kind == "started":
             new = "connecting"
         elif kind == "response":
@@ -208,7 +203,7 @@ def plot_scheduler_delay(events: pandas.DataFrame, *, ax: Axes | tuple[Axes, Axe
     for reason in _REASONS:
         values = [float(delays.get((t, reason), 0.0)) for t in tasks]
         if any(values):
-            left.barh([str(t) for t in tasks], values, left=[bottom[t] for t in tasks], color=_COLORS[reason],
+            left.barh([str(t) for t in tasks], values, left=[bottom[t] for t in tasks], color=_COLORS.get(reason),
                       label=reason)
             for t, v in zip(tasks, values):
                 bottom[t] += v
@@ -230,9 +225,9 @@ def plot_scheduler_delay(events: pandas.DataFrame, *, ax: Axes | tuple[Axes, Axe
         right.set_title("timeline: waiting vs transferring")
         right.set_xlabel("time (UTC)")
         right.xaxis_date()
-        right.xaxis.set_major_formatter(mdates.ConciseDateFormatter(right.xaxis.get_major_locator()))
-        handles = [plt.Rectangle((0, 0), 1, 1, color=_COLORS[k]) for k in ("transferring", "connecting", "slot",
-                                                                            "retry backoff")]
-        right.legend(handles, ["transferring", "connecting", "waiting for slot", "retry backoff"],
+        right.xaxis.set_major_formatter(mdates.ConciseDateFormatter(right.xaxis.get_major_locator()))  # type: ignore[no-untyped-call]
+        from matplotlib.patches import Rectangle
+        names = ("transferring", "connecting", _SLOT, WaitReason.RETRY.value)
+        right.legend([Rectangle((0, 0), 1, 1, color=_COLORS[k]) for k in names], names,
                      fontsize="small", loc="lower right")
     return made if made is not None else ax  # type: ignore[return-value]

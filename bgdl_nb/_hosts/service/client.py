@@ -25,8 +25,9 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..._config import Configuration
 from ..._delegate import SessionDelegate
@@ -108,7 +109,8 @@ def _request_once(state_dir: Path, op: str, **args: Any) -> Any:
 
 def service_status(state_dir: Path) -> dict[str, Any] | None:
     """The running service's status, or ``None`` when none runs."""
-    return _request_once(state_dir, "status")
+    status: dict[str, Any] | None = _request_once(state_dir, "status")
+    return status
 
 
 def stop_service(state_dir: Path, timeout: float = 30.0) -> bool:

@@ -70,7 +70,7 @@ def decode_length(header: bytes) -> int:
     (length,) = _HEADER.unpack(header)
     if length > MAX_FRAME:
         raise ValueError(f"frame of {length} bytes is larger than {MAX_FRAME}")
-    return length
+    return int(length)
 
 
 def write_frame(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -96,14 +96,15 @@ def read_frame(sock: socket.socket) -> dict[str, Any] | None:
     body = _recv_exactly(sock, decode_length(header))
     if body is None:
         return None
-    return json.loads(body)
+    message: dict[str, Any] = json.loads(body)
+    return message
 
 
 def peer_uid(sock: socket.socket) -> int:
     """The uid of the process at the other end of a connected Unix socket (SO_PEERCRED)."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
+    return int(uid)
 
 
 def peer_allowed(uid: int, owner: int | None = None) -> bool:

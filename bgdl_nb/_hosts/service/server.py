@@ -37,8 +37,7 @@ from ..._journal import SqliteStore, TaskRecord, read_journal
 from ..._resume import load_key
 from ..._states import TaskState
 from ..thread import CONTROLS
-from .protocol import (PROTOCOL_VERSION, decode_length, encode, ensure_private_dir, peer_allowed, peer_uid,
-                       runtime_dir)
+from .protocol import PROTOCOL_VERSION, decode_length, encode, ensure_private_dir, peer_allowed, peer_uid, runtime_dir
 from .sharing import Sharing
 
 __all__ = ["Service"]

@@ -1,0 +1,275 @@
+"""The engine's task records, its journal writes and its one sink.
+
+:class:`EngineBase` is the half of the engine that every path ends in: it changes a
+task's record only through :meth:`EngineBase._set` (journaled), its state only through
+:meth:`EngineBase._move` (the transition table of :mod:`bgdl_nb._states`, the new state
+and its event in one transaction), and publishes every event, journaled first, to the
+:class:`Sink` with a :data:`Snapshot` of the task. It also answers the questions hosts
+ask (snapshots, the backlog, who writes a destination). Scheduling and running tasks
+are in :mod:`bgdl_nb._engine`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._attempt import TaskRun
+from ._config import Configuration
+from ._events import Event, EventKind
+from ._exceptions import BgdlError, ChecksumMismatch
+from ._files import unlink
+from ._journal import Store
+from ._resume import ResumeState, Validator, encode_resume_data
+from ._scheduler import Scheduler, TokenBucket
+from ._states import TaskState, check_transition
+from ._transfer import new_client
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["EngineBase", "Sink", "Snapshot"]
+
+log = logging.getLogger("bgdl_nb")
+
+Snapshot = dict[str, Any]
+"""What a host needs to mirror a task: ``record`` (the fields of its journal record),
+``received`` (live byte count) and ``waiting_reason`` / ``wait`` (text and enum value)."""
+
+
+class Sink(Protocol):
+    """Where an engine's output goes (a host, or the service's broadcaster)."""
+
+    def event(self, event: Event, snapshot: Snapshot | None) -> None:
+        """A journaled event, and the task it concerns after the change."""
+
+    def counts(self, counts: dict[int, int]) -> None:
+        """Live byte counts of transferring tasks that moved since the last call."""
+
+
+class _NullSink:
+    def event(self, event: Event, snapshot: Snapshot | None) -> None:
+        pass
+
+    def counts(self, counts: dict[int, int]) -> None:
+        pass
+
+
+class _Report:
+    """The :class:`~bgdl_nb._attempt.Reporter` of one task: the attempt's only way in."""
+
+    def __init__(self, engine: EngineBase, run: TaskRun) -> None:
+        self.engine, self.run = engine, run
+
+    def emit(self, kind: EventKind, **fields: Any) -> None:
+        self.engine._emit(kind, self.run, **fields)
+
+    def update(self, **changes: Any) -> None:
+        self.engine._set(self.run, **changes)
+
+    def checkpoint(self, offset: int) -> None:
+        self.engine.store.set_offset(self.run.task_identifier, offset)
+        self.run.record.offset = offset
+
+    def restart(self, reason: str) -> None:
+        self.engine._restart(self.run, reason)
+
+    def learned_total(self, total: int) -> None:
+        self.engine.scheduler.update_remaining(self.run.task_identifier, total)
+
+    def throttle(self, nbytes: int) -> float:
+        return self.engine.bucket.reserve(nbytes, time.monotonic())
+
+
+class EngineBase:
+    """Records, journal and sink; see :class:`bgdl_nb._engine.Engine` for the rest."""
+
+    config: Configuration
+    store: Store
+    key: bytes
+    work_dir: Path
+    identifier: str | None
+    sink: Sink
+    scheduler: Scheduler
+    bucket: TokenBucket
+    _runs: dict[int, TaskRun]
+    _destinations: dict[str, int]
+    _held: dict[int, str]
+    _seen: dict[int, int]
+    _changed: asyncio.Event
+    _client: aiohttp.ClientSession | None
+
+    # reading -----------------------------------------------------------------------------
+
+    def snapshot(self, tid: int) -> Snapshot:
+        """What a host needs to mirror task ``tid`` (a shallow copy: cheap, and encoded at once)."""
+        run = self._runs[tid]
+        return {"record": dict(vars(run.record)), "received": run.received,
+                "waiting_reason": None if run.waiting is None else str(run.waiting),
+                "wait": None if run.waiting is None else run.waiting.reason.value}
+
+    def snapshots(self) -> list[Snapshot]:
+        return [self.snapshot(tid) for tid in self._runs]
+
+    def backlog(self) -> list[Event]:
+        """Journaled events no delegate has acknowledged yet, in order."""
+        delivered = int(self.store.get_meta("delivered_seq") or 0)
+        return [e for e in self.store.events(delivered) if e.event != EventKind.FINISHED_EVENTS.value]
+
+    def events(self, since: int = 0) -> list[Event]:
+        return self.store.events(since)
+
+    def destination_owner(self, destination: str) -> int | None:
+        """The unfinished task writing ``destination``, if any."""
+        return self._destinations.get(destination)
+
+    def url_of(self, tid: int) -> str:
+        return self._runs[tid].record.url
+
+    def summary(self) -> tuple[int, int]:
+        """(tasks, running tasks)."""
+        return len(self._runs), sum(r.record.state is TaskState.RUNNING for r in self._runs.values())
+
+    @property
+    def busy(self) -> bool:
+        return any(r.record.state is TaskState.RUNNING for r in self._runs.values())
+
+    @property
+    def bandwidth_limit(self) -> float | None:
+        return self.bucket.rate
+
+    def ack(self, seq: int, finished_path: str | None = None) -> None:
+        """A delegate has seen every event up to ``seq``; a finished file it was handed
+        without a destination is now removed from the inbox (seed semantics)."""
+        if self.store.durable and seq > int(self.store.get_meta("delivered_seq") or 0):
+            self.store.set_meta("delivered_seq", str(seq))
+        if finished_path:
+            inbox = (self.work_dir / "inbox").resolve()
+            path = Path(finished_path).resolve()
+            if path.parent == inbox:  # only ever our own inbox files
+                unlink(path)
+
+    def _restart(self, run: TaskRun, reason: str) -> None:
+        rec = run.record
+        self._emit(EventKind.RESTARTED, run, total_bytes_written=run.received, detail=reason)
+        run.hasher, run.hashed = None, -1
+        if Path(rec.partial_path).exists():
+            os.truncate(rec.partial_path, 0)
+        run.received = 0
+        self._set(run, offset=0, validator_kind=None, validator_value=None, accepts_ranges=False, total=None)
+
+    def _resume_data(self, run: TaskRun) -> bytes | None:
+        rec = run.record
+        if not rec.validator_kind or not rec.validator_value or not rec.accepts_ranges \
+                or not Path(rec.partial_path).exists():
+            return None
+        state = ResumeState(url=rec.url, headers=dict(rec.headers), partial_path=rec.partial_path,
+                            offset=rec.offset, total=rec.total,
+                            validator=Validator(rec.validator_kind, rec.validator_value),
+                            destination=rec.destination, current_url=rec.current_url)
+        return encode_resume_data(state, self.key)
+
+    def _fail(self, run: TaskRun, error: BgdlError) -> None:
+        if not isinstance(error, ChecksumMismatch):
+            error.resume_data = self._resume_data(run)
+        if error.resume_data is None:
+            unlink(run.record.partial_path)
+        self._complete(run, error)
+
+    def _complete(self, run: TaskRun, error: BgdlError | None, *, finished: bool = True) -> None:
+        """End the task: with a file (``finished``), with the server's refusal (no error,
+        not ``finished``: the status is in the record), or with ``error``."""
+        rec = run.record
+        tid = rec.task_identifier
+        self.scheduler.remove(tid)
+        self._held.pop(tid, None)
+        self._seen.pop(tid, None)
+        run.waiting = None
+        if rec.destination and self._destinations.get(rec.destination) == tid:
+            del self._destinations[rec.destination]
+        if not finished and error is None:
+            rec.location = None
+        changes = {"error": None if error is None else error.to_dict(), "finished_at": time.time()}
+        if error is None:
+            self._move(run, TaskState.COMPLETED, EventKind.COMPLETED, changes, total_bytes_written=run.received,
+                       total_bytes_expected=rec.total, status=rec.status)
+        else:
+            self._move(run, TaskState.COMPLETED, EventKind.FAILED, changes, total_bytes_written=run.received,
+                       total_bytes_expected=rec.total, status=rec.status, error=f"{type(error).__name__}: {error}")
+        self._changed.set()
+
+    # the record, the journal and the sink ------------------------------------------------
+
+    def _move(self, run: TaskRun, state: TaskState, kind: EventKind | None,
+              changes: dict[str, Any] | None = None, **event_fields: Any) -> None:
+        """The one place a task changes state: check the table, journal, then emit."""
+        check_transition(run.record.state, state)
+        if state is not TaskState.RUNNING:
+            run.waiting = None
+        if kind is None:
+            self._set(run, state=state, **(changes or {}))
+            return
+        with self.store.atomic():  # the new state and its event commit together
+            self._set(run, state=state, **(changes or {}))
+            event = self._journal(kind, run, event_fields)
+        self._publish(event, run)
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._client is None:
+            self._client = new_client(self.config)
+        return self._client
+
+    def _set(self, run: TaskRun, **changes: Any) -> None:
+        for name, value in changes.items():
+            setattr(run.record, name, value)
+        self.store.update_task(run.task_identifier, **changes)
+
+    def _emit(self, kind: EventKind, run: TaskRun | None, **fields: Any) -> Event:
+        """Journal an event, then publish it."""
+        event = self._journal(kind, run, fields)
+        self._publish(event, run)
+        return event
+
+    def _journal(self, kind: EventKind, run: TaskRun | None, fields: dict[str, Any]) -> Event:
+        return self.store.append_event(Event(0, time.time(), self.identifier,
+                                             None if run is None else run.task_identifier, kind.value, **fields))
+
+    def _publish(self, event: Event, run: TaskRun | None) -> None:
+        try:
+            self.sink.event(event, None if run is None else self.snapshot(run.task_identifier))
+        except Exception:  # a display or a slow client must never break a transfer
+            log.exception("bgdl_nb event sink failed")
+
+    # a transfer shared with another session (the service links them) ---------------------
+
+    def hold(self, tid: int, leader: str) -> None:
+        """Task ``tid`` transfers nothing itself: the task named ``leader`` does."""
+        self._held[tid] = f"shares the transfer of {leader}"
+
+    def mirror_progress(self, tid: int, received: int, total: int | None) -> None:
+        run = self._runs[tid]
+        if run.record.state is TaskState.RUNNING and received != run.received:
+            written, run.received = received - run.received, received
+            if total is not None:
+                self._set(run, total=total)
+            self._emit(EventKind.PROGRESS, run, bytes_written=max(0, written), total_bytes_written=received,
+                       total_bytes_expected=total)
+
+    def adopt(self, tid: int, leader: dict[str, Any]) -> None:
+        """The leading task completed: so does this one, with its file or its error."""
+        run = self._runs[tid]
+        self._held.pop(tid, None)
+        if run.record.state is TaskState.COMPLETED:
+            return
+        self._set(run, **{k: leader[k] for k in ("total", "status", "response_headers", "current_url", "digest",
+                                                 "location", "offset")})
+        run.received = leader["offset"]
+        error = leader.get("error")
+        if error is None and leader["location"]:
+            self._emit(EventKind.FINISHED, run, total_bytes_written=run.received,
+                       total_bytes_expected=run.record.total, detail=leader["location"])
+        self._complete(run, None if error is None else BgdlError.from_dict(error))
