@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ._events import EventKind
 from ._exceptions import ChecksumMismatch, InvalidDestination, NetworkError, TransferError, UnexpectedResponse
-from ._files import HashThread, fsync_path, hash_prefix, unlink
+from ._files import HashWorker, hash_prefix, unlink
+from ._finalise import Finaliser
 from ._resume import Outcome, Validator, accepts_ranges, decide, resume_headers, validator_from_headers
 from ._transfer import open_response
 
@@ -50,9 +51,11 @@ class TaskRun:
     received: int = 0
     waiting: Wait | None = None
     hasher: Any = None
-    hashed: int = -1          # bytes the hasher has seen (-1: none)
+    hashed: int = -1          # bytes handed to the hasher (-1: none)
+    hashing: Any = None       # a future done once the hasher has seen them all
     failures: int = 0         # consecutive failed attempts without progress
     restarts: int = 0
+    version: int = 0          # snapshots taken: a host keeps the newest it has seen
 
     @property
     def task_identifier(self) -> int:
@@ -94,9 +97,12 @@ class Reporter(Protocol):
         """Seconds to pause after ``nbytes`` to honour the bandwidth limit."""
 
 
+
 async def _hasher_at(run: TaskRun, offset: int) -> Any:
     """A sha256 object that has seen the first ``offset`` bytes of the partial file."""
     if run.hasher is not None and run.hashed == offset:
+        if run.hashing is not None:
+            await asyncio.wrap_future(run.hashing)
         return run.hasher
     if offset == 0:
         return hashlib.sha256()
@@ -107,7 +113,9 @@ class Attempt:
     """One request for a task and what follows from its response."""
 
     def __init__(self, run: TaskRun, reporter: Reporter, client: aiohttp.ClientSession,
-                 config: Configuration, target: Path) -> None:
+                 config: Configuration, target: Path, hashing: HashWorker, finaliser: Finaliser) -> None:
+        self.hashing = hashing
+        self.finaliser = finaliser
         self.run = run
         self.report = reporter
         self.client = client
@@ -162,7 +170,7 @@ class Attempt:
                     raise UnexpectedResponse(f"{resp.url}: {decision.reason}", status=resp.status, url=rec.url)
                 return False
             if decision.outcome is Outcome.COMPLETE:
-                await finalise(run, self.report, self.target)
+                await finalise(run, self.report, self.target, self.finaliser)
                 return True
             if decision.outcome is Outcome.RESTART:
                 self.report.restart(decision.reason)
@@ -184,12 +192,13 @@ class Attempt:
             raise NetworkError(f"connection closed after {run.received} of {rec.total} bytes", url=rec.url)
         if rec.total is None:
             self.report.update(total=run.received)
-        await finalise(run, self.report, self.target)
+        await finalise(run, self.report, self.target, self.finaliser)
         return True
 
     async def _receive(self, resp: Any, offset: int) -> None:
         run, rec = self.run, self.run.record
-        hashing = HashThread(await _hasher_at(run, offset))
+        hasher = await _hasher_at(run, offset)
+        run.hasher, run.hashed, run.hashing = None, -1, None  # until this attempt's bytes are handed over
         fd = os.open(rec.partial_path, os.O_WRONLY | os.O_CREAT, 0o600)
         position = journaled = reported = offset
         interval = self.config.progress_interval
@@ -201,7 +210,7 @@ class Attempt:
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view):]
-                hashing.update(chunk)
+                self.hashing.update(hasher, chunk)
                 position += len(chunk)
                 run.received = position
                 pause = self.report.throttle(len(chunk))
@@ -218,7 +227,7 @@ class Attempt:
             os.close(fd)
             if position != journaled:
                 self.report.checkpoint(position)
-            run.hasher, run.hashed = hashing.finish(), position  # at most a few chunks behind
+            run.hasher, run.hashed, run.hashing = hasher, position, self.hashing.settled()
             if position > reported:
                 self._progress(position - reported)
 
@@ -227,8 +236,9 @@ class Attempt:
                          total_bytes_expected=self.run.record.total)
 
 
-async def finalise(run: TaskRun, report: Reporter, target: Path) -> None:
-    """Verify the digest, make the bytes durable, journal the intent, then rename into place."""
+async def finalise(run: TaskRun, report: Reporter, target: Path, finaliser: Finaliser) -> None:
+    """Verify the digest, then (with other files finishing at the same time) make the bytes
+    durable, journal the intent, and rename into place."""
     rec = run.record
     hasher = await _hasher_at(run, rec.offset)
     digest = hasher.hexdigest()
@@ -242,10 +252,7 @@ async def finalise(run: TaskRun, report: Reporter, target: Path) -> None:
         raise InvalidDestination(
             f"{target} appeared while the download ran; it was left untouched. Remove it, or pass "
             "overwrite=True; the download can continue from the error's resume_data")
-    await asyncio.to_thread(fsync_path, rec.partial_path)
-    report.update(digest=digest, location=str(target))  # intent first: a crash now is recoverable
-    os.replace(rec.partial_path, target)
-    await asyncio.to_thread(fsync_path, target.parent)
-    run.hasher, run.hashed = None, -1
+    await finaliser.finalise(rec.partial_path, target, lambda: report.update(digest=digest, location=str(target)))
+    run.hasher, run.hashed, run.hashing = None, -1, None
     report.emit(EventKind.FINISHED, total_bytes_written=rec.offset, total_bytes_expected=rec.total,
                 detail=str(target))

@@ -44,7 +44,8 @@ from ._exceptions import (
     TransferError,
     TransferTimeout,
 )
-from ._files import free_disk, inbox_path, partial_path_for, unlink
+from ._files import HashWorker, free_disk, inbox_path, partial_path_for, unlink
+from ._finalise import Finaliser
 from ._journal import Store, TaskRecord
 from ._resume import retry_delay
 from ._scheduler import LAUNCH, RETRY, Item, Scheduler, TokenBucket, Wait, WaitReason
@@ -87,6 +88,12 @@ class Engine(EngineBase):
         self._wakeup: asyncio.TimerHandle | None = None
         self._client: aiohttp.ClientSession | None = None
         self._closing = False
+        self.hashing = HashWorker()
+        self.finaliser = Finaliser(self.flush)
+        self._pending = []
+        self._flusher = None
+        self._delivered = int(store.get_meta("delivered_seq") or 0) if store.durable else 0
+        store.group_commit = True
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -139,10 +146,14 @@ class Engine(EngineBase):
         for job in jobs:
             job.cancel()
         await asyncio.gather(*jobs, return_exceptions=True)
+        await self.finaliser.close()  # a rename under way completes (its intent is journaled)
         if self._client is not None:
             await self._client.close()
+        self.hashing.close()
+        self.flush()
 
     def close_store(self) -> None:
+        self.flush()
         self.store.close()
 
     async def drain(self) -> None:
@@ -344,11 +355,14 @@ class Engine(EngineBase):
         rec = run.record
         tid = rec.task_identifier
         try:
+            if rec.location and self._recover_finalised(run):
+                return  # renamed into place by a finalisation that a suspend interrupted
             while True:
                 before = run.received
                 try:
                     target = Path(rec.destination) if rec.destination else inbox_path(rec.url, tid, self.work_dir)
-                    finished = await Attempt(run, _Report(self, run), self._http(), self.config, target)()
+                    finished = await Attempt(run, _Report(self, run), self._http(), self.config, target,
+                                             self.hashing, self.finaliser)()
                     self._complete(run, None, finished=finished)
                     return
                 except RestartNeeded:

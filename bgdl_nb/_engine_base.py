@@ -32,9 +32,14 @@ from ._transfer import new_client
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["EngineBase", "Sink", "Snapshot"]
+__all__ = ["GROUP_COMMIT_WINDOW", "EngineBase", "Sink", "Snapshot"]
 
 log = logging.getLogger("bgdl_nb")
+
+GROUP_COMMIT_WINDOW = 0.01
+"""Seconds journal writes gather in one transaction before it commits and its events are
+published. A process killed meanwhile loses at most this much of the journal: offsets
+read lower (re-fetching a little more), never higher than the bytes on disk."""
 
 Snapshot = dict[str, Any]
 """What a host needs to mirror a task: ``record`` (the fields of its journal record),
@@ -74,6 +79,7 @@ class _Report:
     def checkpoint(self, offset: int) -> None:
         self.engine.store.set_offset(self.run.task_identifier, offset)
         self.run.record.offset = offset
+        self.engine._flush_soon()
 
     def restart(self, reason: str) -> None:
         self.engine._restart(self.run, reason)
@@ -83,6 +89,7 @@ class _Report:
 
     def throttle(self, nbytes: int) -> float:
         return self.engine.bucket.reserve(nbytes, time.monotonic())
+
 
 
 class EngineBase:
@@ -102,13 +109,17 @@ class EngineBase:
     _seen: dict[int, int]
     _changed: asyncio.Event
     _client: aiohttp.ClientSession | None
+    _pending: list[tuple[Event, Snapshot | None]]
+    _flusher: asyncio.TimerHandle | None
+    _delivered: int
 
     # reading -----------------------------------------------------------------------------
 
     def snapshot(self, tid: int) -> Snapshot:
         """What a host needs to mirror task ``tid`` (a shallow copy: cheap, and encoded at once)."""
         run = self._runs[tid]
-        return {"record": dict(vars(run.record)), "received": run.received,
+        run.version += 1
+        return {"record": dict(vars(run.record)), "received": run.received, "version": run.version,
                 "waiting_reason": None if run.waiting is None else str(run.waiting),
                 "wait": None if run.waiting is None else run.waiting.reason.value}
 
@@ -145,8 +156,10 @@ class EngineBase:
     def ack(self, seq: int, finished_path: str | None = None) -> None:
         """A delegate has seen every event up to ``seq``; a finished file it was handed
         without a destination is now removed from the inbox (seed semantics)."""
-        if self.store.durable and seq > int(self.store.get_meta("delivered_seq") or 0):
+        if self.store.durable and seq > self._delivered:
+            self._delivered = seq
             self.store.set_meta("delivered_seq", str(seq))
+            self._flush_soon()
         if finished_path:
             inbox = (self.work_dir / "inbox").resolve()
             path = Path(finished_path).resolve()
@@ -156,7 +169,7 @@ class EngineBase:
     def _restart(self, run: TaskRun, reason: str) -> None:
         rec = run.record
         self._emit(EventKind.RESTARTED, run, total_bytes_written=run.received, detail=reason)
-        run.hasher, run.hashed = None, -1
+        run.hasher, run.hashed, run.hashing = None, -1, None
         if Path(rec.partial_path).exists():
             os.truncate(rec.partial_path, 0)
         run.received = 0
@@ -227,6 +240,7 @@ class EngineBase:
         for name, value in changes.items():
             setattr(run.record, name, value)
         self.store.update_task(run.task_identifier, **changes)
+        self._flush_soon()
 
     def _emit(self, kind: EventKind, run: TaskRun | None, **fields: Any) -> Event:
         """Journal an event, then publish it."""
@@ -239,10 +253,28 @@ class EngineBase:
                                              None if run is None else run.task_identifier, kind.value, **fields))
 
     def _publish(self, event: Event, run: TaskRun | None) -> None:
-        try:
-            self.sink.event(event, None if run is None else self.snapshot(run.task_identifier))
-        except Exception:  # a display or a slow client must never break a transfer
-            log.exception("bgdl_nb event sink failed")
+        """Hand the event to the sink once its transaction committed (group commit: the
+        commit and the hand-over happen together at most ``GROUP_COMMIT_WINDOW`` later)."""
+        self._pending.append((event, None if run is None else self.snapshot(run.task_identifier)))
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Commit what was written within ``GROUP_COMMIT_WINDOW`` from now."""
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().call_later(GROUP_COMMIT_WINDOW, self.flush)
+
+    def flush(self) -> None:
+        """Commit the journal's open group, then publish its events, in order."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        self.store.flush()  # journal first, notify second
+        pending, self._pending = self._pending, []
+        for event, snapshot in pending:
+            try:
+                self.sink.event(event, snapshot)
+            except Exception:  # a display or a slow client must never break a transfer
+                log.exception("bgdl_nb event sink failed")
 
     # a transfer shared with another session (the service links them) ---------------------
 

@@ -7,6 +7,7 @@ take milliseconds (fsync, re-hashing a partial file) is called through
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
 import queue
@@ -15,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HashThread", "free_disk", "fsync_path", "hash_prefix", "inbox_path", "partial_path_for", "unlink"]
+__all__ = ["HashWorker", "free_disk", "fsync_path", "hash_prefix", "inbox_path", "partial_path_for", "unlink"]
 
 HASH_BLOCK = 4 * 1024 * 1024
 
@@ -83,25 +84,38 @@ def hash_prefix(path: str, length: int) -> Any:
     return digest
 
 
-class HashThread:
-    """Feeds a sha256 object on a thread of its own, so hashing (which releases the GIL)
-    runs beside the event loop instead of in its way. :meth:`finish` waits until every
-    chunk handed over has been hashed."""
+class HashWorker:
+    """One thread that feeds the sha256 objects of every transfer of an engine, so hashing
+    (which releases the GIL) runs beside the event loop instead of in its way, without a
+    thread per file. :meth:`settled` gives a future that is done once every chunk handed
+    over before it has been hashed."""
 
-    def __init__(self, hasher: Any) -> None:
-        self.hasher = hasher
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="bgdl-hash", daemon=True)
-        self._thread.start()
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
 
     def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            self.hasher.update(chunk)
+        while (item := self._queue.get()) is not None:
+            hasher, chunk = item
+            if hasher is None:
+                chunk.set_result(None)  # a settled() marker
+            else:
+                hasher.update(chunk)
 
-    def update(self, chunk: bytes) -> None:
-        self._queue.put(chunk)
+    def update(self, hasher: Any, chunk: bytes) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="bgdl-hash", daemon=True)
+            self._thread.start()
+        self._queue.put((hasher, chunk))
 
-    def finish(self) -> Any:
-        self._queue.put(None)
-        self._thread.join()
-        return self.hasher
+    def settled(self) -> concurrent.futures.Future[None]:
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if self._thread is None:
+            done.set_result(None)
+        else:
+            self._queue.put((None, done))
+        return done
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)

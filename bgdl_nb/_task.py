@@ -78,6 +78,7 @@ class DownloadTask:
         self._record = record
         self._done: concurrent.futures.Future[Path] = concurrent.futures.Future()
         self._received = record.offset  # live count, ahead of the journaled offset
+        self._version = 0  # of the engine snapshot shown
         self.waiting_reason: str | None = None
         """Why a RUNNING task is not transferring yet (``None`` while it transfers)."""
 

@@ -95,11 +95,15 @@ class TaskMirror:
         fields = snap["record"]
         tid = fields["task_identifier"]
         task = self.tasks.get(tid)
+        version = snap.get("version", 0)
         if task is None:
             task = DownloadTask(self.host, TaskRecord(**fields))
             self.tasks[tid] = task
+        elif version < task._version:
+            return task  # an older picture than the one shown (a reply overtaken by events)
         else:
             vars(task._record).update(fields)
+        task._version = version
         task._record.state = TaskState(task._record.state)
         task._received = snap["received"]
         task.waiting_reason = snap["waiting_reason"]

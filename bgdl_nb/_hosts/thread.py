@@ -170,11 +170,13 @@ class ThreadHost:
         for event in backlog:
             self.core.delivery.put(event)
         engine.start(announce=True)
+        engine.flush()  # the reattach and what it recovered reach the delegate before the end of the backlog
         if durable and (found or backlog):
             self.core.delivery.finish_events()
 
     def _ack(self, seq: int, finished_path: str | None) -> None:
-        self.thread.call(self.engine.ack, seq, finished_path)
+        if not self.closed:
+            self.thread.loop.call_soon_threadsafe(self.engine.ack, seq, finished_path)
 
     @property
     def tasks(self) -> dict[int, Any]:
@@ -188,18 +190,32 @@ class ThreadHost:
         self.core.attach_session(session, delegate)
 
     def create_many(self, records: list[Any], resume: bool) -> list[Any]:
-        snaps = self.thread.call(self.engine.create_many, records, resume).result()
+        snaps = self.thread.call(self._flushed, self.engine.create_many, records, resume).result()
         return [self.core.mirror.view(snap) for snap in snaps]
+
+    def _flushed(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run an engine method, then publish its events at once: when a control call
+        returns, the task views show its effect."""
+        try:
+            return fn(*args)
+        finally:
+            self.engine.flush()
 
     def control(self, name: str, *args: Any) -> None:
         if name not in CONTROLS:
             raise ValueError(f"unknown control {name!r}")
-        self.thread.call(getattr(self.engine, name), *args).result()
+        self.thread.call(self._flushed, getattr(self.engine, name), *args).result()
 
     def call(self, name: str, *args: Any) -> Call:
         if name != "cancel_with_resume_data":
             raise ValueError(name)
-        return self.thread.submit(self.engine.cancel_with_resume_data(*args))
+
+        async def cancel() -> bytes | None:
+            try:
+                return await self.engine.cancel_with_resume_data(*args)
+            finally:
+                self.engine.flush()
+        return self.thread.submit(cancel())
 
     def event_log(self, since: int = 0) -> list[Any]:
         events: list[Any] = self.thread.call(self.engine.events, since).result()

@@ -68,8 +68,14 @@ class Store(Protocol):
 
     durable: bool
 
+    group_commit: bool
+    """When True, writes join one open transaction that :meth:`flush` commits."""
+
     def atomic(self) -> AbstractContextManager[None]:
         """A block whose writes commit together (a state change and its event)."""
+
+    def flush(self) -> None:
+        """Commit everything written so far (group commit)."""
 
     def load_tasks(self) -> list[TaskRecord]: ...
 

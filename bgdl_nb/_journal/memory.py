@@ -25,10 +25,15 @@ class MemoryStore:
         self._meta: dict[str, str] = {}
         self._lock = threading.Lock()  # events() may be read from other threads
 
+    group_commit = False
+
     @contextlib.contextmanager
     def atomic(self) -> Iterator[None]:
         """Nothing here outlives the process, so there is nothing to make atomic."""
         yield
+
+    def flush(self) -> None:
+        pass
 
     def load_tasks(self) -> list[TaskRecord]:
         return [dataclasses.replace(r) for r in self._tasks.values()]

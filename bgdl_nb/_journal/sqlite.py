@@ -115,6 +115,9 @@ class SqliteStore:
             self._conn.execute("ALTER TABLE events ADD COLUMN reason TEXT")
         self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._depth = 0
+        self._open = False  # a transaction is open (group commit)
+        self.group_commit = False
+        """Keep one transaction open across writes until :meth:`flush` (set by the engine)."""
 
     # tasks -------------------------------------------------------------------------------
 
@@ -123,21 +126,31 @@ class SqliteStore:
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[None]:
-        """Everything written inside commits together, or not at all (nesting joins the
-        outer transaction)."""
-        if self._depth == 0:
+        """Everything written inside commits together (nesting joins the outer
+        transaction). With :attr:`group_commit` on, the transaction stays open after the
+        block and :meth:`flush` commits it, with everything written since: one commit for
+        all the events of a short window instead of one per event."""
+        if self._depth == 0 and not self._open:
             self._conn.execute("BEGIN IMMEDIATE")
+            self._open = True
         self._depth += 1
         try:
             yield
         except BaseException:
             self._depth -= 1
-            if self._depth == 0:
+            if self._depth == 0 and not self.group_commit:
                 self._conn.execute("ROLLBACK")
+                self._open = False
             raise
         self._depth -= 1
-        if self._depth == 0:
+        if self._depth == 0 and not self.group_commit:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit what the open group holds (nothing to do when none is open)."""
+        if self._open:
             self._conn.execute("COMMIT")
+            self._open = False
 
     def next_task_identifier(self) -> int:
         with self.atomic():
@@ -178,18 +191,20 @@ class SqliteStore:
                                    (offset, task_identifier))
 
     def set_offset(self, task_identifier: int, offset: int) -> None:
-        self._conn.execute("UPDATE segments SET offset = ? WHERE task_identifier = ? AND idx = 0",
-                           (offset, task_identifier))
+        with self.atomic():
+            self._conn.execute("UPDATE segments SET offset = ? WHERE task_identifier = ? AND idx = 0",
+                               (offset, task_identifier))
 
     # events ------------------------------------------------------------------------------
 
     def append_event(self, event: Event) -> Event:
-        cur = self._conn.execute(
+        with self.atomic():
+            cur = self._conn.execute(
             "INSERT INTO events (time, task_identifier, event, bytes_written, total_bytes_written, "
-            "total_bytes_expected, status, error, detail, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (event.time, event.task_identifier, event.event, event.bytes_written, event.total_bytes_written,
-             event.total_bytes_expected, event.status, event.error, event.detail, event.reason),
-        )
+                "total_bytes_expected, status, error, detail, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (event.time, event.task_identifier, event.event, event.bytes_written, event.total_bytes_written,
+                 event.total_bytes_expected, event.status, event.error, event.detail, event.reason),
+            )
         return Event(cur.lastrowid or 0, *[getattr(event, c) for c in EVENT_COLUMNS[1:]])
 
     def events(self, since_seq: int = 0, task_identifier: int | None = None) -> list[Event]:
@@ -202,9 +217,11 @@ class SqliteStore:
         return None if row is None else row[0]
 
     def set_meta(self, key: str, value: str) -> None:
-        self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        with self.atomic():
+            self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def close(self) -> None:
+        self.flush()
         self._conn.close()
 
 

@@ -292,7 +292,10 @@ class Service:
             handler = getattr(self, f"_op_{op}", None)
             if handler is None:
                 raise InvalidInput(f"unknown request {op!r}")
-            return {"id": rid, "ok": True, "result": await handler(client, request)}
+            result = await handler(client, request)
+            for hosted in self.hosted.values():
+                hosted.engine.flush()  # the events of a request reach clients before its reply
+            return {"id": rid, "ok": True, "result": result}
         except BgdlError as exc:
             return {"id": rid, "ok": False, "error": exc.to_dict()}
         except Exception as exc:  # a bug here must not take the service down
@@ -315,8 +318,10 @@ class Service:
             hosted.launches = 0
         else:
             client.launched.add(identifier)
-        # the backlog (this reattach included), the snapshot and the subscription happen
-        # without an await between them, so the client sees every event exactly once
+        # nothing is left to publish, then the backlog (this reattach included), the snapshot
+        # and the subscription happen without an await between them: the client sees every
+        # event exactly once, the old ones in the reply and the new ones after it
+        engine.flush()
         backlog = engine.backlog()
         hosted.clients.add(client)
         client.identifiers.add(identifier)

@@ -1,0 +1,129 @@
+"""Putting finished files in place, many at a time, with the guarantees of one at a time.
+
+For one file the order is: the bytes are durable (fsync), the journal records the intent
+(digest and final location) and commits, the file is renamed into place, the directory
+is synced. A crash at any point leaves either the partial file and no intent, or an
+intent that the next engine completes (the file renamed or still to rename).
+
+With thousands of small files, one fsync, one commit and two thread hand-offs per file
+cost more than the transfer. The :class:`Finaliser` keeps that order for a *batch*: the
+files that finished while the previous batch was being written go together, with one
+hand-off to make all their bytes durable (``syncfs`` of the file system for a large
+batch, an fsync per file otherwise), one journal commit for all their intents, and one
+hand-off for the renames and one sync per directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._files import fsync_path
+
+__all__ = ["Finaliser"]
+
+_SYNCFS_FROM = 4  # a batch of this many files or more is made durable with one syncfs
+
+
+def _libc_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function: Callable[[int], int] = libc.syncfs
+        return function
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _libc_syncfs()
+
+
+def _make_durable(paths: list[str]) -> None:
+    """fsync each file, or ``syncfs`` each file system they are on (blocking)."""
+    if _syncfs is not None and len(paths) >= _SYNCFS_FROM:
+        devices: dict[int, str] = {}
+        for path in paths:
+            devices.setdefault(os.stat(path).st_dev, path)
+        for path in devices.values():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                if _syncfs(fd) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err), path)
+            finally:
+                os.close(fd)
+        return
+    for path in paths:
+        fsync_path(path)
+
+
+def _rename_all(moves: list[tuple[str, Path]]) -> list[OSError | None]:
+    """Rename each partial file into place, then sync each directory once (blocking)."""
+    results: list[OSError | None] = []
+    folders: set[Path] = set()
+    for partial, target in moves:
+        try:
+            os.replace(partial, target)
+            folders.add(target.parent)
+            results.append(None)
+        except OSError as exc:
+            results.append(exc)
+    for folder in folders:
+        with contextlib.suppress(OSError):  # the rename happened; a failed directory sync only weakens it
+            fsync_path(folder)
+    return results
+
+
+@dataclass(eq=False)
+class _Item:
+    partial: str
+    target: Path
+    record_intent: Callable[[], None]
+    done: asyncio.Future[None]
+
+
+class Finaliser:
+    """Durable renames in batches; ``commit`` makes the journal's intents durable."""
+
+    def __init__(self, commit: Callable[[], None]) -> None:
+        self._commit = commit
+        self._batch: list[_Item] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    async def finalise(self, partial: str, target: Path, record_intent: Callable[[], None]) -> None:
+        """Make ``partial`` durable, call ``record_intent`` (which journals the digest and
+        the location), commit, and rename it to ``target``; raises what the rename raised."""
+        loop = asyncio.get_running_loop()
+        item = _Item(partial, target, record_intent, loop.create_future())
+        self._batch.append(item)
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain())
+        await asyncio.shield(item.done)  # a cancelled waiter does not stop a rename under way
+
+    async def _drain(self) -> None:
+        while self._batch:
+            batch, self._batch = self._batch, []
+            try:
+                await asyncio.to_thread(_make_durable, [item.partial for item in batch])
+            except OSError as exc:
+                for item in batch:
+                    item.done.set_exception(exc)
+                continue
+            live = [item for item in batch if not item.done.cancelled()]
+            for item in live:
+                item.record_intent()  # intent first: a crash after this is recoverable
+            self._commit()
+            results = await asyncio.shield(asyncio.to_thread(_rename_all, [(i.partial, i.target) for i in live]))
+            for item, error in zip(live, results):
+                if error is None:
+                    item.done.set_result(None)
+                else:
+                    item.done.set_exception(error)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            await asyncio.gather(self._worker, return_exceptions=True)
