@@ -98,6 +98,18 @@ class Reporter(Protocol):
 
 
 
+def _open_at(path: str, offset: int) -> int:
+    """Open (or create, private) the partial file for writing at ``offset`` (blocking)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.ftruncate(fd, offset)
+        os.lseek(fd, offset, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 async def _hasher_at(run: TaskRun, offset: int) -> Any:
     """A sha256 object that has seen the first ``offset`` bytes of the partial file."""
     if run.hasher is not None and run.hashed == offset:
@@ -199,13 +211,13 @@ class Attempt:
         run, rec = self.run, self.run.record
         hasher = await _hasher_at(run, offset)
         run.hasher, run.hashed, run.hashing = None, -1, None  # until this attempt's bytes are handed over
-        fd = os.open(rec.partial_path, os.O_WRONLY | os.O_CREAT, 0o600)
+        # creating a file can wait on the file system's journal for milliseconds while other
+        # files are synced: it happens beside the loop, not on it
+        fd = await asyncio.to_thread(_open_at, rec.partial_path, offset)
         position = journaled = reported = offset
         interval = self.config.progress_interval
         next_report = time.monotonic() + interval
         try:
-            os.ftruncate(fd, offset)
-            os.lseek(fd, offset, os.SEEK_SET)
             async for chunk in resp.chunks():
                 view = memoryview(chunk)
                 while view:

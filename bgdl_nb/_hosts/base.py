@@ -43,6 +43,9 @@ log = logging.getLogger("bgdl_nb")
 
 Ack = Callable[[int, "str | None"], None]
 
+ACK_DELAY = 0.05
+"""Seconds of quiet after which delivered events are acknowledged (one ack covers many)."""
+
 
 class Host(Protocol):
     """What a session needs from the place its engine runs."""
@@ -163,8 +166,8 @@ class Delivery:
     """Delegate callbacks of one session: serial, ordered, on a thread of their own.
 
     ``ack(seq, finished_path)`` is told how far delivery got; one acknowledgement covers
-    every event before it, so it is sent when the queue runs dry, when an inbox file may
-    go, or every 256 events (delivery is at least once).
+    every event before it, so it is sent when no event came for ``ACK_DELAY`` seconds,
+    when an inbox file may go, every 256 events, and at close (delivery is at least once).
     """
 
     def __init__(self, tasks: dict[int, DownloadTask], ack: Ack, close_timeout: float) -> None:
@@ -189,23 +192,37 @@ class Delivery:
 
     def _main(self) -> None:
         loop = asyncio.new_event_loop()  # for async def callbacks; it runs only on this thread
+        unacked = 0  # the newest delivered event not acknowledged yet
         try:
-            while (item := self._queue.get()) is not None:
+            while True:
+                try:
+                    item = self._queue.get(timeout=ACK_DELAY if unacked else None)
+                except queue.Empty:  # quiet for a moment: acknowledge what was delivered
+                    unacked = self._send_ack(unacked, None)
+                    continue
+                if item is None:
+                    break
                 event, journaled = item
                 if journaled and event.seq <= self._delivered:
                     continue  # seen before a reconnect
                 task = self._tasks.get(event.task_identifier) if event.task_identifier is not None else None
                 finished = self._deliver(loop, event, task)
                 if journaled:
-                    self._delivered = event.seq
+                    self._delivered = unacked = event.seq
                     path = event.detail if finished and task is not None and task.destination is None else None
-                    if path or self._queue.empty() or event.seq % 256 == 0:
-                        try:
-                            self._ack(event.seq, path)
-                        except Exception:
-                            log.debug("acknowledging event %s failed", event.seq, exc_info=True)
+                    if path or event.seq % 256 == 0:
+                        unacked = self._send_ack(event.seq, path)
+            self._send_ack(unacked, None)
         finally:
             loop.close()
+
+    def _send_ack(self, seq: int, path: str | None) -> int:
+        if seq:
+            try:
+                self._ack(seq, path)
+            except Exception:
+                log.debug("acknowledging event %s failed", seq, exc_info=True)
+        return 0
 
     def _deliver(self, loop: asyncio.AbstractEventLoop, event: Event, task: DownloadTask | None) -> bool:
         """Run the event's callbacks; True when a ``did_finish_downloading_to`` ran."""

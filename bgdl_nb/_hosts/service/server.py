@@ -44,6 +44,8 @@ __all__ = ["Service"]
 
 log = logging.getLogger("bgdl_nb.service")
 
+_ORDERED = frozenset({"create", "create_many", "control", "cancel_with_resume_data", "detach"})
+"""Requests whose events are published before their reply (so the client sees the effect)."""
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(Configuration)} - {"identifier", "state_directory", "use_service"}
 
 
@@ -293,8 +295,9 @@ class Service:
             if handler is None:
                 raise InvalidInput(f"unknown request {op!r}")
             result = await handler(client, request)
-            for hosted in self.hosted.values():
-                hosted.engine.flush()  # the events of a request reach clients before its reply
+            if op in _ORDERED:
+                for hosted in self.hosted.values():
+                    hosted.engine.flush()  # the events of a request reach clients before its reply
             return {"id": rid, "ok": True, "result": result}
         except BgdlError as exc:
             return {"id": rid, "ok": False, "error": exc.to_dict()}
