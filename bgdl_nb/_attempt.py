@@ -25,6 +25,7 @@ from ._exceptions import ChecksumMismatch, InvalidDestination, NetworkError, Tra
 from ._files import HashWorker, hash_prefix, unlink
 from ._finalise import Finaliser
 from ._resume import Outcome, Validator, accepts_ranges, decide, resume_headers, validator_from_headers
+from ._segments import MIN_SEGMENT, Segmented, SegmentsChanged
 from ._transfer import open_response
 
 if TYPE_CHECKING:
@@ -98,8 +99,11 @@ class Reporter(Protocol):
 
 
 
-def _open_at(path: str, offset: int) -> int:
-    """Open (or create, private) the partial file for writing at ``offset`` (blocking)."""
+def _open_at(path: str, offset: int | None) -> int:
+    """Open (or create, private) the partial file for writing at ``offset`` (blocking);
+    ``None``: for positional writes (read too, for the digest), nothing truncated."""
+    if offset is None:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         os.ftruncate(fd, offset)
@@ -158,6 +162,8 @@ class Attempt:
         refused (a 404, say) and the task completes with that status and no file.
         Raises :class:`RestartNeeded`, :class:`RetryableStatus`, or a :class:`BgdlError`."""
         run, rec = self.run, self.run.record
+        if rec.segments and self.check_segments():
+            return await self._segmented(None)
         offset = self.check_partial()
         run.received = offset
         validator = Validator(rec.validator_kind, rec.validator_value) \
@@ -196,6 +202,8 @@ class Attempt:
                                    validator_value=found.value if found else None)
                 if decision.total is not None:
                     self.report.learned_total(decision.total)
+                if self._splittable():
+                    return await self._segmented(resp)
             else:
                 self.report.emit(EventKind.RESUMED_AT_OFFSET, total_bytes_written=offset,
                                  total_bytes_expected=rec.total)
@@ -204,6 +212,55 @@ class Attempt:
             raise NetworkError(f"connection closed after {run.received} of {rec.total} bytes", url=rec.url)
         if rec.total is None:
             self.report.update(total=run.received)
+        await finalise(run, self.report, self.target, self.finaliser)
+        return True
+
+    # one file over many connections ---------------------------------------------------------
+
+    def _splittable(self) -> bool:
+        """A fresh download may be split: a strong validator, byte ranges, a length worth it."""
+        rec, config = self.run.record, self.config
+        connections = config.connections_per_file or config.http_maximum_connections_per_host
+        return connections > 1 and rec.accepts_ranges and rec.validator_value is not None \
+            and rec.total is not None and rec.total >= 2 * MIN_SEGMENT
+
+    def check_segments(self) -> bool:
+        """Journaled segments can continue when the partial file still has its full length."""
+        rec = self.run.record
+        try:
+            size = os.path.getsize(rec.partial_path)
+        except FileNotFoundError:
+            size = -1
+        if rec.total is None or size != rec.total or not rec.validator_value:
+            what = "is missing" if size < 0 else f"has {size} bytes, not the {rec.total} of the split file"
+            self.report.restart(f"partial file {what}")
+            return False
+        return True
+
+    async def _segmented(self, first: Any | None) -> bool:
+        """Finish the file over several connections; True once it is in place."""
+        run, rec = self.run, self.run.record
+        assert rec.total is not None and rec.validator_value is not None
+
+        def opener(headers: dict[str, str]) -> Any:
+            return open_response(self.client, rec.url, {**rec.headers, **headers}, self.config, lambda *_: None)
+
+        fd = await asyncio.to_thread(_open_at, rec.partial_path, None)
+        try:
+            hasher = hashlib.sha256()  # follows the contiguous prefix, read back from the page cache
+            split = Segmented(run, self.report, self.config, fd, rec.total, rec.validator_value, opener,
+                              self.hashing, hasher)
+            if first is None:
+                self.report.emit(EventKind.RESUMED_AT_OFFSET, total_bytes_written=split.received(),
+                                 total_bytes_expected=rec.total,
+                                 detail=f"{sum(1 for s in split.segments if s.remaining)} segments continue")
+            try:
+                await split.run_all(first)
+            except SegmentsChanged as exc:
+                self.report.restart(exc.reason)
+                raise RestartNeeded() from None
+        finally:
+            os.close(fd)
         await finalise(run, self.report, self.target, self.finaliser)
         return True
 

@@ -115,6 +115,12 @@ class Configuration:
     max_redirects: int = 10
     """Redirect hops followed before the task fails."""
 
+    connections_per_file: int | None = None
+    """Connections one file may use (segmented download, like ``aria2c -x``): ``None``
+    adds connections while the file's throughput still grows, up to
+    ``http_maximum_connections_per_host``; 1 never splits a file. Only files whose server
+    gives a strong validator, byte ranges and a length are split."""
+
     delegate_close_timeout: float = 10.0
     """Seconds ``session.close()`` waits for delegate callbacks still queued or running;
     a callback that has not returned by then is named in a warning and abandoned (a
@@ -135,6 +141,9 @@ class Configuration:
                      "progress_interval", "retry_backoff", "delegate_close_timeout"):
             if not getattr(self, name) > 0:
                 raise InvalidConfiguration(f"{name} must be a positive number of seconds")
+        if self.connections_per_file is not None and self.connections_per_file < 1:
+            raise InvalidConfiguration(f"connections_per_file must be at least 1 (or None for automatic), got "
+                                       f"{self.connections_per_file}")
         if self.bandwidth_limit is not None and not self.bandwidth_limit > 0:
             raise InvalidConfiguration("bandwidth_limit must be a positive number of bytes per second, or None")
         if self.discretionary_window is not None:

@@ -173,7 +173,8 @@ class EngineBase:
         if Path(rec.partial_path).exists():
             os.truncate(rec.partial_path, 0)
         run.received = 0
-        self._set(run, offset=0, validator_kind=None, validator_value=None, accepts_ranges=False, total=None)
+        self._set(run, offset=0, validator_kind=None, validator_value=None, accepts_ranges=False, total=None,
+                  segments=None)
 
     def _resume_data(self, run: TaskRun) -> bytes | None:
         rec = run.record

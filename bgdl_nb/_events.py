@@ -27,6 +27,7 @@ class EventKind(str, enum.Enum):
     RESPONSE = "response"          # response headers arrived; status is set
     RESUMED_AT_OFFSET = "resumed_at_offset"  # a range request continued at total_bytes_written
     RESTARTED = "restarted"        # resuming was impossible; the file starts over at byte 0
+    SEGMENTED = "segmented"        # the file is split over several connections; detail says how many and why
     PROGRESS = "progress"          # coalesced did_write_data (at most every progress_interval)
     RETRY = "retry"                # an attempt failed and will be retried; detail has the delay
     SUSPENDED = "suspended"        # task.suspend()

@@ -98,6 +98,11 @@ class Opened:
     _response: aiohttp.ClientResponse
     _complete: bool = False
 
+    @property
+    def complete(self) -> bool:
+        """The whole body was read."""
+        return self._complete
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as sent, chunk by chunk."""
         with map_exceptions(self.url):

@@ -39,8 +39,9 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
     urls = _read_urls(args)
     fields: dict[str, object] = {}
-    if args.connections:
-        fields["http_maximum_connections_per_host"] = args.connections
+    if args.connections:  # like aria2c -x: connections for one file, and the host allows that many
+        fields["connections_per_file"] = args.connections
+        fields["http_maximum_connections_per_host"] = max(args.connections, 6)
     if args.max_concurrent:
         fields["max_concurrent_tasks"] = args.max_concurrent
     config = None
@@ -189,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=".", metavar="DIR", help="destination directory (default: .)")
     p.add_argument("--id", help="background session identifier (default: derived from DIR)")
     p.add_argument("--sha256", action="append", metavar="HEX", help="expected digest, once per URL in order")
-    p.add_argument("--connections", type=int, metavar="N", help="maximum connections per host")
+    p.add_argument("--connections", type=int, metavar="N",
+                   help="connections per file, like aria2c -x (default: grow while throughput grows)")
     p.add_argument("--max-concurrent", type=int, metavar="N", help="files downloaded at once")
     p.add_argument("--overwrite", action="store_true", help="replace existing files not downloaded by bgdl")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, no output on success")

@@ -44,6 +44,7 @@ class TaskRecord:
     digest: str | None = None
     created: float = 0.0
     finished_at: float | None = None
+    segments: list[list[int]] | None = None  # [start, end, durable offset] per segment of a split file
 
     @property
     def succeeded(self) -> bool:

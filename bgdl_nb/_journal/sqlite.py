@@ -32,7 +32,7 @@ from .base import TASK_FIELDS, TaskRecord
 __all__ = ["SqliteStore", "journaled_bytes", "read_journal"]
 
 SCHEMA_VERSION = 1
-_JSON_FIELDS = {"headers", "response_headers", "error"}
+_JSON_FIELDS = {"headers", "response_headers", "error", "segments"}
 _BOOL_FIELDS = {"overwrite", "accepts_ranges", "discretionary"}
 _TASK_COLUMNS = [f for f in TASK_FIELDS if f != "offset"]
 

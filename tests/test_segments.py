@@ -1,0 +1,146 @@
+"""One file over many connections: work stealing, If-Range on every segment, per-segment
+resume after SIGKILL, and a resource that changes mid-download restarting from zero."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import run_cli
+
+import bgdl_nb as bg
+from bgdl_nb._attempt import CHECKPOINT_BYTES
+from bgdl_nb._journal import read_journal
+from bgdl_nb._segments import MIN_SEGMENT, Segment, split, steal
+
+from helpers import sha256_of, wait_until
+
+MB = 1024 * 1024
+
+
+def test_steal_takes_half_of_the_largest_remaining_segment():
+    segments = split(100 * MB, None)
+    new = steal(segments)
+    assert (segments[0].end, new.start, new.end) == (50 * MB, 50 * MB, 100 * MB)
+    segments[0].pos = 40 * MB  # the first segment has 10 MiB left, the new one 50
+    newer = steal(segments)
+    assert (newer.start, newer.end, new.end) == (75 * MB, 100 * MB, 75 * MB)
+    tiny = [Segment(0, 3 * MIN_SEGMENT, 3 * MIN_SEGMENT - 1)]
+    assert steal(tiny) is None  # never split what a new connection cannot pay for
+    covered = sorted((s.start, s.end) for s in segments)
+    assert covered[0][0] == 0 and covered[-1][1] == 100 * MB
+    assert all(a[1] == b[0] for a, b in zip(covered, covered[1:]))  # no gap, no overlap
+
+
+def test_a_capped_origin_is_fetched_over_several_connections(origin, tmp_path):
+    size = 24 * MB
+    url = origin.url("split", size, rate=4 * MB)
+    session = bg.Session(bg.Configuration.default(connections_per_file=4))
+    task = session.download_task(url, tmp_path / "split").resume()
+    assert task.wait(60) == tmp_path / "split"
+    assert sha256_of(tmp_path / "split") == origin.sha256("split", size) == task.sha256
+    requests = origin.requests_for("split")
+    ranged = [r for r in requests if r.headers.get("Range")]
+    assert len(ranged) >= 3 and all(r.headers.get("If-Range") for r in ranged)  # If-Range on every segment
+    # nothing fetched twice but what was in flight past a segment that a steal shortened
+    assert size <= origin.bytes_sent("split") <= size + len(ranged) * 256 * 1024
+    kinds = [e.event for e in session.event_log()]
+    assert "segmented" in kinds and kinds[-2:] == ["finished", "completed"]
+    session.close()
+
+
+def test_automatic_connections_grow_against_a_capped_nginx(nginx, tmp_path):
+    data = os.urandom(3 * MB) * 8
+    nginx.publish("big.bin", data)
+    url = f"{nginx.base_url}/limited/big.bin"  # nginx limit_rate 4m per connection
+    session = bg.Session(bg.Configuration.default())
+    task = session.download_task(url, tmp_path / "big.bin").resume()
+    task.wait(60)
+    assert (tmp_path / "big.bin").read_bytes() == data
+    lines = (nginx.prefix / "logs" / "access.log").read_text().splitlines()
+    assert sum(" 206 " in line for line in lines) >= 2  # it added connections while throughput grew
+    session.close()
+
+
+def test_sigkill_mid_split_download_resumes_every_segment(origin, tmp_path, monkeypatch):
+    monkeypatch.setenv("BGDL_IN_PROCESS", "1")
+    size = 48 * MB
+    url = origin.url("killsplit", size, rate=3 * MB)
+    out = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, "-m", "bgdl_nb.cli", "fetch", url, "-o", str(out), "--id", "split",
+                              "--connections", "4", "-q"], env=os.environ.copy())
+    journal = bg.Configuration.background("split").journal_path()
+
+    def split_and_under_way() -> bool:
+        if child.poll() is not None or not journal.exists():
+            return child.poll() is not None
+        tasks, _ = read_journal(journal, "split")
+        return bool(tasks) and bool(tasks[0].segments) and len(tasks[0].segments) == 4 \
+            and all(p - s >= 2 * MB for s, e, p in tasks[0].segments)
+
+    try:
+        wait_until(split_and_under_way, timeout=60, what="four segments each 2 MiB along")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    killed_at = time.time()
+    tasks, _ = read_journal(journal, "split")
+    before = [list(s) for s in tasks[0].segments]
+    served_before = origin.bytes_sent("killsplit")
+    done = run_cli("fetch", url, "-o", str(out), "--id", "split", "--connections", "4")
+    assert done.returncode == 0, done.stderr
+    assert sha256_of(out / "killsplit") == origin.sha256("killsplit", size)
+    resumed = [r for r in origin.requests_for("killsplit") if r.time > killed_at and r.headers.get("Range")]
+    starts = {int(r.headers["Range"].split("=")[1].split("-")[0]) for r in resumed}
+    for start, end, durable in before:  # every unfinished segment continued from its own durable offset
+        if durable < end:
+            assert durable in starts, (durable, sorted(starts))
+    refetched = origin.bytes_sent("killsplit") - size
+    assert 0 <= refetched <= 4 * (CHECKPOINT_BYTES + 256 * 1024), (refetched, served_before)
+
+
+def test_a_resource_changed_mid_split_is_one_version_whole(origin, tmp_path):
+    """Responses already under way keep serving the version they began with; any new
+    segment request after the change is refused by If-Range, and the file restarts."""
+    size = 24 * MB
+    url = origin.url("changes", size, rate=4 * MB)
+    session = bg.Session(bg.Configuration.default())  # automatic: connections added after the change
+    task = session.download_task(url, tmp_path / "changes").resume()
+    wait_until(lambda: task.count_of_bytes_received >= 2 * MB or task.done(), timeout=60, what="2 MiB")
+    origin.bump("changes")
+    task.wait(90)
+    digest = sha256_of(tmp_path / "changes")
+    assert digest in (origin.sha256("changes", size, 0), origin.sha256("changes", size, 1))  # never a mix
+    if digest == origin.sha256("changes", size, 1):
+        assert any(e.event == "restarted" for e in session.event_log())
+    session.close()
+
+
+def test_a_split_file_changed_while_killed_restarts_from_zero(origin, tmp_path):
+    size = 24 * MB
+    url = origin.url("changed", size, rate=4 * MB)
+    session = bg.Session(bg.Configuration.background("chg", use_service=False, connections_per_file=4))
+    task = session.download_task(url, tmp_path / "changed").resume()
+    wait_until(lambda: task.count_of_bytes_received >= 6 * MB, timeout=60, what="6 MiB")
+    session.close()  # the process lets go mid-download; the segments stay journaled
+    origin.bump("changed")
+    again = bg.Session(bg.Configuration.background("chg", use_service=False, connections_per_file=4))
+    again.all_tasks()[0].wait(90)
+    assert sha256_of(tmp_path / "changed") == origin.sha256("changed", size, 1)  # the new version, whole
+    restarted = [e for e in again.event_log() if e.event == "restarted"]
+    assert restarted and "whole resource" in restarted[-1].detail
+    again.close()
+
+
+@pytest.mark.parametrize("switch", [{"ranges": "0"}, {"validators": "weak"}])
+def test_files_without_ranges_or_a_strong_validator_are_not_split(origin, tmp_path, switch):
+    size = 12 * MB
+    session = bg.Session(bg.Configuration.default(connections_per_file=4))
+    task = session.download_task(origin.url("whole", size, **switch), tmp_path / "whole").resume()
+    task.wait(60)
+    assert len(origin.requests_for("whole")) == 1 and "segmented" not in [e.event for e in session.event_log()]
+    session.close()
