@@ -3,6 +3,7 @@ resume after SIGKILL, and a resource that changes mid-download restarting from z
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -33,7 +34,7 @@ def test_steal_takes_half_of_the_largest_remaining_segment():
     assert steal(tiny) is None  # never split what a new connection cannot pay for
     covered = sorted((s.start, s.end) for s in segments)
     assert covered[0][0] == 0 and covered[-1][1] == 100 * MB
-    assert all(a[1] == b[0] for a, b in zip(covered, covered[1:]))  # no gap, no overlap
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(covered))  # no gap, no overlap
 
 
 def test_a_capped_origin_is_fetched_over_several_connections(origin, tmp_path):
@@ -96,7 +97,7 @@ def test_sigkill_mid_split_download_resumes_every_segment(origin, tmp_path, monk
     assert sha256_of(out / "killsplit") == origin.sha256("killsplit", size)
     resumed = [r for r in origin.requests_for("killsplit") if r.time > killed_at and r.headers.get("Range")]
     starts = {int(r.headers["Range"].split("=")[1].split("-")[0]) for r in resumed}
-    for start, end, durable in before:  # every unfinished segment continued from its own durable offset
+    for _start, end, durable in before:  # every unfinished segment continued from its own durable offset
         if durable < end:
             assert durable in starts, (durable, sorted(starts))
     refetched = origin.bytes_sent("killsplit") - size
