@@ -1,15 +1,24 @@
-"""Speed side by side with curl, wget, aria2c and parfive, in one run, on loopback.
+"""Speed side by side with curl, wget, aria2c, parfive and plain aiohttp, in one run, on loopback.
 
 Every tool downloads the same files from the same nginx (started here on a free port,
 serving files generated deterministically into a temporary directory), each at its best
-settings: curl and wget plain; aria2c with -x16 -s16 -k1M (one file) and -j16 (many);
-parfive with 1 MiB chunks and 16 parallel files. bgdl runs as ``bgdl fetch`` twice: with
-its engine in the command's own process (BGDL_IN_PROCESS=1) and through the transfer
-service (started before the clock). Wall time and the CPU time of the tool's processes
-(children's rusage; the service's CPU is read from /proc) are reported.
+settings, in interleaved rounds (A B C A B C ...: a noisy neighbour hurts every tool
+alike), and the table reports the median and the range of the rounds. Scenarios:
 
-Run: pip install parfive; python benchmarks/speed.py [--size-mib 1024] [--files 2000]
-Needs nginx, curl, wget and aria2c (Debian: nginx-light curl wget aria2).
+(a) one big file;
+(b) one big file from ``/capped/``, where nginx limits every connection to 25 MB/s
+    (``limit_rate``), as CDNs and object stores do;
+(c) 2,000 files of 100 KiB;
+(d) 10,000 files of 1 KiB through the transfer service.
+
+bgdl runs as ``bgdl fetch`` with its engine in the command's own process
+(BGDL_IN_PROCESS=1) and through the transfer service (a fresh one per run, started
+before the clock; its CPU time and peak memory are read from /proc and counted with the
+command's). Wall time, CPU time (user + system of the tool's processes) and peak RSS
+(``/usr/bin/time``) are reported.
+
+Run:   pip install parfive; python benchmarks/speed.py [--size-mib 1024] [--rounds 3]
+Needs: nginx, curl, wget, aria2c, GNU time (Debian: nginx-light curl wget aria2 time).
 """
 
 from __future__ import annotations
@@ -17,33 +26,72 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MIB = 1024 * 1024
+
+AIOHTTP_ONE = """
+import asyncio, sys, aiohttp
+async def main(url, out):
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        with open(out, "wb") as f:
+            async for chunk in r.content.iter_chunked(1 << 20):
+                f.write(chunk)
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+AIOHTTP_MANY = """
+import asyncio, os, sys, aiohttp
+async def main(listing, out):
+    urls = open(listing).read().split()
+    sem = asyncio.Semaphore(16)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as s:
+        async def one(url):
+            async with sem, s.get(url) as r:
+                data = await r.read()
+            with open(os.path.join(out, url.rsplit("/", 1)[1]), "wb") as f:
+                f.write(data)
+        await asyncio.gather(*(one(u) for u in urls))
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+PARFIVE = """
+import sys
+from parfive import Downloader, SessionConfig
+splits = int(sys.argv[3])
+d = Downloader(max_conn=16, max_splits=splits, progress=False, config=SessionConfig(chunksize=1024 * 1024))
+for u in open(sys.argv[2]).read().split():
+    d.enqueue_file(u, path=sys.argv[1])
+r = d.download()
+sys.exit(1 if r.errors else 0)
+"""
 
 
 def _nginx(root: Path, work: Path) -> tuple[subprocess.Popen[bytes], str, socket.socket]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    sock.listen(512)
+    sock.listen(1024)
     port = sock.getsockname()[1]
     (work / "logs").mkdir(parents=True, exist_ok=True)
     conf = work / "nginx.conf"
     user = "user root;" if os.geteuid() == 0 else ""
     conf.write_text(f"""{user}
 worker_processes 2; daemon off; pid {work}/nginx.pid; error_log {work}/logs/error.log warn;
-events {{ worker_connections 1024; }}
+events {{ worker_connections 4096; }}
 http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
   client_body_temp_path {work}/b; proxy_temp_path {work}/p; fastcgi_temp_path {work}/f;
   uwsgi_temp_path {work}/u; scgi_temp_path {work}/s;
-  server {{ listen 127.0.0.1:{port}; root {root}; }} }}
+  server {{ listen 127.0.0.1:{port}; root {root};
+    location /capped/ {{ alias {root}/; limit_rate 25m; }} }} }}
 """)
     fd = sock.fileno()
     proc = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(work), "-c", str(conf)],
@@ -53,109 +101,193 @@ http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
 
 
 def _write_file(path: Path, size: int, seed: str) -> None:
-    block = hashlib.shake_256(seed.encode()).digest(MIB)
+    block = hashlib.shake_256(seed.encode()).digest(min(size, MIB))
     with open(path, "wb") as f:
         left = size
         while left:
-            n = min(left, MIB)
+            n = min(left, len(block))
             f.write(block[:n])
             left -= n
 
 
-def _service_cpu(state: Path) -> float:
-    pid_file = state / "run" / "service.pid"
-    if not pid_file.exists():
-        return 0.0
-    fields = Path(f"/proc/{pid_file.read_text().strip()}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _proc_stat(pid: int) -> tuple[float, float]:
+    """(CPU seconds, peak RSS in MB) of a running process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    peak = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) / 1024
+    return cpu, peak
 
 
-def _run(name: str, cmd: list[str], env: dict[str, str] | None = None, state: Path | None = None) -> tuple[float, float]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    service_before = _service_cpu(state) if state else 0.0
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   env={**os.environ, **(env or {})})
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    if state:
-        cpu += _service_cpu(state) - service_before
-    return wall, cpu
+@dataclass
+class Tool:
+    name: str
+    command: Callable[[Path], list[str]]
+    service: bool = False   # runs through a fresh transfer service
+    in_process: bool = False
+
+
+@dataclass
+class Scenario:
+    name: str
+    unit: str               # "MB/s" or "files/s"
+    amount: float           # bytes, or files
+    nbytes: int
+    tools: list[Tool]
+    runs: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)  # wall, cpu, rss
+
+
+def _run(tool: Tool, out: Path, base: Path) -> tuple[float, float, float]:
+    env = dict(os.environ)
+    state = base / "state" / out.name
+    shutil.rmtree(state, ignore_errors=True)
+    env["BGDL_STATE_DIR"] = str(state)
+    service_pid = None
+    if tool.in_process:
+        env["BGDL_IN_PROCESS"] = "1"
+    if tool.service:
+        env["BGDL_IN_PROCESS"] = "0"
+        subprocess.run(["bgdl", "service", "start"], env=env, check=True, stdout=subprocess.DEVNULL)
+        service_pid = int((state / "run" / "service.pid").read_text())
+    before = _proc_stat(service_pid) if service_pid else (0.0, 0.0)
+    stats = base / "time.txt"
+    cmd = ["/usr/bin/time", "-o", str(stats), "-f", "%e %U %S %M", *tool.command(out)]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    wall = time.perf_counter() - start
+    _, user, system, rss_kb = stats.read_text().split()[-4:]
+    cpu, rss = float(user) + float(system), int(rss_kb) / 1024
+    if service_pid:
+        after = _proc_stat(service_pid)
+        cpu += after[0] - before[0]
+        rss = max(rss, after[1])
+        subprocess.run(["bgdl", "service", "stop"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return wall, cpu, rss
+
+
+def _bgdl(urls: list[str] | Path, *extra: str) -> Callable[[Path], list[str]]:
+    def command(out: Path) -> list[str]:
+        source = ["-i", str(urls)] if isinstance(urls, Path) else list(urls)
+        return ["bgdl", "fetch", *source, "-o", str(out), "-q", "--id", f"b-{out.name}", *extra]
+    return command
+
+
+def scenarios(base: Path, url: str, size: int, files: int, tiny: int) -> list[Scenario]:
+    py = sys.executable
+    scripts = base / "scripts"
+    scripts.mkdir(exist_ok=True)
+    for name, text in (("one.py", AIOHTTP_ONE), ("many.py", AIOHTTP_MANY), ("pf.py", PARFIVE)):
+        (scripts / name).write_text(text)
+    big, capped = f"{url}/big.bin", f"{url}/capped/big.bin"
+    (base / "big.txt").write_text(big + "\n")
+    (base / "capped.txt").write_text(capped + "\n")
+    many = base / "many.txt"
+    many.write_text("".join(f"{url}/many/f{i:05d}.bin\n" for i in range(files)))
+    tinies = base / "tiny.txt"
+    tinies.write_text("".join(f"{url}/tiny/t{i:05d}.bin\n" for i in range(tiny)))
+    many_urls = many.read_text().split()
+
+    def single(target: str, listing: Path) -> list[Tool]:
+        return [
+            Tool("curl", lambda o: ["curl", "-s", "-o", str(o / "big.bin"), target]),
+            Tool("wget", lambda o: ["wget", "-q", "-O", str(o / "big.bin"), target]),
+            Tool("aria2c -x16 -s16 -k1M", lambda o: ["aria2c", "-q", "-x16", "-s16", "-k1M", "-d", str(o), target]),
+            Tool("parfive (16 splits, 1 MiB chunks)", lambda o: [py, str(scripts / "pf.py"), str(o), str(listing),
+                                                                 "16"]),
+            Tool("plain aiohttp", lambda o: [py, str(scripts / "one.py"), target, str(o / "big.bin")]),
+            Tool("bgdl fetch (in-process)", _bgdl([target]), in_process=True),
+            Tool("bgdl fetch (service)", _bgdl([target]), service=True),
+        ]
+
+    one = single(big, base / "big.txt")
+    one.insert(2, Tool("curl && sha256sum", lambda o: ["sh", "-c", f"curl -s -o {o}/big.bin {big} && "
+                                                                    f"sha256sum {o}/big.bin >/dev/null"]))
+    many_tools = [
+        Tool("curl --parallel (16)", lambda o: ["curl", "-s", "--parallel", "--parallel-max", "16", "--output-dir",
+                                                str(o), "--remote-name-all", *many_urls]),
+        Tool("xargs -P16 curl", lambda o: ["sh", "-c", f"cd {o} && xargs -P16 -n 125 curl -s --remote-name-all "
+                                                       f"< {many}"]),
+        Tool("wget -i", lambda o: ["wget", "-q", "-P", str(o), "-i", str(many)]),
+        Tool("aria2c -j16", lambda o: ["aria2c", "-q", "-j16", "-d", str(o), "-i", str(many)]),
+        Tool("parfive (16 at once)", lambda o: [py, str(scripts / "pf.py"), str(o), str(many), "1"]),
+        Tool("plain aiohttp (16 at once)", lambda o: [py, str(scripts / "many.py"), str(many), str(o)]),
+        Tool("bgdl fetch (in-process, 16 at once)", _bgdl(many, "--max-concurrent", "16", "--connections", "16"),
+             in_process=True),
+        Tool("bgdl fetch (service, 16 at once)", _bgdl(many, "--max-concurrent", "16", "--connections", "16"),
+             service=True),
+    ]
+    tiny_tools = [
+        Tool("curl --parallel (16)", lambda o: ["sh", "-c", f"cd {o} && xargs -n 2000 curl -s --parallel "
+                                                            f"--parallel-max 16 --remote-name-all < {tinies}"]),
+        Tool("bgdl fetch (service, 16 at once)", _bgdl(tinies, "--max-concurrent", "16", "--connections", "16"),
+             service=True),
+    ]
+    return [
+        Scenario(f"a. one {size // MIB} MiB file", "MB/s", size, size, one),
+        Scenario(f"b. one {size // MIB} MiB file, 25 MB/s per connection", "MB/s", size, size,
+                 single(capped, base / "capped.txt")),
+        Scenario(f"c. {files} x 100 KiB", "files/s", files, files * 100 * 1024, many_tools),
+        Scenario(f"d. {tiny} x 1 KiB through the service", "files/s", tiny, tiny * 1024, tiny_tools),
+    ]
+
+
+def _table(results: list[Scenario], rounds: int) -> str:
+    lines = [f"| scenario | tool | median | range ({rounds} rounds) | CPU | peak RSS |", "|---|---|---|---|---|---|"]
+    for sc in results:
+        for tool in sc.tools:
+            runs = sc.runs.get(tool.name, [])
+            if not runs:
+                continue
+            rates = [sc.amount / w / (1e6 if sc.unit == "MB/s" else 1) for w, _, _ in runs]
+            cpu = statistics.median(c for _, c, _ in runs)
+            cost = f"{cpu / (sc.nbytes / 1e9):.2f} s/GB" if sc.unit == "MB/s" else f"{cpu / sc.amount * 1e3:.2f} ms/file"
+            rss = max(r for _, _, r in runs)
+            lines.append(f"| {sc.name} | {tool.name} | {statistics.median(rates):,.0f} {sc.unit} | "
+                         f"{min(rates):,.0f}–{max(rates):,.0f} | {cost} | {rss:,.0f} MB |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--tiny", type=int, default=10000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", help="run only scenarios whose name starts with these letters, e.g. 'ac'")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bgdl-speed-"))
     www = base / "www"
     (www / "many").mkdir(parents=True)
+    (www / "tiny").mkdir(parents=True)
     _write_file(www / "big.bin", args.size_mib * MIB, "big")
     for i in range(args.files):
         _write_file(www / "many" / f"f{i:05d}.bin", 100 * 1024, f"small{i}")
+    for i in range(args.tiny):
+        _write_file(www / "tiny" / f"t{i:05d}.bin", 1024, f"tiny{i}")
     nginx, url, sock = _nginx(www, base / "nginx")
-    big = f"{url}/big.bin"
-    urls = [f"{url}/many/f{i:05d}.bin" for i in range(args.files)]
-    (base / "urls.txt").write_text("\n".join(urls) + "\n")
-    parfive_script = base / "pf.py"
-    parfive_script.write_text(
-        "import sys\nfrom parfive import Downloader, SessionConfig\n"
-        "d = Downloader(max_conn=16, max_splits=16, progress=False, config=SessionConfig(chunksize=1024*1024))\n"
-        "for u in open(sys.argv[2]).read().split():\n    d.enqueue_file(u, path=sys.argv[1])\n"
-        "r = d.download()\nsys.exit(1 if r.errors else 0)\n")
-    results: list[tuple[str, str, float, float]] = []
+    results = scenarios(base, url, args.size_mib * MIB, args.files, args.tiny)
+    if args.only:
+        results = [sc for sc in results if sc.name[0] in args.only]
+    print(f"# {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, nginx on loopback, {args.rounds} rounds "
+          "interleaved", flush=True)
     try:
-        def out(tag: str) -> Path:
-            path = base / "out" / tag
-            shutil.rmtree(path, ignore_errors=True)
-            path.mkdir(parents=True)
-            return path
-
-        size = args.size_mib * MIB
-        (base / "big.txt").write_text(big + "\n")
-        one = [
-            ("curl", lambda o: ["curl", "-s", "-o", str(o / "big.bin"), big]),
-            ("wget", lambda o: ["wget", "-q", "-O", str(o / "big.bin"), big]),
-            ("aria2c -x16 -s16 -k1M", lambda o: ["aria2c", "-q", "-x16", "-s16", "-k1M", "-d", str(o), big]),
-            ("parfive (1 MiB chunks)", lambda o: [sys.executable, str(parfive_script), str(o), str(base / "big.txt")]),
-        ]
-        many = [
-            ("curl (one process, reused connection)", lambda o: ["curl", "-s", "--parallel", "--parallel-max", "16",
-                                                                 "--output-dir", str(o), "--remote-name-all", *urls]),
-            ("wget -i", lambda o: ["wget", "-q", "-P", str(o), "-i", str(base / "urls.txt")]),
-            ("aria2c -j16", lambda o: ["aria2c", "-q", "-j16", "-d", str(o), "-i", str(base / "urls.txt")]),
-            ("parfive (16 files at once)", lambda o: [sys.executable, str(parfive_script), str(o),
-                                                      str(base / "urls.txt")]),
-        ]
-        for mode in ("in-process", "service"):
-            state = base / f"state-{mode}"
-            env = {"BGDL_STATE_DIR": str(state), "BGDL_IN_PROCESS": "1" if mode == "in-process" else "0"}
-            one.append((f"bgdl fetch ({mode})", lambda o, env=env: (["bgdl", "fetch", big, "-o", str(o), "-q",
-                                                                      "--id", f"big-{o.name}"], env)))
-            many.append((f"bgdl fetch ({mode}, 16 at once)", lambda o, env=env: (
-                ["bgdl", "fetch", "-i", str(base / "urls.txt"), "-o", str(o), "-q", "--id", f"many-{o.name}",
-                 "--max-concurrent", "16", "--connections", "16"], env)))
-        for c, (case, tools, total) in enumerate((("one file", one, size), ("many files", many, args.files * 100 * 1024))):
-            for i, (name, make) in enumerate(tools):
-                target = out(f"case{c}-{i}")
-                spec = make(target)
-                cmd, env = spec if isinstance(spec, tuple) else (spec, None)
-                state = Path(env["BGDL_STATE_DIR"]) if env else None
-                if env and env["BGDL_IN_PROCESS"] == "0":
-                    subprocess.run(["bgdl", "service", "start"], env={**os.environ, **env}, check=True,
-                                   stdout=subprocess.DEVNULL)
-                wall, cpu = _run(name, cmd, env, state)
-                results.append((case, name, wall, cpu))
-                rate = f"{total / wall / 1e6:8.0f} MB/s" if case == "one file" else f"{args.files / wall:8.0f} files/s"
-                print(f"{case:10} {name:42} {wall:7.2f} s {rate}  CPU {cpu:6.2f} s "
-                      f"({cpu / (total / 1e9):.2f} s/GB)", flush=True)
-                shutil.rmtree(target, ignore_errors=True)
+        for sc in results:
+            for r in range(args.rounds):
+                for i, tool in enumerate(sc.tools):
+                    out = base / "out" / f"{sc.name[0]}{i}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    out.mkdir(parents=True)
+                    wall, cpu, rss = _run(tool, out, base)
+                    sc.runs.setdefault(tool.name, []).append((wall, cpu, rss))
+                    rate = sc.amount / wall / (1e6 if sc.unit == "MB/s" else 1)
+                    print(f"  {sc.name[:2]} round {r + 1} {tool.name:38} {wall:7.2f} s {rate:9,.0f} {sc.unit} "
+                          f"CPU {cpu:6.2f} s RSS {rss:5.0f} MB", flush=True)
+                    shutil.rmtree(out, ignore_errors=True)
+        print()
+        print(_table(results, args.rounds))
     finally:
-        for mode in ("in-process", "service"):
-            subprocess.run(["bgdl", "service", "stop"], env={**os.environ, "BGDL_STATE_DIR": str(base / f"state-{mode}")},
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         nginx.terminate()
         nginx.wait()
         sock.close()

@@ -115,7 +115,9 @@ def test_slow_delegate_never_stalls_a_transfer(origin, tmp_path):
     s.close()
 
 
-def test_suspend_then_resume_continues_with_a_range_request(session, delegate, origin, tmp_path):
+def test_suspend_then_resume_continues_with_a_range_request(delegate, origin, tmp_path):
+    # one connection per file: this is the single-stream resume (test_segments.py covers split files)
+    session = bg.Session(bg.Configuration.default(progress_interval=0.1, connections_per_file=1), delegate=delegate)
     url = origin.url("s", 4 * MB, rate=8 * MB)
     task = session.download_task(url, tmp_path / "s").resume()
     wait_for_bytes(task, MB)

@@ -38,7 +38,7 @@ def test_kernel_restart_midway_then_reattach(origin, tmp_path, state_dir):
         kc.wait_for_ready(timeout=60)
         _run(kc, f"""
             import bgdl_nb as bg
-            session = bg.Session(bg.Configuration.background("kernel-demo"))
+            session = bg.Session(bg.Configuration.background("kernel-demo", connections_per_file=1))
             task = session.download_task({url!r}, {str(dest)!r}).resume()
             print(task.task_identifier)
         """)
@@ -51,7 +51,7 @@ def test_kernel_restart_midway_then_reattach(origin, tmp_path, state_dir):
         assert before < size
         out = _run(kc, """
             import bgdl_nb as bg
-            session = bg.Session(bg.Configuration.background("kernel-demo"))
+            session = bg.Session(bg.Configuration.background("kernel-demo", connections_per_file=1))
             [task] = session.all_tasks()
             print(task.state.value, task.count_of_bytes_received)
             print(task.wait(120))

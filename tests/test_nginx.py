@@ -111,7 +111,7 @@ def test_bgdl_fetch_killed_and_rerun_against_nginx(nginx, tmp_path, monkeypatch)
     url = f"{nginx.base_url}/limited/g.bin"
     out = tmp_path / "out"
     child = subprocess.Popen([sys.executable, "-m", "bgdl_nb.cli", "fetch", url, "-o", str(out), "--id", "ng",
-                              "-q"], env=os.environ.copy())
+                              "-q", "--connections", "1"], env=os.environ.copy())  # the single-stream resume
     partials = lambda: [p for p in out.glob(".g.bin.*.bgdl-part") if p.stat().st_size > 2 * MB] \
         if out.exists() else []
     try:
@@ -119,7 +119,7 @@ def test_bgdl_fetch_killed_and_rerun_against_nginx(nginx, tmp_path, monkeypatch)
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
-    done = run_cli("fetch", url, "-o", str(out), "--id", "ng")
+    done = run_cli("fetch", url, "-o", str(out), "--id", "ng", "--connections", "1")
     assert done.returncode == 0, done.stderr
     assert sha256_of(out / "g.bin") == hashlib.sha256(body).hexdigest()
     statuses = [line.split('"')[2].split()[0] for line in _access_log(nginx)]

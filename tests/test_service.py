@@ -83,12 +83,12 @@ def test_two_kernels_one_identifier_one_transfer(origin, tmp_path, state_dir):
         (_, first), (_, second) = kernels
         run_in_kernel(first, textwrap.dedent(f"""
             import bgdl_nb as bg
-            session = bg.Session(bg.Configuration.background("two"))
+            session = bg.Session(bg.Configuration.background("two", connections_per_file=1))
             task = session.download_task({url!r}, {str(tmp_path / "shared")!r}).resume()
         """))
         watch = textwrap.dedent("""
             import bgdl_nb as bg
-            session = bg.Session(bg.Configuration.background("two"))
+            session = bg.Session(bg.Configuration.background("two", connections_per_file=1))
             [task] = session.all_tasks()
             seen = []
             session.add_listener(lambda e: seen.append(e.event))
@@ -220,7 +220,7 @@ def test_kernel_killed_mid_download_then_a_new_kernel_gets_the_missed_events(ori
         kc.wait_for_ready(timeout=60)
         run_in_kernel(kc, textwrap.dedent(f"""
             import bgdl_nb as bg
-            session = bg.Session(bg.Configuration.background("kdead"))
+            session = bg.Session(bg.Configuration.background("kdead", connections_per_file=1))
             task = session.download_task({url!r}, {str(dest)!r}).resume()
         """))
         journal = bg.Configuration.background("kdead").journal_path()
@@ -242,7 +242,7 @@ def test_kernel_killed_mid_download_then_a_new_kernel_gets_the_missed_events(ori
                 def did_finish_events_for_background_session(self, s):
                     calls.append("finished_events")
                     done.set()
-            session = bg.Session(bg.Configuration.background("kdead"), delegate=D())
+            session = bg.Session(bg.Configuration.background("kdead", connections_per_file=1), delegate=D())
             [task] = session.all_tasks()
             print(task.wait(120))
             done.wait(30)
