@@ -199,6 +199,8 @@ def scenarios(base: Path, url: str, size: int, files: int, tiny: int) -> list[Sc
             Tool("plain aiohttp", lambda o: [py, str(scripts / "one.py"), target, str(o / "big.bin")]),
             Tool("bgdl fetch (in-process)", _bgdl([target]), in_process=True),
             Tool("bgdl fetch (service)", _bgdl([target]), service=True),
+            Tool("bgdl fetch --connections 16 (in-process)", _bgdl([target], "--connections", "16"),
+                 in_process=True),
         ]
 
     one = single(big, base / "big.txt")

@@ -57,6 +57,7 @@ class TaskRun:
     failures: int = 0         # consecutive failed attempts without progress
     restarts: int = 0
     version: int = 0          # snapshots taken: a host keeps the newest it has seen
+    resumed_once: bool = False  # resume() was called in this engine's life
 
     @property
     def task_identifier(self) -> int:

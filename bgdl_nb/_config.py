@@ -12,8 +12,10 @@ Every field is keyword-only and documented where it is declared.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,13 +42,22 @@ def state_dir(override: str | os.PathLike[str] | None = None) -> Path:
     return Path(platformdirs.user_state_dir("bgdl_nb")).resolve()
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True, eq=True)
 class Configuration:
     """How a :class:`~bgdl_nb.Session` behaves. Build one with :meth:`default` or
-    :meth:`background`, then adjust fields with :meth:`replace`."""
+    :meth:`background`, then set fields as the seeds do (``config.is_discretionary =
+    True``) or pass them as keywords. Each assignment is checked at once; a misspelt
+    name is an error naming the nearest field. A :class:`~bgdl_nb.Session` takes a copy
+    when it is created (as URLSession does): changing the object afterwards changes
+    nothing for that session, and says so with a warning."""
 
     identifier: str | None = None
     """Name of a background session; ``None`` for a default (non-journaled) session."""
+
+    is_discretionary: bool = False
+    """The default of ``is_discretionary`` for this session's tasks (seed: set on the
+    configuration): such tasks wait until no other work runs, inside
+    ``discretionary_window``, with the reason always shown."""
 
     state_directory: Path | None = None
     """Where journals live; ``None`` means :func:`state_dir` decides."""
@@ -126,9 +137,44 @@ class Configuration:
     a callback that has not returned by then is named in a warning and abandoned (a
     background session delivers the rest to its next session)."""
 
-    def __post_init__(self) -> None:
+    def __setattr__(self, name: str, value: object) -> None:
+        if name.startswith("_") or not self.__dict__.get("_ready"):
+            object.__setattr__(self, name, value)  # the constructor, or private state
+            return
+        names = [f.name for f in dataclasses.fields(self)]
+        if name not in names:
+            near = difflib.get_close_matches(name, names, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; the fields are {', '.join(names)}"
+            raise InvalidConfiguration(f"Configuration has no field {name!r}{hint}")
+        dataclasses.replace(self, **{name: value}, _whole=False)  # type: ignore[arg-type]
+        if self.__dict__.get("_in_use"):
+            warnings.warn(f"this Configuration was already used to create a Session, which took a copy; "
+                          f"setting {name} changes only sessions created from now on", stacklevel=2)
+        object.__setattr__(self, name, value)
+        if name == "launch_command":
+            self._normalise()
+
+    def _normalise(self) -> None:
         if self.launch_command is not None and not isinstance(self.launch_command, str):
             object.__setattr__(self, "launch_command", tuple(str(a) for a in self.launch_command))
+
+    _whole: dataclasses.InitVar[bool] = True
+
+    def __post_init__(self, _whole: bool) -> None:
+        self._normalise()
+        self._check_fields()
+        if _whole:
+            self.check_together()
+        object.__setattr__(self, "_ready", True)
+
+    def check_together(self) -> None:
+        """Checks that involve several fields (run when a Session is created, so fields
+        can be set one at a time in any order)."""
+        if self.sessions_send_launch_events and self.launch_command is None:
+            raise InvalidConfiguration("sessions_send_launch_events needs a launch_command to run: set "
+                                       "launch_command = ('python', 'handle_events.py') too")
+
+    def _check_fields(self) -> None:
         if self.identifier is not None and not _IDENTIFIER.match(self.identifier):
             raise InvalidConfiguration(
                 f"session identifier {self.identifier!r} is not allowed: use 1-128 letters, "
@@ -154,8 +200,6 @@ class Configuration:
         if self.launch_command is not None and (isinstance(self.launch_command, str) or not self.launch_command):
             raise InvalidConfiguration("launch_command must be a non-empty sequence of arguments, "
                                        "e.g. ('python', 'handle.py')")
-        if self.sessions_send_launch_events and self.launch_command is None:
-            raise InvalidConfiguration("sessions_send_launch_events needs a launch_command to run")
         if self.launch_delay < 0:
             raise InvalidConfiguration("launch_delay must be 0 or more seconds")
         if self.max_retries < 0:
@@ -186,6 +230,12 @@ class Configuration:
     def replace(self, **changes: object) -> Configuration:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def _copy_for_session(self) -> Configuration:
+        """The copy a Session keeps; this object then warns when it is changed."""
+        self.check_together()
+        object.__setattr__(self, "_in_use", True)
+        return dataclasses.replace(self)
 
     def resolved_state_dir(self) -> Path:
         return state_dir(self.state_directory)

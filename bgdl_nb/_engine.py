@@ -28,7 +28,7 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ._attempt import CHECKPOINT_BYTES, Attempt, RestartNeeded, RetryableStatus, TaskRun
@@ -40,6 +40,7 @@ from ._exceptions import (
     Cancelled,
     DiskFull,
     HTTPStatusError,
+    InvalidInput,
     NetworkError,
     TransferError,
     TransferTimeout,
@@ -59,6 +60,9 @@ __all__ = ["CHECKPOINT_BYTES", "Engine", "Sink", "Snapshot"]
 log = logging.getLogger("bgdl_nb")
 
 _MAX_RESTARTS = 5
+_PUBLIC = {"earliest_begin_date": "earliest_begin_date", "expected_bytes": "count_of_bytes_client_expects_to_receive",
+           "expected_send_bytes": "count_of_bytes_client_expects_to_send"}
+_CONFIGURABLE = frozenset(_PUBLIC)
 _COUNTS_INTERVAL = 0.25
 
 
@@ -200,6 +204,7 @@ class Engine(EngineBase):
         """Queue a suspended task; True when the scheduler has something new to plan."""
         if run.record.state is not TaskState.SUSPENDED or self._closing:
             return False
+        run.resumed_once = True
         self._move(run, TaskState.RUNNING, EventKind.RESUMED, total_bytes_written=run.record.offset)
         held = self._held.get(run.task_identifier)
         if held is not None:  # another session already transfers this file: wait for it
@@ -251,6 +256,18 @@ class Engine(EngineBase):
                                       task_identifier=rec.task_identifier, resume_data=data))
         self._schedule()
         return data
+
+    def configure(self, tid: int, changes: dict[str, Any]) -> Snapshot:
+        """Set fields of a task that has never run (seed: between downloadTask(with:) and resume())."""
+        run = self._runs[tid]
+        unknown = set(changes) - _CONFIGURABLE
+        if unknown:
+            raise InvalidInput(f"{', '.join(sorted(unknown))} cannot be set on a task")
+        if run.record.state is not TaskState.SUSPENDED or run.resumed_once:
+            raise InvalidInput(f"task {tid} has already started; set {', '.join(_PUBLIC[k] for k in changes)} "
+                               "between download_task() and the first resume()")
+        self._set(run, **changes)
+        return self.snapshot(tid)  # no event: the host shows the change from the reply
 
     def set_priority(self, tid: int, priority: float) -> None:
         self._set(self._runs[tid], priority=priority)

@@ -8,7 +8,7 @@ connection whose segment is done. Every segment request carries ``If-Range``; a 
 to it, another validator or another total means the resource changed, and the whole
 file starts again from byte 0: bytes of two versions are never mixed.
 
-How many connections: ``connections_per_file`` fixes it; ``None`` doubles it every half
+How many connections: ``connections_per_file`` fixes it; ``None`` doubles it every quarter
 second while the file's throughput still grows (by 8 % or more), up to the per-host
 limit. The journal keeps each segment's durable offset (``TaskRecord.segments``), so
 after a crash every segment continues from its own offset. The sha256 of the whole
@@ -42,7 +42,7 @@ MIN_SEGMENT = 2 * 1024 * 1024
 """A segment is never split below this size: a new connection costs a round trip."""
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+)\s*$", re.IGNORECASE)
-_WINDOW = 0.5            # seconds between decisions about adding a connection
+_WINDOW = 0.25           # seconds between decisions about adding a connection
 _GROWTH = 1.08           # a new connection must have raised throughput by 8 % to earn another
 _SEGMENT_RETRIES = 4     # a segment's connection may fail this often before the attempt fails
 
@@ -195,7 +195,7 @@ class Segmented:
                     f"{self._target} connections: throughput stopped growing at {rate / 1e6:.0f} MB/s"))
                 return
             best = max(best, rate)
-            self._target = min(self.limit, self._target * 2)  # doubling: 16 connections in 2 s
+            self._target = min(self.limit, self._target * 2)  # doubling: 16 connections in 1 s
             self._fill()
         self.report.emit(EventKind.SEGMENTED, total_bytes_written=self.received(),
                          detail=f"{self._target} connections (the per-host limit)")

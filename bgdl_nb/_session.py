@@ -95,7 +95,8 @@ class Session:
 
     def __init__(self, configuration: Configuration | None = None,
                  delegate: SessionDelegate | None = None) -> None:
-        self.configuration = configuration or Configuration.default()
+        # the session keeps a copy, as URLSession does: later changes to the object change nothing here
+        self.configuration = (configuration or Configuration.default())._copy_for_session()
         self.delegate = delegate
         config = self.configuration
         if config.is_background:
@@ -139,7 +140,7 @@ class Session:
         count_of_bytes_client_expects_to_receive: int | None = None,
         sha256: str | None = None,
         overwrite: bool = False,
-        is_discretionary: bool = False,
+        is_discretionary: bool | None = None,
     ) -> DownloadTask:
         """Create a task (suspended: call ``resume()``) that downloads ``request``.
 
@@ -165,6 +166,7 @@ class Session:
         is_discretionary
             Run only when no non-discretionary task is active, and inside the
             configuration's ``discretionary_window``; the reason it waits is always shown.
+            ``None``: the configuration's ``is_discretionary``.
         """
         [task] = self._live_host.create_many([self._task_record(
             request, destination, description=description, priority=priority,
@@ -196,7 +198,7 @@ class Session:
                      description: str | None = None, priority: float = 0.5,
                      earliest_begin_date: float | _dt.datetime | None = None,
                      count_of_bytes_client_expects_to_receive: int | None = None, sha256: str | None = None,
-                     overwrite: bool = False, is_discretionary: bool = False) -> TaskRecord:
+                     overwrite: bool = False, is_discretionary: bool | None = None) -> TaskRecord:
         """Validate a task's arguments (before any I/O) and build its record."""
         req = request if isinstance(request, Request) else Request(check_url(request))
         check_url(req.url)
@@ -216,7 +218,8 @@ class Session:
             description=description, priority=float(priority),
             earliest_begin_date=_timestamp(earliest_begin_date),
             expected_bytes=count_of_bytes_client_expects_to_receive,
-            sha256=sha256.lower() if sha256 else None, overwrite=overwrite, discretionary=is_discretionary,
+            sha256=sha256.lower() if sha256 else None, overwrite=overwrite,
+            discretionary=self.configuration.is_discretionary if is_discretionary is None else is_discretionary,
         )
 
     def download_task_with_resume_data(self, resume_data: bytes,

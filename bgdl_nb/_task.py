@@ -12,6 +12,8 @@ does not succeed).
 from __future__ import annotations
 
 import concurrent.futures
+import datetime as _dt
+import difflib
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +65,13 @@ class Progress:
         if not self.total_unit_count:
             return 1.0 if self.total_unit_count == 0 else 0.0
         return min(1.0, self.completed_unit_count / self.total_unit_count)
+
+
+def _byte_count(value: int | None, name: str) -> int | None:
+    from ._exceptions import InvalidInput
+    if value is not None and (not isinstance(value, int) or value < 0):
+        raise InvalidInput(f"{name} must be a number of bytes (0 or more) or None, got {value!r}")
+    return value
 
 
 class DownloadTask:
@@ -140,12 +149,46 @@ class DownloadTask:
 
     @property
     def count_of_bytes_client_expects_to_receive(self) -> int | None:
+        """Your estimate of the size (used until the server tells it). Settable before the
+        first ``resume()``."""
         return self._record.expected_bytes
+
+    @count_of_bytes_client_expects_to_receive.setter
+    def count_of_bytes_client_expects_to_receive(self, value: int | None) -> None:
+        self._configure(expected_bytes=_byte_count(value, "count_of_bytes_client_expects_to_receive"))
 
     @property
     def earliest_begin_date(self) -> float | None:
-        """Seconds since the epoch before which the task does not start."""
+        """Seconds since the epoch before which the task does not start. Settable (a
+        datetime or seconds) between ``download_task()`` and the first ``resume()``."""
         return self._record.earliest_begin_date
+
+    @earliest_begin_date.setter
+    def earliest_begin_date(self, value: float | _dt.datetime | None) -> None:
+        from ._session import _timestamp
+        self._configure(earliest_begin_date=_timestamp(value))
+
+    @property
+    def count_of_bytes_client_expects_to_send(self) -> int | None:
+        """Your estimate of the request body (seed API; downloads send none). Settable
+        before the first ``resume()``."""
+        return self._record.expected_send_bytes
+
+    @count_of_bytes_client_expects_to_send.setter
+    def count_of_bytes_client_expects_to_send(self, value: int | None) -> None:
+        self._configure(expected_send_bytes=_byte_count(value, "count_of_bytes_client_expects_to_send"))
+
+    def _configure(self, **changes: Any) -> None:
+        self._control("configure", changes)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_") or name in _SETTABLE:
+            object.__setattr__(self, name, value)
+            return
+        public = [n for n in dir(type(self)) if not n.startswith("_")]
+        near = difflib.get_close_matches(name, public, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise AttributeError(f"DownloadTask has no settable attribute {name!r}{hint}")
 
     @property
     def priority(self) -> float:
@@ -251,3 +294,8 @@ class DownloadTask:
                 status=rec.status or 0, url=rec.url, task_identifier=rec.task_identifier))
         else:
             self._done.set_result(Path(rec.location or ""))
+
+
+_SETTABLE = frozenset({"waiting_reason", "priority", "earliest_begin_date", "count_of_bytes_client_expects_to_receive",
+                       "count_of_bytes_client_expects_to_send"})
+"""Public attributes that may be assigned (the rest are read-only views)."""

@@ -204,7 +204,9 @@ class ThreadHost:
     def control(self, name: str, *args: Any) -> None:
         if name not in CONTROLS:
             raise ValueError(f"unknown control {name!r}")
-        self.thread.call(self._flushed, getattr(self.engine, name), *args).result()
+        result = self.thread.call(self._flushed, getattr(self.engine, name), *args).result()
+        if isinstance(result, dict) and "record" in result:
+            self.core.mirror.apply(result)
 
     def call(self, name: str, *args: Any) -> Call:
         if name != "cancel_with_resume_data":
@@ -240,7 +242,8 @@ class ThreadHost:
                 self.lock.release()
 
 
-CONTROLS = frozenset({"resume", "suspend", "cancel", "set_priority", "pause", "unpause", "set_bandwidth_limit"})
+CONTROLS = frozenset({"resume", "suspend", "cancel", "set_priority", "pause", "unpause", "set_bandwidth_limit",
+                      "configure"})
 """The engine methods a host forwards for ``task.resume()`` and friends."""
 
 

@@ -28,6 +28,7 @@ class TaskRecord:
     launch_delay_reason: str | None = None
     discretionary: bool = False
     expected_bytes: int | None = None
+    expected_send_bytes: int | None = None
     sha256: str | None = None
     overwrite: bool = False
     partial_path: str = ""

@@ -276,7 +276,9 @@ class ServiceHost:
     def control(self, name: str, *args: Any) -> None:
         if name not in CONTROLS:
             raise ValueError(f"unknown control {name!r}")
-        self._request("control", identifier=self.identifier, name=name, args=list(args))
+        result = self._request("control", identifier=self.identifier, name=name, args=list(args))
+        if isinstance(result, dict) and "record" in result:
+            self.core.mirror.apply(result)
         if name == "set_bandwidth_limit":
             self._bandwidth = args[0]
 

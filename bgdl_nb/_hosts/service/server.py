@@ -369,11 +369,11 @@ class Service:
             snaps = [engine.snapshot(snap["record"]["task_identifier"]) for snap in snaps]
         return snaps
 
-    async def _op_control(self, client: _Client, request: dict[str, Any]) -> None:
+    async def _op_control(self, client: _Client, request: dict[str, Any]) -> Any:
         name = request["name"]
         if name not in CONTROLS:
             raise InvalidInput(f"unknown control {name!r}")
-        getattr(self._engine(client, request), name)(*request.get("args", []))
+        return getattr(self._engine(client, request), name)(*request.get("args", []))
 
     async def _op_cancel_with_resume_data(self, client: _Client, request: dict[str, Any]) -> str | None:
         data = await self._engine(client, request).cancel_with_resume_data(int(request["task"]))
