@@ -20,6 +20,7 @@ from ._events import Event, EventKind
 from ._exceptions import (
     BgdlError,
     Cancelled,
+    CannotConnect,
     ChecksumMismatch,
     DiskFull,
     FetchError,
@@ -48,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BgdlError",
     "Cancelled",
+    "CannotConnect",
     "ChecksumMismatch",
     "Configuration",
     "DiskFull",

@@ -78,6 +78,10 @@ class Configuration:
     """Seconds a task may exist (waiting and running) before it fails (URLSession's
     default is seven days)."""
 
+    connect_retries: int = 2
+    """Retries when no connection can be made at all (refused, unknown host): a server
+    that is down answers at once, so the task fails in about a second, as curl does."""
+
     max_retries: int = 8
     """Consecutive failed attempts (without a byte of progress) before a task fails."""
 
@@ -202,8 +206,8 @@ class Configuration:
                                        "e.g. ('python', 'handle.py')")
         if self.launch_delay < 0:
             raise InvalidConfiguration("launch_delay must be 0 or more seconds")
-        if self.max_retries < 0:
-            raise InvalidConfiguration("max_retries must be 0 or more")
+        if self.max_retries < 0 or self.connect_retries < 0:
+            raise InvalidConfiguration("max_retries and connect_retries must be 0 or more")
 
     @classmethod
     def default(cls, **fields: object) -> Configuration:

@@ -38,6 +38,7 @@ from ._events import Event, EventKind
 from ._exceptions import (
     BgdlError,
     Cancelled,
+    CannotConnect,
     DiskFull,
     HTTPStatusError,
     InvalidInput,
@@ -226,6 +227,10 @@ class Engine(EngineBase):
                    total_bytes_expected=run.record.total)
         self._schedule()
 
+    def suspend_many(self, tids: list[int]) -> None:
+        for tid in tids:
+            self.suspend(tid)
+
     def cancel(self, tid: int) -> None:
         run = self._runs[tid]
         if run.record.state not in (TaskState.COMPLETED, TaskState.CANCELING):
@@ -390,7 +395,8 @@ class Engine(EngineBase):
                                            task_identifier=tid) from None
                 except (NetworkError, TransferTimeout, RetryableStatus) as exc:
                     run.failures = 1 if run.received > before else run.failures + 1
-                    if run.failures > self.config.max_retries:
+                    limit = self.config.connect_retries if isinstance(exc, CannotConnect) else self.config.max_retries
+                    if run.failures > limit:
                         if isinstance(exc, RetryableStatus):
                             raise HTTPStatusError(
                                 f"{rec.url} answered HTTP {exc.status} {run.failures} times in a row; giving up",

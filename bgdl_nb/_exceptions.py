@@ -17,7 +17,8 @@ The tree::
     │   ├── SessionBusy               another process holds this identifier
     │   └── SessionInvalidated        the session was invalidated
     ├── TransferError                 something went wrong while transferring
-    │   ├── NetworkError              connection refused/reset, DNS, TLS
+    │   ├── NetworkError              connection reset, TLS, a body cut short
+    │   │   └── CannotConnect         connection refused, unknown host: fails fast
     │   ├── TransferTimeout           no bytes within timeout_interval_for_request,
     │   │                             or the task outlived timeout_interval_for_resource
     │   ├── Cancelled                 the task was cancelled by the user
@@ -38,6 +39,7 @@ from typing import Any
 __all__ = [
     "BgdlError",
     "Cancelled",
+    "CannotConnect",
     "ChecksumMismatch",
     "DiskFull",
     "FetchError",
@@ -150,6 +152,11 @@ class NetworkError(TransferError):
     """The connection failed: refused, reset, name resolution or TLS."""
 
 
+class CannotConnect(NetworkError):
+    """No connection could be made (refused, unknown host, unreachable): retried only
+    ``connect_retries`` times, since a server that is down rarely comes back in seconds."""
+
+
 class TransferTimeout(TransferError):
     """No data arrived in time, or the task outlived its resource timeout."""
 
@@ -213,7 +220,7 @@ _TYPES: dict[str, type[BgdlError]] = {
     for cls in (
         BgdlError, InvalidInput, UnsupportedURL, InvalidDestination, InvalidResumeData,
         InvalidConfiguration, SessionError, SessionBusy, SessionInvalidated, TransferError,
-        NetworkError, TransferTimeout, Cancelled, DiskFull, ChecksumMismatch, HTTPStatusError,
+        NetworkError, CannotConnect, TransferTimeout, Cancelled, DiskFull, ChecksumMismatch, HTTPStatusError,
         UnexpectedResponse,
     )
 }

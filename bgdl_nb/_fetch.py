@@ -183,6 +183,11 @@ def _expected(urls: Sequence[str], sha256: str | Mapping[str, str] | Sequence[st
             raise InvalidInput("a single sha256 string needs a single URL; pass a dict {url: sha256} for several")
         values: list[str | None] = [sha256]
     elif isinstance(sha256, Mapping):
+        unknown = sorted(set(sha256) - set(urls))
+        if unknown:
+            raise InvalidInput(f"sha256 is given for {len(unknown)} URL(s) that are not being fetched (first: "
+                               f"{unknown[0]}); check the keys of the mapping: a digest that matches no URL "
+                               "would verify nothing")
         values = [sha256.get(u) for u in urls]
     else:
         values = list(sha256)
@@ -205,6 +210,20 @@ def _finished_in_journal(config: Configuration) -> dict[tuple[str, str], str]:
             if t.state is TaskState.COMPLETED and t.error is None and t.destination and t.digest and t.location}
 
 
+def _check_folder(dest_dir: Path) -> None:
+    """The destination folder exists as a folder, or can be made where it is asked for."""
+    if dest_dir.exists() and not dest_dir.is_dir():
+        raise InvalidDestination(f"dest {dest_dir} is a file; fetch() needs a directory")
+    parent = dest_dir
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InvalidDestination(f"cannot create the destination folder {dest_dir}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidDestination(f"cannot create or write the destination folder {dest_dir}: {parent} is not "
+                                 "writable; choose another folder")
+
+
 def default_identifier(dest: Path) -> str:
     return "fetch-" + hashlib.sha256(str(dest).encode()).hexdigest()[:12]
 
@@ -219,6 +238,8 @@ def fetch(
     overwrite: bool = False,
     configuration: Configuration | None = None,
     timeout: float | None = None,
+    on_interrupt: str = "continue",
+    wait: bool = True,
 ) -> list[Path]:
     """Download ``urls`` into directory ``dest`` and return the final paths, in order.
 
@@ -241,6 +262,14 @@ def fetch(
         A background :class:`Configuration` to use instead of the default one.
     timeout
         Seconds to wait before giving up (the downloads go on in the session).
+    on_interrupt
+        What Ctrl-C (KeyboardInterrupt) while waiting means: ``"continue"`` (the
+        notebook default: the kernel is yours again and the downloads go on in the
+        transfer service) or ``"suspend"`` (the command-line default: the downloads
+        stop, resumable; calling ``fetch()`` again continues them).
+    wait
+        ``False``: start the downloads in the transfer service and return their paths
+        at once (``bgdl fetch --detach``).
 
     Raises
     ------
@@ -252,10 +281,22 @@ def fetch(
     url_list = [urls] if isinstance(urls, str) else list(urls)
     for url in url_list:
         check_url(url)
+    if on_interrupt not in ("continue", "suspend"):
+        raise InvalidInput(f"on_interrupt must be 'continue' or 'suspend', not {on_interrupt!r}")
     expected = _expected(url_list, sha256)
+    order = list(dict.fromkeys(url_list))
+    if len(order) != len(url_list):  # the same URL twice: one task, one file, the same path for both
+        digests: dict[str, str] = {}
+        for url, exp in zip(url_list, expected):
+            if exp is not None and digests.setdefault(url, exp) != exp:
+                raise InvalidInput(f"{url} is given twice with different sha256 values")
+        paths = fetch(order, dest, identifier=identifier, sha256=digests or None, progress=progress,
+                      overwrite=overwrite, configuration=configuration, timeout=timeout,
+                      on_interrupt=on_interrupt, wait=wait)
+        by_url = dict(zip(order, paths))
+        return [by_url[url] for url in url_list]
     dest_dir = Path(dest).expanduser().absolute()
-    if dest_dir.exists() and not dest_dir.is_dir():
-        raise InvalidDestination(f"dest {dest_dir} is a file; fetch() needs a directory")
+    _check_folder(dest_dir)
     names = _unique_names(url_list)
     config = configuration or Configuration.background(identifier or default_identifier(dest_dir))
     if not config.is_background:
@@ -298,13 +339,25 @@ def fetch(
     if len(done) == len(url_list):
         return [done[i] for i in range(len(url_list))]
 
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidDestination(f"cannot create the destination folder {dest_dir}: {exc.strerror or exc}") from None
+    if not os.access(dest_dir, os.W_OK | os.X_OK):
+        raise InvalidDestination(f"the destination folder {dest_dir} is not writable; choose another one")
     with _registry_lock:
         shared = (str(config.resolved_state_dir()), str(config.identifier)) in _registry
     session = Session(config)
     try:
         tasks = _tasks_for(session, url_list, names, expected, dest_dir, done, overwrite)
-        return _wait_all(tasks, url_list, names, manifest, done, progress, timeout)
+        if not wait:
+            return [dest_dir / name for name in names]
+        try:
+            return _wait_all(tasks, url_list, names, manifest, done, progress, timeout)
+        except KeyboardInterrupt:
+            if on_interrupt == "suspend":
+                session.suspend_all([t for t in tasks.values() if not t.done()])
+            raise
     finally:
         if not shared:
             session.close()

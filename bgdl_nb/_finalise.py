@@ -61,12 +61,30 @@ def _make_durable(paths: list[str]) -> None:
         fsync_path(path)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (at start-up, before other threads write files)
+    os.umask(mask)
+    return mask
+
+
 def _rename_all(moves: list[tuple[str, Path]]) -> list[OSError | None]:
-    """Rename each partial file into place, then sync each directory once (blocking)."""
+    """Rename each partial file into place, then sync each directory once (blocking).
+
+    Partial files are private (0600) while they are incomplete; a finished file gets the
+    mode any new file of the user would get (0666 less the umask), as wget and curl do."""
     results: list[OSError | None] = []
     folders: set[Path] = set()
+    mode = 0o666 & ~current_umask()
     for partial, target in moves:
         try:
+            os.chmod(partial, mode)
             os.replace(partial, target)
             folders.add(target.parent)
             results.append(None)

@@ -316,6 +316,12 @@ class Session:
     def _control(self, name: str, *args: Any) -> None:
         self._live_host.control(name, *args)
 
+    def suspend_all(self, tasks: Iterable[DownloadTask] | None = None) -> None:
+        """Suspend ``tasks`` (default: every unfinished task) in one call; they keep their
+        partial bytes and continue on ``resume()``."""
+        chosen = self.all_tasks() if tasks is None else list(tasks)
+        self._control("suspend_many", [t.task_identifier for t in chosen if not t.done()])
+
     def pause(self) -> None:
         """Stop every transfer and start none until :meth:`resume`; tasks keep their state
         (RUNNING, waiting with reason "session paused") and their partial bytes."""

@@ -14,20 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from importlib.metadata import version as _version
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
 from ._config import Configuration
-from ._exceptions import BgdlError, NetworkError, TransferTimeout, UnsupportedURL
+from ._exceptions import BgdlError, CannotConnect, NetworkError, TransferTimeout, UnsupportedURL
 
 __all__ = ["Opened", "check_url", "map_exceptions", "new_client", "open_response"]
 
 _CREDENTIAL_HEADERS = {"authorization", "cookie", "proxy-authorization"}
 _REDIRECTS = {301, 302, 303, 307, 308}
 READ_SIZE = 256 * 1024
+USER_AGENT = f"bgdl_nb/{_version('bgdl_nb')} aiohttp/{aiohttp.__version__}"
 
 
 def check_url(url: object, *, what: str = "URL") -> str:
@@ -70,9 +74,21 @@ def map_exceptions(url: str) -> Iterator[None]:
                               "it will be retried", url=url) from exc
     except aiohttp.ClientSSLError as exc:
         raise NetworkError(f"TLS failed for {url}: {exc}", url=url) from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise CannotConnect(f"cannot connect to {exc.host}:{exc.port} ({_why(exc.os_error)}); check that the "
+                            "server is up and the URL is right", url=url) from exc
     except (aiohttp.ClientError, ConnectionError, OSError) as exc:
         detail = str(exc) or type(exc).__name__
         raise NetworkError(f"connection to {url} failed: {detail}", url=url) from exc
+
+
+def _why(error: OSError | None) -> str:
+    """A few words for why a connection failed, without the client library's wording."""
+    if isinstance(error, socket.gaierror):
+        return "unknown host name"
+    if error is not None and error.errno:
+        return os.strerror(error.errno).lower()
+    return "no connection could be made"
 
 
 def new_client(config: Configuration) -> aiohttp.ClientSession:
@@ -85,7 +101,7 @@ def new_client(config: Configuration) -> aiohttp.ClientSession:
     )
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=config.timeout_interval_for_request)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
-                                 read_bufsize=READ_SIZE)
+                                 read_bufsize=READ_SIZE, headers={"User-Agent": USER_AGENT})
 
 
 @dataclass

@@ -14,6 +14,7 @@ import argparse
 import csv
 import datetime as _dt
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,18 +45,26 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         fields["http_maximum_connections_per_host"] = max(args.connections, 6)
     if args.max_concurrent:
         fields["max_concurrent_tasks"] = args.max_concurrent
-    config = None
-    if args.id or fields:
-        from ._fetch import default_identifier
-        identifier = args.id or default_identifier(Path(args.output).expanduser().absolute())
-        config = Configuration.background(identifier, **fields)
+    if args.retries is not None:
+        fields["max_retries"] = fields["connect_retries"] = args.retries
+    from ._fetch import default_identifier
+    identifier = args.id or default_identifier(Path(args.output).expanduser().absolute())
+    config = Configuration.background(identifier, **fields)
+    if not args.quiet:
+        print(f"bgdl: session {identifier} (run the same command to continue; `bgdl list --id {identifier}` "
+              "shows its tasks)", file=sys.stderr)
     sha = None
     if args.sha256:
         if len(args.sha256) != len(urls):
             raise InvalidInput(f"got {len(args.sha256)} --sha256 values for {len(urls)} URLs; give one per URL")
         sha = list(args.sha256)
     paths = fetch(urls, args.output, sha256=sha, progress=not args.quiet, configuration=config,
-                  overwrite=args.overwrite)
+                  overwrite=args.overwrite, on_interrupt="suspend", wait=not args.detach)
+    if args.detach:
+        print(f"bgdl: {len(paths)} download(s) continue in the transfer service; watch them with "
+              f"`bgdl list --id {identifier}`, stop them with `bgdl pause --id {identifier}`, and run the same "
+              "command without --detach to wait for them", file=sys.stderr)
+        return 0
     if not args.quiet:
         for path in paths:
             print(path)
@@ -70,9 +79,34 @@ def _journal(identifier: str) -> Path:
     return path
 
 
+def _sessions() -> int:
+    """Every session of the state directory, with its folder and how far it got."""
+    from collections import Counter
+
+    from ._config import state_dir
+    from ._journal import read_journal
+
+    journals = sorted((state_dir() / "sessions").glob("*.sqlite3"))
+    if not journals:
+        print(f"no sessions under {state_dir() / 'sessions'}")
+        return 0
+    print(f"{'session':<28} {'tasks':>6} {'done':>6} {'failed':>7}  folder")
+    for journal in journals:
+        identifier = journal.name[: -len(".sqlite3")]
+        tasks, _ = read_journal(journal, identifier)
+        folders = Counter(str(Path(t.destination).parent) for t in tasks if t.destination)
+        folder = folders.most_common(1)[0][0] if folders else "(inbox)"
+        outcomes = Counter(t.outcome for t in tasks)
+        print(f"{identifier:<28} {len(tasks):>6} {outcomes['done']:>6} {outcomes['failed']:>7}  {folder}")
+    print("show one with --id SESSION")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from ._journal import read_journal
 
+    if args.id is None:
+        return _sessions()
     tasks, _ = read_journal(_journal(args.id), args.id)
     print(f"{'id':>5}  {'state':<10} {'received':>14} {'total':>14}  {'status':>6}  url -> destination")
     for t in tasks:
@@ -87,6 +121,8 @@ def _cmd_events(args: argparse.Namespace) -> int:
     from ._events import EVENT_COLUMNS
     from ._journal import read_journal
 
+    if args.id is None:
+        return _sessions()
     _, events = read_journal(_journal(args.id), args.id)
     if args.csv:
         writer = csv.writer(sys.stdout)
@@ -194,15 +230,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connections per file, like aria2c -x (default: grow while throughput grows)")
     p.add_argument("--max-concurrent", type=int, metavar="N", help="files downloaded at once")
     p.add_argument("--overwrite", action="store_true", help="replace existing files not downloaded by bgdl")
+    p.add_argument("--retries", type=int, metavar="N", help="retries per file (default: 8, and 2 when the server "
+                                                             "cannot be reached at all)")
+    p.add_argument("--detach", action="store_true", help="hand the downloads to the transfer service and return")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, no output on success")
     p.set_defaults(func=_cmd_fetch)
 
-    p = sub.add_parser("list", help="list a session's tasks")
-    p.add_argument("--id", required=True)
+    p = sub.add_parser("list", help="list a session's tasks (without --id: the sessions)")
+    p.add_argument("--id")
     p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser("events", help="print a session's event log")
-    p.add_argument("--id", required=True)
+    p = sub.add_parser("events", help="print a session's event log (without --id: the sessions)")
+    p.add_argument("--id")
     p.add_argument("--csv", action="store_true", help="CSV with a header row")
     p.set_defaults(func=_cmd_events)
 
@@ -233,12 +272,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cli_words(message: str) -> str:
+    """Error messages name Python arguments; on the command line they are options."""
+    return message.replace("overwrite=True", "--overwrite").replace("pass --overwrite", "use --overwrite")
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM means stop, as Ctrl-C does
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "fetch":
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args))
     except InvalidInput as exc:
-        print(f"bgdl: error: {exc}", file=sys.stderr)
+        print(f"bgdl: error: {_cli_words(str(exc))}", file=sys.stderr)
         return 2
     except FetchError as exc:
         print(f"bgdl: {exc}", file=sys.stderr)
@@ -247,7 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bgdl: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("bgdl: interrupted; run the same command again to continue", file=sys.stderr)
+        print("bgdl: interrupted; the downloads are suspended with their partial bytes: run the same command "
+              "again to continue", file=sys.stderr)
         return 130
 
 

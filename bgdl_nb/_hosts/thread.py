@@ -243,7 +243,7 @@ class ThreadHost:
 
 
 CONTROLS = frozenset({"resume", "suspend", "cancel", "set_priority", "pause", "unpause", "set_bandwidth_limit",
-                      "configure"})
+                      "configure", "suspend_many"})
 """The engine methods a host forwards for ``task.resume()`` and friends."""
 
 

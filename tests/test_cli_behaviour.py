@@ -1,0 +1,122 @@
+"""The command line behaves like curl and wget: Ctrl-C stops, a dead server answers fast,
+duplicates collapse, bad input is one line with exit 2, files follow the umask."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import run_cli
+
+import bgdl_nb as bg
+from bgdl_nb._journal import journaled_bytes, read_journal
+
+from helpers import sha256_of, wait_until
+
+MB = 1024 * 1024
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:  # bound, then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_suspends_the_downloads_and_a_rerun_continues(origin, tmp_path, sig):
+    url = origin.url("ctrlc", 24 * MB, rate=4 * MB)
+    out = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, "-m", "bgdl_nb.cli", "fetch", url, "-o", str(out), "--id", "ctl",
+                              "--connections", "1"], stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    journal = bg.Configuration.background("ctl").journal_path()
+    wait_until(lambda: journaled_bytes(journal, "ctl") >= 2 * MB, timeout=60, what="2 MiB journaled")
+    child.send_signal(sig)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 130 and "suspended" in err and "run the same command" in err
+    assert "session ctl" in err  # it says which session it used
+    state = {t.state.value for t in read_journal(journal, "ctl")[0]}
+    assert state == {"suspended"}
+    served = origin.bytes_sent("ctrlc")
+    time.sleep(0.5)  # negative check: nothing keeps downloading after the interrupt  (bounded, not a sync)
+    assert origin.bytes_sent("ctrlc") == served
+    done = run_cli("fetch", url, "-o", str(out), "--id", "ctl", "--connections", "1", "-q")
+    assert done.returncode == 0, done.stderr
+    assert sha256_of(out / "ctrlc") == origin.sha256("ctrlc", 24 * MB)
+    assert origin.requests_for("ctrlc")[-1].headers.get("Range")  # continued, not from byte 0
+
+
+def test_a_dead_server_fails_in_about_a_second_with_a_plain_message(tmp_path):
+    url = f"http://127.0.0.1:{_dead_port()}/file.bin"
+    started = time.monotonic()
+    done = run_cli("fetch", url, "-o", str(tmp_path), "-q")
+    took = time.monotonic() - started
+    assert done.returncode == 1 and took < 15, (took, done.stderr)
+    assert "cannot connect to 127.0.0.1" in done.stderr and "connection refused" in done.stderr
+    assert "ssl:default" not in done.stderr and "ClientConnector" not in done.stderr
+    assert done.stderr.count(url) == 1  # each URL named once
+
+
+def test_the_same_url_twice_is_one_task_and_one_file(origin, tmp_path):
+    url = origin.url("dup", 100_000)
+    paths = bg.fetch([url, url], tmp_path, progress=False)
+    assert paths == [tmp_path / "dup", tmp_path / "dup"]
+    assert len(origin.requests_for("dup")) == 1 and sorted(p.name for p in tmp_path.iterdir()) == [
+        ".bgdl-manifest.json", "dup"]
+
+
+def test_a_digest_for_a_url_not_fetched_is_refused_before_any_io(origin, tmp_path):
+    url = origin.url("a", 100)
+    with pytest.raises(bg.InvalidInput, match="not being fetched"):
+        bg.fetch([url], tmp_path / "x", sha256={url + "&typo=1": "0" * 64}, progress=False)
+    assert origin.log == [] and not (tmp_path / "x").exists()
+
+
+def test_finished_files_follow_the_umask_and_partials_stay_private(origin, tmp_path):
+    old = os.umask(0o022)
+    try:
+        session = bg.Session(bg.Configuration.default(connections_per_file=1))
+        task = session.download_task(origin.url("mode", 4 * MB, rate=4 * MB), tmp_path / "mode").resume()
+        wait_until(lambda: list(tmp_path.glob(".mode.*.bgdl-part")), what="the partial file")
+        partial = next(tmp_path.glob(".mode.*.bgdl-part"))
+        assert stat.S_IMODE(partial.stat().st_mode) == 0o600
+        task.wait(30)
+        assert stat.S_IMODE((tmp_path / "mode").stat().st_mode) == 0o644  # like wget and curl
+        session.close()
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("target", ["/proc/bgdl-cannot-exist", "/dev/null/x"])
+def test_an_output_folder_that_cannot_be_made_is_one_line_and_exit_2(origin, target):
+    done = run_cli("fetch", origin.url("z", 10), "-o", target)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("bgdl: error")]
+    assert len(lines) == 1 and "Traceback" not in done.stderr and target in lines[0]
+
+
+def test_cli_words_list_without_id_and_user_agent(origin, tmp_path):
+    url = origin.url("w", 100)
+    (tmp_path / "w").write_bytes(b"someone else's")
+    done = run_cli("fetch", url, "-o", str(tmp_path), "--id", "words")
+    assert done.returncode == 2 and "--overwrite" in done.stderr and "overwrite=True" not in done.stderr
+    assert run_cli("fetch", url, "-o", str(tmp_path / "ok"), "--id", "words2", "-q").returncode == 0
+    sessions = run_cli("list")
+    assert sessions.returncode == 0 and "words2" in sessions.stdout and str(tmp_path / "ok") in sessions.stdout
+    agent = origin.requests_for("w")[-1].headers["User-Agent"]
+    assert agent.startswith(f"bgdl_nb/{bg.__version__} ")
+
+
+def test_detach_hands_the_job_to_the_service_and_returns(origin, tmp_path):
+    url = origin.url("det", 8 * MB, rate=4 * MB)
+    started = time.monotonic()
+    done = run_cli("fetch", url, "-o", str(tmp_path), "--id", "det", "--detach")
+    assert done.returncode == 0 and time.monotonic() - started < 10
+    assert "bgdl pause --id det" in done.stderr and not (tmp_path / "det").exists()
+    finished = run_cli("fetch", url, "-o", str(tmp_path), "--id", "det", "-q")
+    assert finished.returncode == 0 and sha256_of(tmp_path / "det") == origin.sha256("det", 8 * MB)
