@@ -36,9 +36,10 @@ if TYPE_CHECKING:
     from ._attempt import Reporter, TaskRun
     from ._config import Configuration
 
-__all__ = ["MIN_SEGMENT", "Segment", "Segmented", "SegmentsChanged", "split", "steal"]
+__all__ = ["MIN_SEGMENT", "Segment", "Segmented", "SegmentsChanged", "compact", "split", "steal", "take"]
 
-MIN_SEGMENT = 2 * 1024 * 1024
+MIB = 1024 * 1024
+MIN_SEGMENT = 2 * MIB
 """A segment is never split below this size: a new connection costs a round trip."""
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+)\s*$", re.IGNORECASE)
@@ -49,11 +50,13 @@ _SEGMENT_RETRIES = 4     # a segment's connection may fail this often before the
 
 @dataclass
 class Segment:
-    """Bytes ``[start, end)`` of the file; ``pos`` is how far they are written."""
+    """Bytes ``[start, end)`` of the file; ``pos`` is how far they are written; ``owned``
+    while a connection is writing them."""
 
     start: int
     end: int
     pos: int
+    owned: bool = False
 
     @property
     def remaining(self) -> int:
@@ -64,23 +67,55 @@ class Segment:
 
 
 def split(total: int, segments: list[list[int]] | None) -> list[Segment]:
-    """The segments of a file of ``total`` bytes: the journaled ones, or one for all of it."""
+    """The regions of a file of ``total`` bytes: the journaled ones, or one for all of it."""
     if segments:
-        return [Segment(int(s), int(e), int(p)) for s, e, p in segments]
+        return sorted((Segment(int(s), int(e), int(p)) for s, e, p in segments), key=lambda g: g.start)
     return [Segment(0, total, 0)]
 
 
+def take(segments: list[Segment], piece: int) -> Segment | None:
+    """The next piece for an idle connection: the first bytes nobody writes, in file order
+    (so the digest's contiguous prefix keeps growing); ``None`` when every byte has a writer."""
+    for i, seg in enumerate(segments):
+        if seg.owned or not seg.remaining:
+            continue
+        if seg.remaining <= piece + piece // 2:
+            seg.owned = True
+            return seg
+        new = Segment(seg.pos, seg.pos + piece, seg.pos, owned=True)
+        if seg.pos > seg.start:  # a journaled region with bytes done: keep them as a finished region
+            done = Segment(seg.start, seg.pos, seg.pos)
+            segments[i:i + 1] = [done, new]
+            i += 1
+        else:
+            segments[i:i + 1] = [new]
+        segments.insert(i + 1, Segment(new.end, seg.end, new.end))
+        return new
+    return None
+
+
 def steal(segments: list[Segment], minimum: int = MIN_SEGMENT) -> Segment | None:
-    """Take the second half of the largest remaining segment as a new segment (the
-    victim's ``end`` shrinks); ``None`` when nothing is worth splitting."""
-    victim = max(segments, key=lambda s: s.remaining, default=None)
+    """Take the second half of the largest remaining piece under way as a new piece (its
+    ``end`` shrinks), for the tail of the file; ``None`` when nothing is worth splitting."""
+    victim = max((s for s in segments if s.owned), key=lambda s: s.remaining, default=None)
     if victim is None or victim.remaining < 2 * minimum:
         return None
     middle = victim.pos + victim.remaining // 2
-    new = Segment(middle, victim.end, middle)
+    new = Segment(middle, victim.end, middle, owned=True)
     victim.end = middle
-    segments.append(new)
+    segments.insert(segments.index(victim) + 1, new)
     return new
+
+
+def compact(segments: list[Segment]) -> list[list[int]]:
+    """The journal's form: finished neighbours merged, every unfinished region as it is."""
+    out: list[list[int]] = []
+    for seg in segments:
+        if out and out[-1][2] == out[-1][1] == seg.start and seg.pos == seg.end:
+            out[-1][1] = out[-1][2] = seg.end
+        else:
+            out.append(seg.as_list())
+    return out
 
 
 class SegmentsChanged(Exception):
@@ -95,7 +130,7 @@ Opener = Callable[[dict[str, str]], Any]  # headers -> async context manager of 
 
 
 class Segmented:
-    """Downloads the rest of one file over several connections."""
+    """Downloads the rest of one file over several connections, piece by piece in order."""
 
     def __init__(self, run: TaskRun, report: Reporter, config: Configuration, fd: int, total: int,
                  validator: str, opener: Opener, hashing: Any, hasher: Any) -> None:
@@ -104,43 +139,47 @@ class Segmented:
         self.opener = opener
         self.hashing, self.hasher = hashing, hasher
         self.segments = split(total, run.record.segments)
-        self.journaled = {id(s): s.pos for s in self.segments}
+        self.limit = config.connections_per_file or config.http_maximum_connections_per_host
+        self.piece = max(MIN_SEGMENT, min(16 * 1024 * 1024, total // (self.limit * 8)))
         self.hashed = 0  # the digest has seen (or is being fed) bytes [0, hashed)
         self._hash_job: asyncio.Future[None] | None = None
-        self.limit = config.connections_per_file or config.http_maximum_connections_per_host
         self.workers: set[asyncio.Task[None]] = set()
         self.failures = 0
         self.error: BaseException | None = None
         self._target = 1
-        self.reported = self.received()
+        self._received = sum(g.pos - g.start for g in self.segments)
+        self._unjournaled = 0
+        self.reported = self._received
 
     # progress -------------------------------------------------------------------------------
 
     def received(self) -> int:
-        """Bytes written: the segments always cover the whole file between them."""
-        return sum(s.pos - s.start for s in self.segments)
+        """Bytes written (the regions always cover the whole file between them)."""
+        return self._received
 
     def _checkpoint(self, force: bool = False) -> None:
-        """Journal every segment's offset once one of them ran a checkpoint ahead."""
+        """Journal every region's offset once a checkpoint's worth of bytes is unjournaled,
+        so a crash re-fetches at most that much per connection."""
         from ._attempt import CHECKPOINT_BYTES
-        if force or any(s.pos - self.journaled.get(id(s), s.start) >= CHECKPOINT_BYTES for s in self.segments):
-            self.report.update(segments=[s.as_list() for s in self.segments], offset=self.received())
-            for s in self.segments:
-                self.journaled[id(s)] = s.pos
+        if force or self._unjournaled >= CHECKPOINT_BYTES:
+            self.report.update(segments=compact(self.segments), offset=self._received)
+            self._unjournaled = 0
 
     # running ---------------------------------------------------------------------------------
 
     async def run_all(self, first: Any | None) -> None:
-        """Finish the file. ``first`` is an open response for segment 0 (bytes from 0), or
-        ``None`` when continuing journaled segments."""
+        """Finish the file. ``first`` is an open response for the whole file from byte 0
+        (its connection keeps streaming while the pieces after it are free), or ``None``
+        when continuing journaled regions."""
         if os.fstat(self.fd).st_size < self.total:
-            os.ftruncate(self.fd, self.total)  # preallocated: every segment writes in place
-        self._checkpoint(force=True)
+            os.ftruncate(self.fd, self.total)  # preallocated: every piece writes in place
         if first is not None:
-            self._spawn(self._stream(self.segments[0], first))
+            head = take(self.segments, self.piece)
+            assert head is not None
+            self._spawn(self._worker(head, first))
         else:
-            for segment in [s for s in self.segments if s.remaining]:
-                self._spawn(self._fetch(segment))
+            self._spawn(self._worker(None, None))
+        self._checkpoint(force=True)
         grower = asyncio.get_running_loop().create_task(self._grow())
         digest = asyncio.get_running_loop().create_task(self._follow())
         try:
@@ -150,27 +189,22 @@ class Segmented:
                     self.workers.discard(job)
                     if not job.cancelled() and job.exception() is not None and self.error is None:
                         self.error = job.exception()
-                if self.error is None and len(self.workers) < self._wanted():
-                    new = steal(self.segments)
-                    if new is not None:
-                        self._spawn(self._fetch(new))
+                if self.error is None and not self.workers and any(g.remaining for g in self.segments):
+                    self._spawn(self._worker(None, None))  # every connection failed over: start again
             if self.error is not None:
                 raise self.error
-            if any(s.remaining for s in self.segments):
-                raise NetworkError(f"segments of {self.run.record.url} ended early", url=self.run.record.url)
         finally:
             grower.cancel()
             digest.cancel()
             for job in self.workers:
                 job.cancel()
             await asyncio.gather(grower, digest, *self.workers, return_exceptions=True)
+            for seg in self.segments:
+                seg.owned = False
             self._checkpoint(force=True)
             self.progress()
         await self._hash_to(self.total)
         self.run.hasher, self.run.hashed, self.run.hashing = self.hasher, self.total, None
-
-    def _wanted(self) -> int:
-        return self._target
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         self.workers.add(asyncio.get_running_loop().create_task(coro))  # type: ignore[arg-type]
@@ -178,17 +212,16 @@ class Segmented:
     async def _grow(self) -> None:
         """Add connections while the file's throughput still grows (or up to the fixed count)."""
         fixed = self.config.connections_per_file
-        self._target = max(1, len(self.workers))
         if fixed is not None:
             self._target = fixed
             self._fill()
-            self.report.emit(EventKind.SEGMENTED, total_bytes_written=self.received(),
-                             detail=f"{fixed} connections (connections_per_file)")
+            self.report.emit(EventKind.SEGMENTED, total_bytes_written=self._received,
+                             detail=f"{fixed} connections (connections_per_file), pieces of {self.piece // MIB} MiB")
             return
-        best, last, at = 0.0, self.received(), time.monotonic()
+        best, last, at = 0.0, self._received, time.monotonic()
         while self._target < self.limit:
             await asyncio.sleep(_WINDOW)
-            now, got = time.monotonic(), self.received()
+            now, got = time.monotonic(), self._received
             rate, last, at = (got - last) / max(1e-6, now - at), got, now
             if rate < best * _GROWTH and self._target > 1:
                 self.report.emit(EventKind.SEGMENTED, total_bytes_written=got, detail=(
@@ -197,15 +230,31 @@ class Segmented:
             best = max(best, rate)
             self._target = min(self.limit, self._target * 2)  # doubling: 16 connections in 1 s
             self._fill()
-        self.report.emit(EventKind.SEGMENTED, total_bytes_written=self.received(),
-                         detail=f"{self._target} connections (the per-host limit)")
+        self.report.emit(EventKind.SEGMENTED, total_bytes_written=self._received,
+                         detail=f"{self._target} connections (the limit), pieces of {self.piece // MIB} MiB")
 
     def _fill(self) -> None:
-        while len(self.workers) < self._target:
-            new = steal(self.segments)
-            if new is None:
+        while len(self.workers) < self._target and any(g.remaining and not g.owned for g in self.segments):
+            self._spawn(self._worker(None, None))
+
+    def _next(self) -> Segment | None:
+        return take(self.segments, self.piece) or steal(self.segments)
+
+    async def _worker(self, piece: Segment | None, first: Any | None) -> None:
+        """One connection: pieces one after another until none is left."""
+        if piece is not None and first is not None:
+            try:
+                await self._stream(piece, first, open_ended=True)
+            finally:
+                first.abort()  # the rest of that body belongs to other pieces: stop it arriving
+        while True:
+            piece = self._next()
+            if piece is None:
                 return
-            self._spawn(self._fetch(new))
+            try:
+                await self._fetch(piece)
+            finally:
+                piece.owned = False
 
     async def _fetch(self, segment: Segment) -> None:
         """Request ``segment``'s remaining bytes (retrying a few times) and write them."""
@@ -214,7 +263,7 @@ class Segmented:
             try:
                 async with self.opener(headers) as resp:
                     self._check(resp, segment)
-                    await self._stream(segment, resp)
+                    await self._stream(segment, resp, open_ended=False)
             except (NetworkError, TransferError) as exc:
                 if isinstance(exc, SegmentsChanged):
                     raise
@@ -238,26 +287,49 @@ class Segmented:
         if etag is not None and self.validator.startswith('"') and etag != self.validator:
             raise SegmentsChanged(f"validator changed from {self.validator} to {etag}")
 
-    async def _stream(self, segment: Segment, resp: Any) -> None:
+    def _extend(self, segment: Segment) -> bool:
+        """An open-ended response reached its piece's end: take the next piece if nobody
+        has it (the first connection streams on instead of asking again)."""
+        index = self.segments.index(segment)
+        if index + 1 < len(self.segments):
+            after = self.segments[index + 1]
+            if not after.owned and after.start == segment.end and after.pos == after.start and after.remaining:
+                piece = take(self.segments, self.piece)
+                if piece is after or (piece is not None and piece.start == segment.end):
+                    assert piece is not None
+                    self.segments.remove(piece)
+                    segment.end = piece.end
+                    return True
+                if piece is not None:
+                    piece.owned = False
+        return False
+
+    async def _stream(self, segment: Segment, resp: Any, *, open_ended: bool) -> None:
         """Write a response body at ``segment.pos`` until the segment's (possibly shrunk) end."""
+        segment.owned = True
         async for chunk in resp.chunks():
-            room = segment.end - segment.pos
-            if room <= 0:
-                break
-            data = memoryview(chunk)[:room]
-            written = 0
-            while written < len(data):
-                written += os.pwrite(self.fd, data[written:], segment.pos + written)
-            segment.pos += len(data)
-            self.run.received = self.received()
-            pause = self.report.throttle(len(data))
+            data = memoryview(chunk)
+            while data:
+                room = segment.end - segment.pos
+                if room <= 0 and not (open_ended and self._extend(segment)):
+                    segment.owned = False
+                    return
+                part = data[:segment.end - segment.pos]
+                written = 0
+                while written < len(part):
+                    written += os.pwrite(self.fd, part[written:], segment.pos + written)
+                segment.pos += len(part)
+                self._received += len(part)
+                self._unjournaled += len(part)
+                data = data[len(part):]
+            self.run.received = self._received
+            pause = self.report.throttle(len(chunk))
             if pause > 0:
                 await asyncio.sleep(pause)
             self._checkpoint()
-            if segment.pos >= segment.end:
-                break
+        segment.owned = False
         if segment.remaining:
-            raise NetworkError(f"connection closed inside a segment of {self.run.record.url}",
+            raise NetworkError(f"connection closed inside a piece of {self.run.record.url}",
                                url=self.run.record.url)
 
     # the digest ------------------------------------------------------------------------------

@@ -119,6 +119,12 @@ class Opened:
         """The whole body was read."""
         return self._complete
 
+    def abort(self) -> None:
+        """Stop reading now: the connection is closed, not reused (the rest of the body
+        would otherwise keep arriving)."""
+        if not self._complete:
+            self._response.close()
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as sent, chunk by chunk."""
         with map_exceptions(self.url):

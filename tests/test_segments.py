@@ -16,25 +16,38 @@ from conftest import run_cli
 import bgdl_nb as bg
 from bgdl_nb._attempt import CHECKPOINT_BYTES
 from bgdl_nb._journal import read_journal
-from bgdl_nb._segments import MIN_SEGMENT, Segment, split, steal
+from bgdl_nb._segments import MIN_SEGMENT, Segment, compact, split, steal, take
 
 from helpers import sha256_of, wait_until
 
 MB = 1024 * 1024
 
 
-def test_steal_takes_half_of_the_largest_remaining_segment():
+def test_pieces_are_taken_in_file_order_and_the_tail_is_stolen():
     segments = split(100 * MB, None)
-    new = steal(segments)
-    assert (segments[0].end, new.start, new.end) == (50 * MB, 50 * MB, 100 * MB)
-    segments[0].pos = 40 * MB  # the first segment has 10 MiB left, the new one 50
-    newer = steal(segments)
-    assert (newer.start, newer.end, new.end) == (75 * MB, 100 * MB, 75 * MB)
-    tiny = [Segment(0, 3 * MIN_SEGMENT, 3 * MIN_SEGMENT - 1)]
+    first, second = take(segments, 8 * MB), take(segments, 8 * MB)
+    assert (first.start, first.end, second.start, second.end) == (0, 8 * MB, 8 * MB, 16 * MB)
+    assert segments[-1].start == 16 * MB and not segments[-1].owned  # the rest waits, in order
+    first.pos = first.end
+    assert compact(segments) == [[0, 8 * MB, 8 * MB], [8 * MB, 16 * MB, 8 * MB], [16 * MB, 100 * MB, 16 * MB]]
+    while take(segments, 8 * MB) is not None:
+        pass
+    assert all(s.owned or s.pos == s.end for s in segments)
+    victim = max((s for s in segments if s.owned), key=lambda s: s.remaining)
+    stolen = steal(segments)
+    assert stolen.start == victim.end and stolen.end - stolen.start >= MIN_SEGMENT
+    tiny = [Segment(0, 3 * MIN_SEGMENT, 3 * MIN_SEGMENT - 1, owned=True)]
     assert steal(tiny) is None  # never split what a new connection cannot pay for
-    covered = sorted((s.start, s.end) for s in segments)
+    covered = [(s.start, s.end) for s in segments]
     assert covered[0][0] == 0 and covered[-1][1] == 100 * MB
     assert all(a[1] == b[0] for a, b in itertools.pairwise(covered))  # no gap, no overlap
+
+
+def test_journaled_regions_continue_where_they_stopped():
+    segments = split(40 * MB, [[0, 8 * MB, 8 * MB], [8 * MB, 16 * MB, 11 * MB], [16 * MB, 40 * MB, 16 * MB]])
+    piece = take(segments, 8 * MB)
+    assert (piece.start, piece.pos, piece.end) == (8 * MB, 11 * MB, 16 * MB)  # a half-done piece goes first
+    assert take(segments, 8 * MB).start == 16 * MB
 
 
 def test_a_capped_origin_is_fetched_over_several_connections(origin, tmp_path):
