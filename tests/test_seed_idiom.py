@@ -64,7 +64,7 @@ def test_task_properties_set_between_download_task_and_resume(origin, tmp_path):
     assert task.waiting_reason == "earliest begin date"
     task.wait(30)
     assert origin.log[0].time >= started + 0.3  # the begin date held
-    with pytest.raises(bg.InvalidInput, match="already started.*earliest_begin_date"):
+    with pytest.raises(bg.InvalidInput, match=r"already started.*earliest_begin_date"):
         task.earliest_begin_date = time.time() + 60
     with pytest.raises(AttributeError, match="did you mean 'count_of_bytes_client_expects_to_send'"):
         task.count_of_bytes_client_expect_to_send = 1  # a typo is an error, never a silent attribute
