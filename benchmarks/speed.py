@@ -24,6 +24,7 @@ Needs: nginx, curl, wget, aria2c, GNU time (Debian: nginx-light curl wget aria2 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
@@ -33,11 +34,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 MIB = 1024 * 1024
+RUN_TIMEOUT = 120  # seconds; curl --parallel has been seen to stall with thousands of URLs here
 
 AIOHTTP_ONE = """
 import asyncio, sys, aiohttp
@@ -100,6 +102,19 @@ http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
     return proc, f"http://127.0.0.1:{port}", sock
 
 
+@contextlib.contextmanager
+def serving(base: Path) -> Iterator[str]:
+    """nginx over ``base / "www"`` for the duration of the block; ``base`` is removed after."""
+    nginx, url, sock = _nginx(base / "www", base / "nginx")
+    try:
+        yield url
+    finally:
+        nginx.terminate()
+        nginx.wait()
+        sock.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def _write_file(path: Path, size: int, seed: str) -> None:
     block = hashlib.shake_256(seed.encode()).digest(min(size, MIB))
     with open(path, "wb") as f:
@@ -155,7 +170,14 @@ def _run(tool: Tool, out: Path, base: Path) -> tuple[float, float, float]:
     stats = base / "time.txt"
     cmd = ["/usr/bin/time", "-o", str(stats), "-f", "%e %U %S %M", *tool.command(out)]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                       timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return float("nan"), float("nan"), float("nan")  # reported as a hang, not as a speed
+    finally:
+        if service_pid is not None and not (state / "run" / "service.pid").exists():
+            service_pid = None
     wall = time.perf_counter() - start
     _, user, system, rss_kb = stats.read_text().split()[-4:]
     cpu, rss = float(user) + float(system), int(rss_kb) / 1024
@@ -221,8 +243,8 @@ def scenarios(base: Path, url: str, size: int, files: int, tiny: int) -> list[Sc
              service=True),
     ]
     tiny_tools = [
-        Tool("curl --parallel (16)", lambda o: ["sh", "-c", f"cd {o} && xargs -n 2000 curl -s --parallel "
-                                                            f"--parallel-max 16 --remote-name-all < {tinies}"]),
+        Tool("xargs -P16 curl", lambda o: ["sh", "-c", f"cd {o} && xargs -P16 -n 125 curl -s --remote-name-all "
+                                                       f"< {tinies}"]),
         Tool("bgdl fetch (service, 16 at once)", _bgdl(tinies, "--max-concurrent", "16", "--connections", "16"),
              service=True),
     ]
@@ -239,15 +261,18 @@ def _table(results: list[Scenario], rounds: int) -> str:
     lines = [f"| scenario | tool | median | range ({rounds} rounds) | CPU | peak RSS |", "|---|---|---|---|---|---|"]
     for sc in results:
         for tool in sc.tools:
-            runs = sc.runs.get(tool.name, [])
+            runs = [r for r in sc.runs.get(tool.name, []) if r[0] == r[0]]  # NaN: the run hung
+            hung = len(sc.runs.get(tool.name, [])) - len(runs)
             if not runs:
+                lines.append(f"| {sc.name} | {tool.name} | hung ({hung} of {rounds} runs) | | | |")
                 continue
             rates = [sc.amount / w / (1e6 if sc.unit == "MB/s" else 1) for w, _, _ in runs]
             cpu = statistics.median(c for _, c, _ in runs)
             cost = f"{cpu / (sc.nbytes / 1e9):.2f} s/GB" if sc.unit == "MB/s" else f"{cpu / sc.amount * 1e3:.2f} ms/file"
             rss = max(r for _, _, r in runs)
             lines.append(f"| {sc.name} | {tool.name} | {statistics.median(rates):,.0f} {sc.unit} | "
-                         f"{min(rates):,.0f}–{max(rates):,.0f} | {cost} | {rss:,.0f} MB |")
+                         f"{min(rates):,.0f}–{max(rates):,.0f}{f' ({hung} hung)' if hung else ''} | {cost} | "
+                         f"{rss:,.0f} MB |")
     return "\n".join(lines)
 
 
@@ -268,32 +293,30 @@ def main() -> None:
         _write_file(www / "many" / f"f{i:05d}.bin", 100 * 1024, f"small{i}")
     for i in range(args.tiny):
         _write_file(www / "tiny" / f"t{i:05d}.bin", 1024, f"tiny{i}")
-    nginx, url, sock = _nginx(www, base / "nginx")
+    with serving(base) as url:
+        _measure(base, url, args)
+
+
+def _measure(base: Path, url: str, args: argparse.Namespace) -> None:
     results = scenarios(base, url, args.size_mib * MIB, args.files, args.tiny)
     if args.only:
         results = [sc for sc in results if sc.name[0] in args.only]
     print(f"# {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, nginx on loopback, {args.rounds} rounds "
           "interleaved", flush=True)
-    try:
-        for sc in results:
-            for r in range(args.rounds):
-                for i, tool in enumerate(sc.tools):
-                    out = base / "out" / f"{sc.name[0]}{i}"
-                    shutil.rmtree(out, ignore_errors=True)
-                    out.mkdir(parents=True)
-                    wall, cpu, rss = _run(tool, out, base)
-                    sc.runs.setdefault(tool.name, []).append((wall, cpu, rss))
-                    rate = sc.amount / wall / (1e6 if sc.unit == "MB/s" else 1)
-                    print(f"  {sc.name[:2]} round {r + 1} {tool.name:38} {wall:7.2f} s {rate:9,.0f} {sc.unit} "
-                          f"CPU {cpu:6.2f} s RSS {rss:5.0f} MB", flush=True)
-                    shutil.rmtree(out, ignore_errors=True)
-        print()
-        print(_table(results, args.rounds))
-    finally:
-        nginx.terminate()
-        nginx.wait()
-        sock.close()
-        shutil.rmtree(base, ignore_errors=True)
+    for sc in results:
+        for r in range(args.rounds):
+            for i, tool in enumerate(sc.tools):
+                out = base / "out" / f"{sc.name[0]}{i}"
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir(parents=True)
+                wall, cpu, rss = _run(tool, out, base)
+                sc.runs.setdefault(tool.name, []).append((wall, cpu, rss))
+                rate = sc.amount / wall / (1e6 if sc.unit == "MB/s" else 1)
+                print(f"  {sc.name[:2]} round {r + 1} {tool.name:38} {wall:7.2f} s {rate:9,.0f} {sc.unit} "
+                      f"CPU {cpu:6.2f} s RSS {rss:5.0f} MB", flush=True)
+                shutil.rmtree(out, ignore_errors=True)
+    print()
+    print(_table(results, args.rounds))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ._attempt import CHECKPOINT_BYTES, Attempt, RestartNeeded, RetryableStatus, TaskRun
@@ -41,7 +41,6 @@ from ._exceptions import (
     CannotConnect,
     DiskFull,
     HTTPStatusError,
-    InvalidInput,
     NetworkError,
     TransferError,
     TransferTimeout,
@@ -61,9 +60,6 @@ __all__ = ["CHECKPOINT_BYTES", "Engine", "Sink", "Snapshot"]
 log = logging.getLogger("bgdl_nb")
 
 _MAX_RESTARTS = 5
-_PUBLIC = {"earliest_begin_date": "earliest_begin_date", "expected_bytes": "count_of_bytes_client_expects_to_receive",
-           "expected_send_bytes": "count_of_bytes_client_expects_to_send"}
-_CONFIGURABLE = frozenset(_PUBLIC)
 _COUNTS_INTERVAL = 0.25
 
 
@@ -262,18 +258,6 @@ class Engine(EngineBase):
         self._schedule()
         return data
 
-    def configure(self, tid: int, changes: dict[str, Any]) -> Snapshot:
-        """Set fields of a task that has never run (seed: between downloadTask(with:) and resume())."""
-        run = self._runs[tid]
-        unknown = set(changes) - _CONFIGURABLE
-        if unknown:
-            raise InvalidInput(f"{', '.join(sorted(unknown))} cannot be set on a task")
-        if run.record.state is not TaskState.SUSPENDED or run.resumed_once:
-            raise InvalidInput(f"task {tid} has already started; set {', '.join(_PUBLIC[k] for k in changes)} "
-                               "between download_task() and the first resume()")
-        self._set(run, **changes)
-        return self.snapshot(tid)  # no event: the host shows the change from the reply
-
     def set_priority(self, tid: int, priority: float) -> None:
         self._set(self._runs[tid], priority=priority)
         self.scheduler.set_priority(tid, priority)
@@ -432,19 +416,3 @@ class Engine(EngineBase):
             if self._jobs.get(tid) is asyncio.current_task():
                 del self._jobs[tid]
             self._schedule()
-
-    def _recover_finalised(self, run: TaskRun) -> bool:
-        """A process died between renaming a finished file and journaling it: finish the job."""
-        rec = run.record
-        target = Path(rec.location or "")
-        if not Path(rec.partial_path).exists() and target.is_file() and \
-                (rec.total is None or target.stat().st_size == rec.total):
-            run.received = rec.offset = target.stat().st_size
-            journaled = self.store.events(0, rec.task_identifier)
-            if not journaled or journaled[-1].event != EventKind.FINISHED.value:  # else the backlog delivers it
-                self._emit(EventKind.FINISHED, run, total_bytes_written=rec.offset, total_bytes_expected=rec.total,
-                           detail=str(target))
-            self._complete(run, None)
-            return True
-        self._set(run, location=None, digest=None)
-        return False

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ._attempt import TaskRun
 from ._config import Configuration
 from ._events import Event, EventKind
-from ._exceptions import BgdlError, ChecksumMismatch
+from ._exceptions import BgdlError, ChecksumMismatch, InvalidInput
 from ._files import unlink
 from ._journal import Store
 from ._resume import ResumeState, Validator, encode_resume_data
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 __all__ = ["GROUP_COMMIT_WINDOW", "EngineBase", "Sink", "Snapshot"]
 
 log = logging.getLogger("bgdl_nb")
+
+_PUBLIC = {"earliest_begin_date": "earliest_begin_date", "expected_bytes": "count_of_bytes_client_expects_to_receive",
+           "expected_send_bytes": "count_of_bytes_client_expects_to_send"}
+_CONFIGURABLE = frozenset(_PUBLIC)
 
 GROUP_COMMIT_WINDOW = 0.01
 """Seconds journal writes gather in one transaction before it commits and its events are
@@ -306,3 +310,33 @@ class EngineBase:
             self._emit(EventKind.FINISHED, run, total_bytes_written=run.received,
                        total_bytes_expected=run.record.total, detail=leader["location"])
         self._complete(run, None if error is None else BgdlError.from_dict(error))
+
+    # records outside the transfer ------------------------------------------------------------
+
+    def configure(self, tid: int, changes: dict[str, Any]) -> Snapshot:
+        """Set fields of a task that has never run (seed: between downloadTask(with:) and resume())."""
+        run = self._runs[tid]
+        unknown = set(changes) - _CONFIGURABLE
+        if unknown:
+            raise InvalidInput(f"{', '.join(sorted(unknown))} cannot be set on a task")
+        if run.record.state is not TaskState.SUSPENDED or run.resumed_once:
+            raise InvalidInput(f"task {tid} has already started; set {', '.join(_PUBLIC[k] for k in changes)} "
+                               "between download_task() and the first resume()")
+        self._set(run, **changes)
+        return self.snapshot(tid)  # no event: the host shows the change from the reply
+
+    def _recover_finalised(self, run: TaskRun) -> bool:
+        """A process died between renaming a finished file and journaling it: finish the job."""
+        rec = run.record
+        target = Path(rec.location or "")
+        if not Path(rec.partial_path).exists() and target.is_file() and \
+                (rec.total is None or target.stat().st_size == rec.total):
+            run.received = rec.offset = target.stat().st_size
+            journaled = self.store.events(0, rec.task_identifier)
+            if not journaled or journaled[-1].event != EventKind.FINISHED.value:  # else the backlog delivers it
+                self._emit(EventKind.FINISHED, run, total_bytes_written=rec.offset, total_bytes_expected=rec.total,
+                           detail=str(target))
+            self._complete(run, None)
+            return True
+        self._set(run, location=None, digest=None)
+        return False

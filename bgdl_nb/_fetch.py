@@ -6,38 +6,35 @@ continues unfinished tasks from their partial files, never creates a second task
 URL and destination, and never downloads again a file that the manifest says is
 complete and whose size and modification time still match.
 
-The manifest (``.bgdl-manifest.json`` in the destination directory) records, per file,
-the URL, the final URL after redirects, the validator, the size, the sha256 and the
-completion time. It is rewritten atomically after every file that completes.
+The manifest and the decision about files already at the destination are in
+:mod:`bgdl_nb._manifest`; new tasks are created in one call
+(:meth:`~bgdl_nb.Session.download_tasks`). The manifest is saved at most twice a second
+while files complete, so thousands of small files cost linear work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as _dt
-import enum
 import hashlib
-import json
 import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ._config import Configuration
 from ._exceptions import BgdlError, FetchError, InvalidDestination, InvalidInput
+from ._manifest import FileAction, FileFacts, Manifest, file_action, sha256_file
 from ._progress import finished_batches, progress_display
 from ._session import Session, _registry, _registry_lock
 from ._states import TaskState
 from ._task import DownloadTask
 from ._transfer import check_url
 
-__all__ = ["FileAction", "FileFacts", "Manifest", "fetch", "fetch_async", "file_action", "file_name_for"]
+__all__ = ["fetch", "fetch_async", "file_name_for"]
 
-MANIFEST_NAME = ".bgdl-manifest.json"
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
 
@@ -60,119 +57,6 @@ def _unique_names(urls: Sequence[str]) -> list[str]:
             name = f"{stem}-{hashlib.sha256(url.encode()).hexdigest()[:8]}{dot}{ext}"
         result.append(name)
     return result
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(4 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@dataclass
-class ManifestEntry:
-    url: str
-    final_url: str
-    validator: str | None
-    size: int
-    sha256: str
-    completed: str
-    mtime_ns: int
-
-    def matches(self, path: Path) -> bool:
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return False
-        return st.st_size == self.size and st.st_mtime_ns == self.mtime_ns
-
-
-class Manifest:
-    """The record of completed files in one destination directory."""
-
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / MANIFEST_NAME
-        self.files: dict[str, ManifestEntry] = {}
-        try:
-            data = json.loads(self.path.read_text())
-            for name, entry in data.get("files", {}).items():
-                self.files[name] = ManifestEntry(**entry)
-        except FileNotFoundError:
-            pass
-        except (ValueError, TypeError) as exc:
-            raise InvalidDestination(f"{self.path} is not a bgdl_nb manifest ({exc}); move it away") from None
-
-    def record(self, name: str, task: DownloadTask, path: Path) -> None:
-        response = task.response
-        validator = None
-        if response is not None:
-            headers = {k.lower(): v for k, v in response.headers.items()}
-            validator = headers.get("etag") or headers.get("last-modified")
-        st = path.stat()
-        self.files[name] = ManifestEntry(
-            url=task.original_request.url, final_url=task.current_request.url, validator=validator,
-            size=st.st_size, sha256=task.sha256 or _sha256_file(path),
-            completed=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), mtime_ns=st.st_mtime_ns)
-
-    def adopt(self, name: str, url: str, path: Path, digest: str) -> None:
-        st = path.stat()
-        self.files[name] = ManifestEntry(url, url, None, st.st_size, digest,
-                                         _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                                         st.st_mtime_ns)
-
-    def save(self) -> None:
-        body = json.dumps({"version": 1, "files": {n: asdict(e) for n, e in sorted(self.files.items())}}, indent=1)
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(body)
-        os.replace(tmp, self.path)
-
-
-class FileAction(str, enum.Enum):
-    """What ``fetch()`` does about a file that is already at its destination."""
-
-    SKIP = "skip"          # the manifest vouches for it: nothing to do
-    ADOPT = "adopt"        # ours (the journal or the expected digest says so): record it, do not fetch
-    FETCH = "fetch"        # download it (continuing a partial file when one exists)
-    CONFLICT = "conflict"  # someone else's file, or changed since: refuse, touch nothing
-
-
-@dataclass(frozen=True)
-class FileFacts:
-    """What is known of an existing destination file before deciding (read first, once)."""
-
-    url: str
-    expected: str | None              # the digest the caller gave
-    entry: ManifestEntry | None       # the manifest's record of this name
-    entry_matches: bool               # the file still has the recorded size and mtime
-    journal_digest: str | None        # the session's journal finished this URL here with this digest
-    overwrite: bool
-    digest: str | None = None         # the file's sha256, when needs_digest() asked for it
-
-    def needs_digest(self) -> bool:
-        """Whether the decision depends on the file's own digest (costly for big files)."""
-        ours = self.entry is not None and self.entry.url == self.url
-        if ours and self.entry_matches and self.expected in (None, self.entry.sha256 if self.entry else None):
-            return False
-        return self.journal_digest is not None or self.expected is not None
-
-
-def file_action(facts: FileFacts) -> tuple[FileAction, str | None]:
-    """Decide about an existing destination file; the digest goes with ADOPT."""
-    entry, exp = facts.entry, facts.expected
-    if entry is None and facts.journal_digest is not None and exp in (None, facts.journal_digest) \
-            and facts.digest == facts.journal_digest:
-        return FileAction.ADOPT, facts.journal_digest  # finished, but the manifest was not saved yet
-    ours = entry is not None and entry.url == facts.url
-    if ours and facts.entry_matches and exp in (None, entry.sha256 if entry else None):
-        return FileAction.SKIP, None
-    if ours and not facts.entry_matches and not facts.overwrite:
-        return FileAction.CONFLICT, None
-    if exp is not None and facts.digest == exp:
-        return FileAction.ADOPT, exp
-    if not facts.overwrite and not ours:
-        return FileAction.CONFLICT, None
-    return FileAction.FETCH, None
 
 
 def _expected(urls: Sequence[str], sha256: str | Mapping[str, str] | Sequence[str] | None) -> list[str | None]:
@@ -319,7 +203,7 @@ def fetch(
         facts = FileFacts(url=url, expected=exp, entry=entry, entry_matches=entry is not None and entry.matches(path),
                           journal_digest=journal_digest, overwrite=overwrite)
         if facts.needs_digest():
-            facts = dataclasses.replace(facts, digest=_sha256_file(path))
+            facts = dataclasses.replace(facts, digest=sha256_file(path))
         action, digest = file_action(facts)
         if action is FileAction.SKIP:
             done[i] = path

@@ -35,9 +35,14 @@ def test_ctrl_c_suspends_the_downloads_and_a_rerun_continues(origin, tmp_path, s
     child = subprocess.Popen([sys.executable, "-m", "bgdl_nb.cli", "fetch", url, "-o", str(out), "--id", "ctl",
                               "--connections", "1"], stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     journal = bg.Configuration.background("ctl").journal_path()
-    wait_until(lambda: journaled_bytes(journal, "ctl") >= 2 * MB, timeout=60, what="2 MiB journaled")
-    child.send_signal(sig)
-    _, err = child.communicate(timeout=30)
+    try:
+        wait_until(lambda: journaled_bytes(journal, "ctl") >= 2 * MB, timeout=60, what="2 MiB journaled")
+        child.send_signal(sig)
+        _, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
     assert child.returncode == 130 and "suspended" in err and "run the same command" in err
     assert "session ctl" in err  # it says which session it used
     state = {t.state.value for t in read_journal(journal, "ctl")[0]}

@@ -10,8 +10,8 @@ import warnings
 import pytest
 
 import bgdl_nb as bg
-from bgdl_nb._fetch import FileAction, FileFacts, ManifestEntry, file_action
 from bgdl_nb._hosts.thread import engine_thread
+from bgdl_nb._manifest import FileAction, FileFacts, ManifestEntry, file_action
 from bgdl_nb._states import TRANSITIONS, TaskState, check_transition
 
 from helpers import Recorder, sha256_of, wait_until
