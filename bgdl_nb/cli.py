@@ -50,16 +50,17 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     from ._fetch import default_identifier
     identifier = args.id or default_identifier(Path(args.output).expanduser().absolute())
     config = Configuration.background(identifier, **fields)
-    if not args.quiet:
-        print(f"bgdl: session {identifier} (run the same command to continue; `bgdl list --id {identifier}` "
-              "shows its tasks)", file=sys.stderr)
     sha = None
     if args.sha256:
         if len(args.sha256) != len(urls):
             raise InvalidInput(f"got {len(args.sha256)} --sha256 values for {len(urls)} URLs; give one per URL")
         sha = list(args.sha256)
-    paths = fetch(urls, args.output, sha256=sha, progress=not args.quiet, configuration=config,
-                  overwrite=args.overwrite, on_interrupt="suspend", wait=not args.detach)
+    try:
+        paths = fetch(urls, args.output, sha256=sha, progress=not args.quiet, configuration=config,
+                      overwrite=args.overwrite, on_interrupt="suspend", wait=not args.detach)
+    except (FetchError, KeyboardInterrupt):  # the user needs the session to look at it or continue it
+        print(f"bgdl: session {identifier} (`bgdl list --id {identifier}` shows its tasks)", file=sys.stderr)
+        raise
     if args.detach:
         print(f"bgdl: {len(paths)} download(s) continue in the transfer service; watch them with "
               f"`bgdl list --id {identifier}`, stop them with `bgdl pause --id {identifier}`, and run the same "

@@ -119,6 +119,12 @@ class TaskMirror:
             self._destinations[destination] = tid
         return task
 
+    def new_source(self) -> None:
+        """Snapshots now come from another engine (a restarted service): its versions start
+        again, so the ones shown no longer rank them."""
+        for task in self.tasks.values():
+            task._version = 0
+
     def view(self, snap: dict[str, Any]) -> DownloadTask:
         """The view of a task a reply names: the one events already filled when there is
         one (a reply can be older than the events that followed it), else from ``snap``."""

@@ -158,6 +158,7 @@ class ServiceHost:
         fields = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)
                   if f.name not in ("identifier", "state_directory", "use_service")}
         launched = os.environ.get("BGDL_LAUNCHED_FOR") == self.identifier
+        self.core.mirror.new_source()  # a restarted service counts its snapshots from 0 again
         reply = self._request("attach", identifier=self.identifier, config=fields, pid=os.getpid(),
                               interactive=not launched)
         self._bandwidth = reply.get("bandwidth_limit")
