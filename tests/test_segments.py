@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -92,7 +93,10 @@ def test_sigkill_mid_split_download_resumes_every_segment(origin, tmp_path, monk
     def split_and_under_way() -> bool:
         if child.poll() is not None or not journal.exists():
             return child.poll() is not None
-        tasks, _ = read_journal(journal, "split")
+        try:
+            tasks, _ = read_journal(journal, "split")
+        except sqlite3.Error:  # the child is still creating the schema
+            return False
         return bool(tasks) and bool(tasks[0].segments) and len(tasks[0].segments) == 4 \
             and all(p - s >= 2 * MB for s, e, p in tasks[0].segments)
 
