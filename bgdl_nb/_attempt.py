@@ -281,6 +281,8 @@ class Attempt:
                 while view:
                     view = view[os.write(fd, view):]
                 self.hashing.update(hasher, chunk)
+                if self.hashing.behind:  # bounded: wait for the hash instead of holding the bytes
+                    await asyncio.wrap_future(self.hashing.settled())
                 position += len(chunk)
                 run.received = position
                 pause = self.report.throttle(len(chunk))

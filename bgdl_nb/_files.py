@@ -90,9 +90,16 @@ class HashWorker:
     thread per file. :meth:`settled` gives a future that is done once every chunk handed
     over before it has been hashed."""
 
+    LIMIT = 32 * 1024 * 1024
+    """Bytes handed over and not hashed yet above which :attr:`behind` is True: the
+    caller then waits for :meth:`settled`, so memory stays flat when the disk and the
+    network outrun the hash."""
+
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._queued = 0  # written only by the thread that hands chunks over
+        self._hashed = 0  # written only by the hash thread
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -101,11 +108,17 @@ class HashWorker:
                 chunk.set_result(None)  # a settled() marker
             else:
                 hasher.update(chunk)
+                self._hashed += len(chunk)
+
+    @property
+    def behind(self) -> bool:
+        return self._queued - self._hashed > self.LIMIT
 
     def update(self, hasher: Any, chunk: bytes) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="bgdl-hash", daemon=True)
             self._thread.start()
+        self._queued += len(chunk)
         self._queue.put((hasher, chunk))
 
     def settled(self) -> concurrent.futures.Future[None]:
