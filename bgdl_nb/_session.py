@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ._config import Configuration
 from ._delegate import SessionDelegate
 from ._events import Event
-from ._exceptions import InvalidDestination, InvalidInput, SessionInvalidated
+from ._exceptions import InvalidDestination, InvalidInput, InvalidResumeData, SessionInvalidated
 from ._hosts.thread import ThreadHost
 from ._journal import TaskRecord
 from ._resume import decode_resume_data, load_key
@@ -228,11 +228,24 @@ class Session:
         """Create a task that continues where ``resume_data`` left off.
 
         Raises :class:`InvalidResumeData` (with no side effects) for data that is empty,
-        foreign, truncated, altered, or from a newer bgdl_nb.
+        foreign, truncated, altered, or from a newer bgdl_nb, and for data whose partial
+        file is not in the destination's folder (or, without a destination, in this
+        user's state directory): signed data still never points the engine at a file
+        elsewhere.
         """
-        state = decode_resume_data(resume_data, load_key(self.configuration.resolved_state_dir()))
+        root = self.configuration.resolved_state_dir()
+        state = decode_resume_data(resume_data, load_key(root))
         target = destination if destination is not None else state.destination
         dest = None if target is None else check_destination(target, overwrite=overwrite)
+        partial = Path(state.partial_path).resolve()
+        if dest is not None and partial.parent != dest.parent.resolve():
+            raise InvalidResumeData(
+                f"the resume data's partial file {partial} is not in the destination's folder {dest.parent}; "
+                "resume into the folder the download started in (or start a new download_task())")
+        if dest is None and not partial.is_relative_to(root.resolve()):
+            raise InvalidResumeData(
+                f"the resume data's partial file {partial} is outside bgdl_nb's state directory {root}; "
+                "start a new download_task() for the URL instead")
         record = TaskRecord(
             0, state.url, headers=dict(state.headers), destination=None if dest is None else str(dest),
             partial_path=state.partial_path, offset=state.offset, total=state.total,

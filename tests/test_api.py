@@ -312,3 +312,18 @@ def test_max_concurrent_tasks_and_waiting_reason(origin, tmp_path):
     done_first = next(e.seq for e in log if e.event == "completed" and e.task_identifier == first.task_identifier)
     assert done_first < start_second
     s.close()
+
+
+@pytest.mark.parametrize("where", ["another folder", "no destination, outside the state directory"])
+def test_signed_resume_data_cannot_name_a_partial_file_elsewhere(session, origin, tmp_path, state_dir, where):
+    victim = tmp_path / "elsewhere" / "victim.txt"
+    victim.parent.mkdir()
+    victim.write_bytes(b"a file that is not ours")
+    url = origin.url("v", 1000)
+    forged = encode_resume_data(ResumeState(url, {}, str(victim), 5, 1000, Validator("etag", '"x"')),
+                                load_key(state_dir))  # signed with the user's own key
+    destination = tmp_path / "out" / "v" if where == "another folder" else None
+    with pytest.raises(bg.InvalidResumeData, match="partial file"):
+        session.download_task_with_resume_data(forged, destination)
+    assert victim.read_bytes() == b"a file that is not ours" and origin.log == []
+    assert session.all_tasks() == []
