@@ -132,6 +132,16 @@ def _short_error(task: DownloadTask) -> str:
     return f"HTTP {response.status}" if response is not None else "?"
 
 
+def _execution_count() -> int | None:
+    """The number of the cell being run (None outside IPython)."""
+    try:
+        from IPython.core.getipython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()  # type: ignore[no-untyped-call]
+    return None if shell is None else int(shell.execution_count)
+
+
 class TaskPanel:
     """A panel over a fixed list of tasks (``fetch()`` uses it) or, through
     :class:`SessionPanel`, over every task of a session."""
@@ -161,9 +171,13 @@ class TaskPanel:
         from IPython.display import display
 
         display(self.widget)  # type: ignore[no-untyped-call]
+        self._shown_in = _execution_count()
 
     def _ipython_display_(self) -> None:
-        self.display()
+        # ``session.show()`` displays the panel and returns it; as the last line of a cell
+        # IPython would display it a second time: once per cell is enough
+        if getattr(self, "_shown_in", None) != _execution_count():
+            self.display()
 
     def refresh(self, force: bool = False) -> None:
         """Bring the widgets up to date (at most ``rate`` times a second unless forced)."""
