@@ -128,6 +128,11 @@ class DownloadTask:
         return self._record.succeeded
 
     @property
+    def outcome(self) -> str:
+        """In a word: the state while unfinished, then ``done``, ``cancelled`` or ``failed``."""
+        return self._record.outcome
+
+    @property
     def response(self) -> Response | None:
         rec = self._record
         if rec.status is None:

@@ -14,7 +14,7 @@ import bgdl_nb as bg
 from bgdl_nb.notebook.plots import _bin_width, delay_segments, throughput_frame
 from bgdl_nb.notebook.widgets import SessionPanel, TaskPanel
 
-from helpers import wait_for_bytes
+from helpers import wait_for_bytes, wait_until
 
 MB = 1024 * 1024
 
@@ -138,4 +138,22 @@ def test_panel_buttons_act_on_the_task(origin, tmp_path):
     row.stop.click()
     with pytest.raises(bg.Cancelled):
         task.wait(30)
+    session.close()
+
+
+def test_a_cancelled_task_is_its_own_state_and_out_of_the_totals(origin, tmp_path):
+    session = bg.Session(bg.Configuration.default())
+    kept = session.download_task(origin.url("kept", 100_000), tmp_path / "kept").resume()
+    dropped = session.download_task(origin.url("dropped", 4 * MB, rate=MB), tmp_path / "dropped").resume()
+    wait_until(lambda: dropped.count_of_bytes_received > 0, what="the second download under way")
+    dropped.cancel()
+    kept.wait(30)
+    wait_until(lambda: dropped.done(), what="the cancel")
+    panel = TaskPanel([kept, dropped])
+    panel.refresh(force=True)
+    assert dropped.outcome == "cancelled" and kept.outcome == "done"
+    assert "1 cancelled" in panel.header.value and "0 failed" in panel.header.value
+    assert panel.overall.value == 1.0 and panel.overall.bar_style == "success"  # the job is complete
+    states = {row.name.value: (row.state.value, row.bar.bar_style) for row in panel._rows}
+    assert states["dropped"] == ("cancelled", "")
     session.close()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import require
 
@@ -106,7 +106,9 @@ class _Row:
         speed = self.speed.update(now, got)
         state = task.state
         if state is TaskState.COMPLETED:
-            text, style = ("done", "success") if task.succeeded else (f"failed: {_short_error(task)}", "danger")
+            outcome = task.outcome
+            text, style = {"done": ("done", "success"), "cancelled": ("cancelled", "")}.get(
+                outcome, (f"failed: {_short_error(task)}", "danger"))
         elif task.waiting_reason:
             text, style = f"waiting: {task.waiting_reason}", "warning"
         elif state is TaskState.RUNNING:
@@ -135,10 +137,11 @@ def _short_error(task: DownloadTask) -> str:
 def _execution_count() -> int | None:
     """The number of the cell being run (None outside IPython)."""
     try:
-        from IPython.core.getipython import get_ipython
+        from IPython.core import getipython
     except ImportError:
         return None
-    shell = get_ipython()  # type: ignore[no-untyped-call]
+    module: Any = getipython  # get_ipython is typed in some IPython releases and not in others
+    shell = module.get_ipython()
     return None if shell is None else int(shell.execution_count)
 
 
@@ -194,13 +197,19 @@ class TaskPanel:
 
     def _refresh(self, now: float) -> int:
         tasks = self.tasks()
-        counts = {"transferring": 0, "waiting": 0, "suspended": 0, "done": 0, "failed": 0}
+        counts = {"transferring": 0, "waiting": 0, "suspended": 0, "done": 0, "failed": 0, "cancelled": 0}
         done_bytes = total_bytes = 0
         unknown = 0
         active: list[DownloadTask] = []
         waiting: list[DownloadTask] = []
         finished: list[DownloadTask] = []
         for task in tasks:
+            state = task.state
+            outcome = task.outcome
+            if outcome == "cancelled":  # its own state, out of the totals: the bar can still reach 100 %
+                counts["cancelled"] += 1
+                finished.append(task)
+                continue
             got = task.count_of_bytes_received
             total = task.count_of_bytes_expected_to_receive or task.count_of_bytes_client_expects_to_receive
             done_bytes += got
@@ -208,9 +217,8 @@ class TaskPanel:
                 unknown += 1
             else:
                 total_bytes += total
-            state = task.state
             if state is TaskState.COMPLETED:
-                counts["done" if task.succeeded else "failed"] += 1
+                counts[outcome] += 1
                 finished.append(task)
             elif state is TaskState.SUSPENDED:
                 counts["suspended"] += 1
@@ -237,12 +245,14 @@ class TaskPanel:
         header = (f"<b>{self.title}</b> &nbsp; {format_bytes(done_bytes)} / {size} &nbsp; "
                   f"{format_bytes(speed) + '/s' if counts['transferring'] else 'idle'} &nbsp; ETA {_format_eta(eta)} &nbsp; "
                   f"{counts['transferring']} running · {counts['waiting']} waiting · "
-                  f"{counts['suspended']} suspended · {counts['done']} done · {counts['failed']} failed")
+                  f"{counts['suspended']} suspended · {counts['done']} done · {counts['failed']} failed"
+                  + (f" · {counts['cancelled']} cancelled" if counts["cancelled"] else ""))
         sent += _set(self.header, "value", header)
-        fraction = done_bytes / total_bytes if total_bytes else (1.0 if tasks and counts["done"] == len(tasks) else 0.0)
+        counted = len(tasks) - counts["cancelled"]
+        all_done = counted > 0 and counts["done"] == counted
+        fraction = done_bytes / total_bytes if total_bytes else (1.0 if all_done else 0.0)
         sent += _set(self.overall, "value", round(min(1.0, fraction), 3))
-        sent += _set(self.overall, "bar_style", "danger" if counts["failed"] else
-                     ("success" if tasks and counts["done"] == len(tasks) else "info"))
+        sent += _set(self.overall, "bar_style", "danger" if counts["failed"] else ("success" if all_done else "info"))
         hidden = len(tasks) - len(shown)
         sent += _set(self.summary, "value", f"<i>… and {hidden} more tasks not shown</i>" if hidden > 0 else "")
         return sent
