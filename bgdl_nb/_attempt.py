@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ._events import EventKind
 from ._exceptions import ChecksumMismatch, InvalidDestination, NetworkError, TransferError, UnexpectedResponse
-from ._files import HashWorker, hash_prefix, unlink
+from ._files import CHECKPOINT_BYTES, HashWorker, hash_prefix, unlink
 from ._finalise import Finaliser
 from ._resume import Outcome, Validator, accepts_ranges, decide, resume_headers, validator_from_headers
 from ._segments import MIN_SEGMENT, Segmented, SegmentsChanged
@@ -37,9 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CHECKPOINT_BYTES", "Attempt", "Reporter", "RestartNeeded", "RetryableStatus", "TaskRun", "finalise"]
 
-CHECKPOINT_BYTES = 1024 * 1024
-"""The journal records a segment's offset at least every this many bytes, so a killed
-process re-fetches at most this much (plus what was in flight on the socket)."""
 
 
 @dataclass(eq=False)
@@ -139,13 +136,17 @@ class Attempt:
         self.config = config
         self.target = target
 
+    def _partial_size(self) -> int:
+        """The partial file's size, -1 when it is missing."""
+        try:
+            return os.path.getsize(self.run.record.partial_path)
+        except FileNotFoundError:
+            return -1
+
     def check_partial(self) -> int:
         """Reconcile the partial file with the journaled offset; return where to continue."""
         rec = self.run.record
-        try:
-            size = os.path.getsize(rec.partial_path)
-        except FileNotFoundError:
-            size = -1
+        size = self._partial_size()
         if rec.offset > 0 and size < rec.offset:
             what = "is missing" if size < 0 else f"has {size} bytes, fewer than the {rec.offset} journaled"
             self.report.restart(f"partial file {what}")
@@ -228,10 +229,7 @@ class Attempt:
     def check_segments(self) -> bool:
         """Journaled segments can continue when the partial file still has its full length."""
         rec = self.run.record
-        try:
-            size = os.path.getsize(rec.partial_path)
-        except FileNotFoundError:
-            size = -1
+        size = self._partial_size()
         if rec.total is None or size != rec.total or not rec.validator_value:
             what = "is missing" if size < 0 else f"has {size} bytes, not the {rec.total} of the split file"
             self.report.restart(f"partial file {what}")
@@ -249,8 +247,7 @@ class Attempt:
         fd = await asyncio.to_thread(_open_at, rec.partial_path, None)
         try:
             hasher = hashlib.sha256()  # follows the contiguous prefix, read back from the page cache
-            split = Segmented(run, self.report, self.config, fd, rec.total, rec.validator_value, opener,
-                              self.hashing, hasher)
+            split = Segmented(run, self.report, self.config, fd, rec.total, rec.validator_value, opener, hasher)
             if first is None:
                 self.report.emit(EventKind.RESUMED_AT_OFFSET, total_bytes_written=split.received(),
                                  total_bytes_expected=rec.total,

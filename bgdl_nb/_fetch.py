@@ -28,7 +28,7 @@ from ._config import Configuration
 from ._exceptions import BgdlError, FetchError, InvalidDestination, InvalidInput
 from ._manifest import FileAction, FileFacts, Manifest, file_action, sha256_file
 from ._progress import finished_batches, progress_display
-from ._session import Session, _registry, _registry_lock
+from ._session import Session, _registry, _registry_lock, nearest_existing
 from ._states import TaskState
 from ._task import DownloadTask
 from ._transfer import check_url
@@ -98,9 +98,7 @@ def _check_folder(dest_dir: Path) -> None:
     """The destination folder exists as a folder, or can be made where it is asked for."""
     if dest_dir.exists() and not dest_dir.is_dir():
         raise InvalidDestination(f"dest {dest_dir} is a file; fetch() needs a directory")
-    parent = dest_dir
-    while not parent.exists():
-        parent = parent.parent
+    parent = nearest_existing(dest_dir)
     if not parent.is_dir():
         raise InvalidDestination(f"cannot create the destination folder {dest_dir}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -227,8 +225,6 @@ def fetch(
         dest_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InvalidDestination(f"cannot create the destination folder {dest_dir}: {exc.strerror or exc}") from None
-    if not os.access(dest_dir, os.W_OK | os.X_OK):
-        raise InvalidDestination(f"the destination folder {dest_dir} is not writable; choose another one")
     with _registry_lock:
         shared = (str(config.resolved_state_dir()), str(config.identifier)) in _registry
     session = Session(config)

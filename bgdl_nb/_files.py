@@ -16,9 +16,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HashWorker", "free_disk", "fsync_path", "hash_prefix", "inbox_path", "partial_path_for", "unlink"]
+__all__ = ["CHECKPOINT_BYTES", "HashWorker", "free_disk", "fsync_path", "hash_prefix", "inbox_path",
+           "partial_path_for", "unlink"]
 
 HASH_BLOCK = 4 * 1024 * 1024
+
+CHECKPOINT_BYTES = 1024 * 1024
+"""The journal records a segment's offset at least every this many bytes, so a killed
+process re-fetches at most this much per connection (plus what was in flight)."""
 
 
 def fsync_path(path: str | os.PathLike[str]) -> None:

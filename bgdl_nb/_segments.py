@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._events import EventKind
 from ._exceptions import NetworkError, TransferError
-from ._files import HASH_BLOCK
+from ._files import CHECKPOINT_BYTES, HASH_BLOCK
 
 if TYPE_CHECKING:
     from ._attempt import Reporter, TaskRun
@@ -133,11 +133,11 @@ class Segmented:
     """Downloads the rest of one file over several connections, piece by piece in order."""
 
     def __init__(self, run: TaskRun, report: Reporter, config: Configuration, fd: int, total: int,
-                 validator: str, opener: Opener, hashing: Any, hasher: Any) -> None:
+                 validator: str, opener: Opener, hasher: Any) -> None:
         self.run, self.report, self.config = run, report, config
         self.fd, self.total, self.validator = fd, total, validator
         self.opener = opener
-        self.hashing, self.hasher = hashing, hasher
+        self.hasher = hasher
         self.segments = split(total, run.record.segments)
         self.limit = config.connections_per_file or config.http_maximum_connections_per_host
         self.piece = max(MIN_SEGMENT, min(16 * 1024 * 1024, total // (self.limit * 8)))
@@ -160,7 +160,6 @@ class Segmented:
     def _checkpoint(self, force: bool = False) -> None:
         """Journal every region's offset once a checkpoint's worth of bytes is unjournaled,
         so a crash re-fetches at most that much per connection."""
-        from ._attempt import CHECKPOINT_BYTES
         if force or self._unjournaled >= CHECKPOINT_BYTES:
             self.report.update(segments=compact(self.segments), offset=self._received)
             self._unjournaled = 0

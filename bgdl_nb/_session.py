@@ -41,14 +41,19 @@ _live: set[Host] = set()  # every open host, closed at interpreter exit
 _registry_lock = threading.RLock()
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (what a mkdir would have to write into)."""
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def check_destination(destination: str | os.PathLike[str], *, overwrite: bool) -> Path:
     """Validate a destination file path without creating anything."""
     path = Path(destination).expanduser().absolute()
     if path.is_dir():
         raise InvalidDestination(f"destination {path} is a directory; give a file path inside it")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
+    parent = nearest_existing(path.parent)
     if not parent.is_dir():
         raise InvalidDestination(f"destination {path} cannot be created: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):

@@ -28,18 +28,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .._delegate import SessionDelegate
 from .._events import Event, EventKind
 from .._journal import TaskRecord
 from .._states import TaskState
 from .._task import DownloadTask
 
 if TYPE_CHECKING:
-    from .._delegate import SessionDelegate
     from .thread import Call
 
-__all__ = ["Delivery", "Host", "HostCore", "TaskMirror"]
+__all__ = ["CONTROLS", "Delivery", "Host", "HostCore", "TaskMirror"]
 
 log = logging.getLogger("bgdl_nb")
+
+CONTROLS = frozenset({"resume", "suspend", "cancel", "set_priority", "pause", "unpause", "set_bandwidth_limit",
+                      "configure", "suspend_many"})
+"""The engine methods a host forwards for ``task.resume()`` and friends."""
 
 Ack = Callable[[int, "str | None"], None]
 
@@ -141,7 +145,6 @@ class TaskMirror:
 
 
 def _overrides(delegate: Any, name: str) -> Callable[..., Any] | None:
-    from .._delegate import SessionDelegate
     method: Callable[..., Any] | None = getattr(delegate, name, None)
     if method is None or getattr(type(delegate), name, None) is getattr(SessionDelegate, name, None):
         return None  # not overridden: nothing to call
@@ -279,6 +282,15 @@ class HostCore:
 
     def attach_session(self, session: Any, delegate: SessionDelegate | None) -> None:
         self.delivery.session, self.delivery.delegate = session, delegate
+
+    def control(self, name: str, send: Callable[[], Any]) -> None:
+        """Check a control's name, have the host ``send`` it to the engine, and show a task
+        snapshot it answers with (a change that has no event of its own)."""
+        if name not in CONTROLS:
+            raise ValueError(f"unknown control {name!r}")
+        result = send()
+        if isinstance(result, dict) and "record" in result:
+            self.mirror.apply(result)
 
     def on_event(self, event: Event, snapshot: dict[str, Any] | None) -> None:
         """An event from the engine: update the view first, then displays, then the delegate."""

@@ -25,7 +25,7 @@ from .._engine import Engine
 from .._exceptions import SessionBusy
 from .._journal import MemoryStore, SqliteStore
 from .._resume import load_key
-from .base import HostCore
+from .base import CONTROLS, HostCore
 
 if TYPE_CHECKING:
     from .._config import Configuration
@@ -202,11 +202,7 @@ class ThreadHost:
             self.engine.flush()
 
     def control(self, name: str, *args: Any) -> None:
-        if name not in CONTROLS:
-            raise ValueError(f"unknown control {name!r}")
-        result = self.thread.call(self._flushed, getattr(self.engine, name), *args).result()
-        if isinstance(result, dict) and "record" in result:
-            self.core.mirror.apply(result)
+        self.core.control(name, lambda: self.thread.call(self._flushed, getattr(self.engine, name), *args).result())
 
     def call(self, name: str, *args: Any) -> Call:
         if name != "cancel_with_resume_data":
@@ -242,9 +238,6 @@ class ThreadHost:
                 self.lock.release()
 
 
-CONTROLS = frozenset({"resume", "suspend", "cancel", "set_priority", "pause", "unpause", "set_bandwidth_limit",
-                      "configure", "suspend_many"})
-"""The engine methods a host forwards for ``task.resume()`` and friends."""
 
 
 def _hold_journal(config: Configuration) -> filelock.BaseFileLock:

@@ -37,7 +37,7 @@ from ..._journal import TaskRecord
 from ..._states import TaskState
 from ..._task import DownloadTask
 from ..base import HostCore
-from ..thread import CONTROLS, Call
+from ..thread import Call
 from .protocol import PROTOCOL_VERSION, ServiceUnavailable, ensure_private_dir, read_frame, runtime_dir, write_frame
 
 __all__ = ["ServiceHost", "service_status", "start_service", "stop_service"]
@@ -275,11 +275,8 @@ class ServiceHost:
         return [self.core.mirror.view(snap) for snap in snaps]
 
     def control(self, name: str, *args: Any) -> None:
-        if name not in CONTROLS:
-            raise ValueError(f"unknown control {name!r}")
-        result = self._request("control", identifier=self.identifier, name=name, args=list(args))
-        if isinstance(result, dict) and "record" in result:
-            self.core.mirror.apply(result)
+        self.core.control(name, lambda: self._request("control", identifier=self.identifier, name=name,
+                                                      args=list(args)))
         if name == "set_bandwidth_limit":
             self._bandwidth = args[0]
 

@@ -36,7 +36,7 @@ from ..._exceptions import BgdlError, InvalidDestination, InvalidInput, SessionB
 from ..._journal import SqliteStore, TaskRecord, read_journal
 from ..._resume import load_key
 from ..._states import TaskState
-from ..thread import CONTROLS
+from ..base import CONTROLS
 from .protocol import PROTOCOL_VERSION, decode_length, encode, ensure_private_dir, peer_allowed, peer_uid, runtime_dir
 from .sharing import Sharing
 
