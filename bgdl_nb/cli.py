@@ -28,7 +28,10 @@ __all__ = ["main"]
 def _read_urls(args: argparse.Namespace) -> list[str]:
     urls = list(args.urls)
     if args.input_file:
-        text = sys.stdin.read() if args.input_file == "-" else Path(args.input_file).read_text()
+        try:
+            text = sys.stdin.read() if args.input_file == "-" else Path(args.input_file).read_text()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read the list of URLs {args.input_file}: {exc.strerror or exc}") from None
         urls += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not urls:
         raise InvalidInput("no URLs given: pass URLs as arguments or a file of URLs with -i")
@@ -40,6 +43,10 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
     urls = _read_urls(args)
     fields: dict[str, object] = {}
+    for option, value, least in (("--connections", args.connections, 1), ("--max-concurrent", args.max_concurrent, 1),
+                                 ("--retries", args.retries, 0)):
+        if value is not None and value < least:
+            raise InvalidInput(f"{option} must be at least {least}, got {value}")
     if args.connections:  # like aria2c -x: connections for one file, and the host allows that many
         fields["connections_per_file"] = args.connections
         fields["http_maximum_connections_per_host"] = max(args.connections, 6)

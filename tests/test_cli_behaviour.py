@@ -125,3 +125,16 @@ def test_detach_hands_the_job_to_the_service_and_returns(origin, tmp_path):
     assert "bgdl pause --id det" in done.stderr and not (tmp_path / "det").exists()
     finished = run_cli("fetch", url, "-o", str(tmp_path), "--id", "det", "-q")
     assert finished.returncode == 0 and sha256_of(tmp_path / "det") == origin.sha256("det", 8 * MB)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["-i", "/nonexistent/urls.txt"], "cannot read the list of URLs /nonexistent/urls.txt"),
+    (["http://127.0.0.1:9/x", "--connections", "0"], "--connections must be at least 1"),
+    (["http://127.0.0.1:9/x", "--max-concurrent", "0"], "--max-concurrent must be at least 1"),
+    (["http://127.0.0.1:9/x", "--retries", "-1"], "--retries must be at least 0"),
+])
+def test_typos_on_the_command_line_are_one_line_and_exit_2(tmp_path, args, words):
+    done = run_cli("fetch", *args, "-o", str(tmp_path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bgdl: error: ") and words in lines[0], lines
