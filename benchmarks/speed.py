@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -170,23 +171,26 @@ def _run(tool: Tool, out: Path, base: Path) -> tuple[float, float, float]:
     stats = base / "time.txt"
     cmd = ["/usr/bin/time", "-o", str(stats), "-f", "%e %U %S %M", *tool.command(out)]
     start = time.perf_counter()
+    # a session of its own, so a tool that hangs is stopped with everything it started
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
     try:
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                       timeout=RUN_TIMEOUT)
+        code: int | None = proc.wait(RUN_TIMEOUT)
     except subprocess.TimeoutExpired:
-        return float("nan"), float("nan"), float("nan")  # reported as a hang, not as a speed
-    finally:
-        if service_pid is not None and not (state / "run" / "service.pid").exists():
-            service_pid = None
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        code = None
     wall = time.perf_counter() - start
-    _, user, system, rss_kb = stats.read_text().split()[-4:]
-    cpu, rss = float(user) + float(system), int(rss_kb) / 1024
+    after = _proc_stat(service_pid) if service_pid else (0.0, 0.0)
     if service_pid:
-        after = _proc_stat(service_pid)
-        cpu += after[0] - before[0]
-        rss = max(rss, after[1])
         subprocess.run(["bgdl", "service", "stop"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return wall, cpu, rss
+    if code is None:
+        return float("nan"), float("nan"), float("nan")  # reported as a hang, not as a speed
+    if code != 0:
+        raise subprocess.CalledProcessError(code, cmd)
+    _, user, system, rss_kb = stats.read_text().split()[-4:]
+    cpu = float(user) + float(system) + after[0] - before[0]
+    return wall, cpu, max(int(rss_kb) / 1024, after[1])
 
 
 def _bgdl(urls: list[str] | Path, *extra: str) -> Callable[[Path], list[str]]:
