@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 from ._config import Configuration
 from ._exceptions import BgdlError, FetchError, InvalidDestination, InvalidInput
 from ._manifest import FileAction, FileFacts, Manifest, file_action, sha256_file
-from ._progress import finished_batches, progress_display
+from ._progress import Display, Follower, finished_batches, progress_display
 from ._session import Session, _registry, _registry_lock, nearest_existing
 from ._states import TaskState
 from ._task import DownloadTask
@@ -228,18 +228,23 @@ def fetch(
     with _registry_lock:
         shared = (str(config.resolved_state_dir()), str(config.identifier)) in _registry
     session = Session(config)
+    handed_off = False
     try:
         tasks = _tasks_for(session, url_list, names, expected, dest_dir, done, overwrite)
         if not wait:
             return [dest_dir / name for name in names]
-        try:
-            return _wait_all(tasks, url_list, names, manifest, done, progress, timeout)
-        except KeyboardInterrupt:
-            if on_interrupt == "suspend":
-                session.suspend_all([t for t in tasks.values() if not t.done()])
-            raise
+        with progress_display(list(tasks.values()), enabled=progress) as display:
+            try:
+                return _wait_all(tasks, url_list, names, manifest, done, display, timeout)
+            except KeyboardInterrupt:
+                if on_interrupt == "suspend":
+                    session.suspend_all([t for t in tasks.values() if not t.done()])
+                elif not shared and isinstance(display, Follower):
+                    display.follow(session.close)  # a notebook panel stays live; it closes the session at the end
+                    handed_off = True
+                raise
     finally:
-        if not shared:
+        if not shared and not handed_off:
             session.close()
 
 
@@ -278,29 +283,28 @@ def _tasks_for(session: Session, urls: list[str], names: list[str], expected: li
 
 
 def _wait_all(tasks: dict[int, DownloadTask], urls: list[str], names: list[str],
-              manifest: Manifest, done: dict[int, Path], progress: bool, timeout: float | None) -> list[Path]:
+              manifest: Manifest, done: dict[int, Path], display: Display, timeout: float | None) -> list[Path]:
     """Wait for every task; record each finished file in the manifest (saved at most a few
     times a second, so thousands of small files cost linear work)."""
     errors: dict[str, BgdlError] = {}
     order = list(tasks)
     left = set(order)
     unsaved, saved_at = False, time.monotonic()
-    with progress_display(list(tasks.values()), enabled=progress) as display:
-        for batch in finished_batches([tasks[i] for i in order], timeout):
-            for i in (order[k] for k in batch):
-                left.discard(i)
-                try:
-                    path = tasks[i]._done.result()
-                except BgdlError as exc:
-                    errors[urls[i]] = exc
-                    continue
-                manifest.record(names[i], tasks[i], path)
-                done[i] = path
-                unsaved = True
-            if unsaved and (not left or time.monotonic() - saved_at >= 0.5):
-                manifest.save()  # twice a second at most: rewriting it per file would be quadratic
-                unsaved, saved_at = False, time.monotonic()
-            display.refresh()
+    for batch in finished_batches([tasks[i] for i in order], timeout):
+        for i in (order[k] for k in batch):
+            left.discard(i)
+            try:
+                path = tasks[i]._done.result()
+            except BgdlError as exc:
+                errors[urls[i]] = exc
+                continue
+            manifest.record(names[i], tasks[i], path)
+            done[i] = path
+            unsaved = True
+        if unsaved and (not left or time.monotonic() - saved_at >= 0.5):
+            manifest.save()  # twice a second at most: rewriting it per file would be quadratic
+            unsaved, saved_at = False, time.monotonic()
+        display.refresh()
     if unsaved:
         manifest.save()
     for i in left:

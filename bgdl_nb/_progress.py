@@ -12,16 +12,23 @@ import functools
 import queue
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from ._task import DownloadTask
 
-__all__ = ["finished_batches", "in_notebook", "progress_display", "watch"]
+__all__ = ["Display", "Follower", "finished_batches", "in_notebook", "progress_display", "watch"]
 
 
 class Display(Protocol):
     def refresh(self, force: bool = False) -> None: ...
+
+
+@runtime_checkable
+class Follower(Display, Protocol):
+    """A display that can stay live on its own after the waiting code was interrupted."""
+
+    def follow(self, when_done: Callable[[], None]) -> None: ...
 
 
 class _Null:
@@ -91,9 +98,11 @@ def progress_display(tasks: Sequence[DownloadTask], *, enabled: bool = True) -> 
     if panel_class is not None:
         panel = panel_class(tasks)
         panel.display()
+        panel.waiting_cell = True  # buttons a busy kernel cannot serve say so
         try:
             yield panel
         finally:
+            panel.waiting_cell = False
             panel.refresh(force=True)
         return
     if not sys.stderr.isatty():

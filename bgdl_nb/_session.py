@@ -267,6 +267,15 @@ class Session:
         """Every task of the session, including those reattached from the journal."""
         return sorted(self._live_host.tasks.values(), key=lambda t: t.task_identifier)
 
+    def current_tasks(self) -> list[DownloadTask]:
+        """The current job: tasks created or continued since this session attached, and
+        those that finished while no session was attached. Tasks of earlier runs under a
+        reused identifier (finished, and already reported) are left out; ``all_tasks()``
+        has them."""
+        host = self._live_host
+        return sorted((host.tasks[tid] for tid in list(host.current) if tid in host.tasks),
+                      key=lambda t: t.task_identifier)
+
     def task(self, task_identifier: int) -> DownloadTask:
         return self._live_host.tasks[task_identifier]
 
@@ -307,16 +316,28 @@ class Session:
     def _ipython_display_(self) -> None:
         self.show()
 
-    def plot_throughput(self, *, ax: Any = None, **options: Any) -> Any:
-        """MB/s over time per session and task; see :func:`bgdl_nb.notebook.plots.plot_throughput`."""
-        from .notebook.plots import plot_throughput
-        return plot_throughput(self.events, ax=ax, **options)
+    def _job_events(self, all_tasks: bool) -> pandas.DataFrame:
+        """The event rows of the current job (from its first task's creation on), or all."""
+        events = self.events
+        current = {t.task_identifier for t in self.current_tasks()}
+        if all_tasks or not current or events.empty:
+            return events
+        ours = events["task_identifier"].isin(current)
+        start = events.loc[ours, "time"].min()
+        job: pandas.DataFrame = events[ours | (events["task_identifier"].isna() & (events["time"] >= start))]
+        return job
 
-    def plot_scheduler_delay(self, *, ax: Any = None, **options: Any) -> Any:
-        """Time from resume() to first byte by reason, and a waiting/transferring timeline;
-        see :func:`bgdl_nb.notebook.plots.plot_scheduler_delay`."""
+    def plot_throughput(self, *, ax: Any = None, all_tasks: bool = False, **options: Any) -> Any:
+        """MB/s over time per session and task, for the current job (``all_tasks=True``:
+        every run under this identifier); see :func:`bgdl_nb.notebook.plots.plot_throughput`."""
+        from .notebook.plots import plot_throughput
+        return plot_throughput(self._job_events(all_tasks), ax=ax, **options)
+
+    def plot_scheduler_delay(self, *, ax: Any = None, all_tasks: bool = False, **options: Any) -> Any:
+        """Time from resume() to first byte by reason, and a waiting/transferring timeline,
+        for the current job; see :func:`bgdl_nb.notebook.plots.plot_scheduler_delay`."""
         from .notebook.plots import plot_scheduler_delay
-        return plot_scheduler_delay(self.events, ax=ax, **options)
+        return plot_scheduler_delay(self._job_events(all_tasks), ax=ax, **options)
 
     def add_listener(self, listener: Callable[[Event], None]) -> None:
         """Call ``listener(event)`` for every new event, on the engine thread (keep it quick)."""
@@ -326,8 +347,9 @@ class Session:
         self._live_host.listeners.remove(listener)
 
     def wait(self, tasks: Iterable[DownloadTask] | None = None, timeout: float | None = None) -> list[Path]:
-        """Wait for ``tasks`` (default: all) and return their paths; raises the first error."""
-        return [t.wait(timeout) for t in (self.all_tasks() if tasks is None else tasks)]
+        """Wait for ``tasks`` (default: the current job, see :meth:`current_tasks`) and
+        return their paths; raises the first error."""
+        return [t.wait(timeout) for t in (self.current_tasks() if tasks is None else tasks)]
 
     # control -----------------------------------------------------------------------------
 

@@ -76,7 +76,11 @@ def test_plots_render_headless_and_take_ax(interrupted, tmp_path):
     ax = interrupted.plot_throughput()
     assert ax.get_ylabel() == "throughput (MB/s)" and ax.get_legend() is not None
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert "reattached (new kernel)" in labels and "session" in labels
+    assert "reattached (new kernel)" in labels and "all tasks" in labels
+    assert ax.get_xlabel().startswith("seconds since ") and "UTC" in ax.get_xlabel()  # elapsed, with its clock
+    assert ax.get_xlim()[0] == 0
+    legend = ax.get_legend().get_window_extent(ax.figure.canvas.get_renderer())
+    assert legend.x0 >= ax.get_window_extent().x1  # beside the plot, not over the start of the line
     ax.figure.savefig(tmp_path / "t.png")
     fig = interrupted.plot_scheduler_delay()
     fig.savefig(tmp_path / "d.png")
@@ -155,5 +159,77 @@ def test_a_cancelled_task_is_its_own_state_and_out_of_the_totals(origin, tmp_pat
     assert "1 cancelled" in panel.header.value and "0 failed" in panel.header.value
     assert panel.overall.value == 1.0 and panel.overall.bar_style == "success"  # the job is complete
     states = {row.name.value: (row.state.value, row.bar.bar_style) for row in panel._rows}
-    assert states["dropped"] == ("cancelled", "")
+    assert states["dropped"][0].startswith("cancelled at ") and states["dropped"][1] == ""
     session.close()
+
+
+def test_rows_stay_under_the_mouse(origin, tmp_path):
+    """Pausing a task never moves the rows: a second click at the same place acts on the
+    task named there (before, the paused task sank and the next one took its row)."""
+    session = bg.Session(bg.Configuration.default())
+    tasks = [session.download_task(origin.url(f"big-{i}", 32 * MB, rate=2 * MB), tmp_path / f"big-{i}").resume()
+             for i in range(3)]
+    for task in tasks:
+        wait_for_bytes(task, 1)
+    panel = TaskPanel(tasks)
+    try:
+        row = panel._rows[0]
+        first = row.task
+        assert f"/{row.name.value}?" in first.original_request.url  # the row names its task
+        row.pause.click()
+        assert row.task is first and first.state is bg.TaskState.SUSPENDED
+        row.pause.click()  # the same place again: still the same (now paused) task
+        assert [t.state for t in tasks if t is not first] == [bg.TaskState.RUNNING] * 2
+        panel._hold_until = 0.0  # long after the click: a paused task still keeps its row
+        panel.refresh(force=True)
+        assert panel._rows[0].task is first and "suspended at " in panel._rows[0].state.value
+        assert " of 33.6 MB" in panel._rows[0].state.value  # a suspended row says what it holds
+    finally:
+        session.invalidate_and_cancel()
+
+
+def test_a_closed_session_panel_keeps_its_final_picture(origin, tmp_path):
+    session = bg.Session(bg.Configuration.default())
+    session.download_task(origin.url("kept", 300_000), tmp_path / "kept").resume().wait(30)
+    panel = SessionPanel(session)
+    try:
+        panel.refresh(force=True)
+        before = panel.header.value
+        session.close()
+        panel.refresh(force=True)
+        assert panel.header.value == before and "300.0 KB" in before and "1 done" in before
+        assert len(panel.rows_box.children) == 1 and panel._rows[0].stop.disabled
+        assert "final state" in panel.summary.value
+    finally:
+        panel.close()
+
+
+def test_a_reused_identifier_shows_the_current_job(origin, tmp_path):
+    config = bg.Configuration.background("again", use_service=False)
+    with bg.Session(config) as first:
+        first.download_task(origin.url("old", 1000), tmp_path / "old").resume().wait(30)
+    second = bg.Session(config)
+    try:
+        new = second.download_task(origin.url("new", 2000), tmp_path / "new").resume()
+        assert second.wait(timeout=30) == [tmp_path / "new"]  # not the earlier run's file too
+        assert [t.task_identifier for t in second.current_tasks()] == [new.task_identifier]
+        assert len(second.all_tasks()) == 2
+        panel = SessionPanel(second)
+        panel.refresh(force=True)
+        assert len(panel.rows_box.children) == 1 and panel._rows[0].task is new
+        assert "1 done" in panel.header.value and "1 finished tasks of earlier runs" in panel.summary.value
+        everything = SessionPanel(second, all_tasks=True)
+        assert len(everything.rows_box.children) == 2
+        panel.close()
+        everything.close()
+    finally:
+        second.close()
+
+
+def test_unknown_sizes_read_as_unknown(tmp_path):
+    session = bg.Session(bg.Configuration.default())
+    task = session.download_task("http://127.0.0.1:9/unknown", tmp_path / "u")  # never started: size unknown
+    panel = TaskPanel([task])
+    assert "size unknown" in panel.header.value and "+ ?" not in panel.header.value
+    assert panel._rows[0].state.value == "suspended at 0 B (size unknown)"
+    session.invalidate_and_cancel()

@@ -61,6 +61,10 @@ class Host(Protocol):
         """Every task of the session, as public views."""
 
     @property
+    def current(self) -> set[int]:
+        """Identifiers of the tasks of the current job (see :class:`TaskMirror`)."""
+
+    @property
     def listeners(self) -> list[Callable[[Event], None]]:
         """Called with every new event (displays); keep them quick."""
 
@@ -96,6 +100,10 @@ class TaskMirror:
         self.host = host
         self.tasks: dict[int, DownloadTask] = {}
         self._destinations: dict[str, int] = {}  # destination -> unfinished task writing it
+        # The current job: tasks unfinished when first seen, and tasks with an event since
+        # (new ones, and those that finished while no kernel was attached). Tasks that had
+        # finished, and been heard of, before this session attached are history.
+        self.current: set[int] = set()
 
     def apply(self, snap: dict[str, Any]) -> DownloadTask:
         """Create or update the view of the task in ``snap``."""
@@ -106,6 +114,8 @@ class TaskMirror:
         if task is None:
             task = DownloadTask(self.host, TaskRecord(**fields))
             self.tasks[tid] = task
+            if TaskState(fields["state"]) is not TaskState.COMPLETED:
+                self.current.add(tid)
         elif version < task._version:
             return task  # an older picture than the one shown (a reply overtaken by events)
         else:
@@ -122,6 +132,11 @@ class TaskMirror:
         elif destination:
             self._destinations[destination] = tid
         return task
+
+    def note(self, event: Event) -> None:
+        """An event about a task puts it in the current job."""
+        if event.task_identifier is not None:
+            self.current.add(event.task_identifier)
 
     def new_source(self) -> None:
         """Snapshots now come from another engine (a restarted service): its versions start
@@ -292,10 +307,16 @@ class HostCore:
         if isinstance(result, dict) and "record" in result:
             self.mirror.apply(result)
 
+    def backlog(self, event: Event) -> None:
+        """An event the delegate missed while no session was attached."""
+        self.mirror.note(event)
+        self.delivery.put(event)
+
     def on_event(self, event: Event, snapshot: dict[str, Any] | None) -> None:
         """An event from the engine: update the view first, then displays, then the delegate."""
         if snapshot is not None:
             self.mirror.apply(snapshot)
+        self.mirror.note(event)
         for listener in list(self.listeners):
             try:
                 listener(event)

@@ -168,19 +168,25 @@ class ThreadHost:
         for snap in engine.snapshots():
             self.core.mirror.apply(snap)
         for event in backlog:
-            self.core.delivery.put(event)
+            self.core.backlog(event)
         engine.start(announce=True)
         engine.flush()  # the reattach and what it recovered reach the delegate before the end of the backlog
         if durable and (found or backlog):
             self.core.delivery.finish_events()
 
     def _ack(self, seq: int, finished_path: str | None) -> None:
-        if not self.closed:
+        # acknowledgements of the last callbacks come while the session closes: they are
+        # queued on the loop before the journal closes (after close() delivered them)
+        if not self._store_closed:
             self.thread.loop.call_soon_threadsafe(self.engine.ack, seq, finished_path)
 
     @property
     def tasks(self) -> dict[int, Any]:
         return self.core.mirror.tasks
+
+    @property
+    def current(self) -> set[int]:
+        return self.core.mirror.current
 
     @property
     def listeners(self) -> list[Callable[..., None]]:
@@ -225,6 +231,8 @@ class ThreadHost:
     def bandwidth_limit(self) -> float | None:
         return self.engine.bandwidth_limit
 
+    _store_closed = False
+
     def close(self, mode: str) -> None:
         if self.closed:
             return
@@ -233,6 +241,7 @@ class ThreadHost:
             self.thread.run(self.engine.close(mode))
             self.core.delivery.close()
         finally:
+            self._store_closed = True
             self.thread.call(self.engine.close_store).result()
             if self.lock is not None:
                 self.lock.release()

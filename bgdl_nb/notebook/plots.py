@@ -71,13 +71,23 @@ def throughput_frame(events: pandas.DataFrame, bin_seconds: float | None = None)
     return frame
 
 
-def _markers(ax: Axes, events: pandas.DataFrame) -> None:
+def _markers(ax: Axes, events: pandas.DataFrame, t0: Any) -> None:
     styles = {"reattached": ("k", "--", "reattached (new kernel)"), "retry": ("#d62728", ":", "retry"),
               "suspended": ("#ff7f0e", ":", "suspended")}
     for kind, (color, line, label) in styles.items():
         times = events.loc[events["event"] == kind, "time"]
         for i, t in enumerate(times):
-            ax.axvline(t, color=color, linestyle=line, linewidth=1, alpha=0.8, label=label if i == 0 else None)
+            ax.axvline(_elapsed(t, t0), color=color, linestyle=line, linewidth=1, alpha=0.8,
+                       label=label if i == 0 else None)
+
+
+def _elapsed(t: Any, t0: Any) -> float:
+    return float((t - t0).total_seconds())
+
+
+def _elapsed_label(t0: Any, extra: str = "") -> str:
+    """``seconds since 14:03:07 UTC (2026-11-22)``: elapsed time, anchored to a readable clock."""
+    return f"seconds since {t0:%H:%M:%S} UTC ({t0:%Y-%m-%d}){extra}"
 
 
 def plot_throughput(events: pandas.DataFrame, *, ax: Axes | None = None, per_task: bool | None = None,
@@ -87,7 +97,6 @@ def plot_throughput(events: pandas.DataFrame, *, ax: Axes | None = None, per_tas
     Kernel reattaches, retries and suspends are marked with vertical lines. Returns the Axes.
     """
     require("matplotlib")
-    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
     frame = throughput_frame(events, bin_seconds)
@@ -99,19 +108,21 @@ def plot_throughput(events: pandas.DataFrame, *, ax: Axes | None = None, per_tas
     tasks = [c for c in frame.columns if c != "total"]
     if per_task is None:
         per_task = 1 < len(tasks) <= 10
-    ax.plot(frame.index, frame["total"], color="0.3", linewidth=3, alpha=0.5, label="session",
+    t0 = frame.index[0]
+    x = (frame.index - t0).total_seconds()
+    ax.plot(x, frame["total"], color="0.3", linewidth=3, alpha=0.5, label="all tasks",
             drawstyle="steps-post", zorder=1)
     if per_task:
         for tid in tasks:
-            ax.plot(frame.index, frame[tid], linewidth=1.2, label=f"task {tid}", drawstyle="steps-post", zorder=2)
-    _markers(ax, events)
+            ax.plot(x, frame[tid], linewidth=1.2, label=f"task {tid}", drawstyle="steps-post", zorder=2)
+    _markers(ax, events[events["time"] >= t0], t0)
     width = (frame.index[1] - frame.index[0]).total_seconds() if len(frame.index) > 1 else 0
     ax.set_ylabel("throughput (MB/s)")
-    ax.set_xlabel(f"time (UTC), {width:g} s bins" if width else "time (UTC)")
+    ax.set_xlabel(_elapsed_label(t0, f", {width:g} s bins" if width else ""))
     ax.set_ylim(bottom=0)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))  # type: ignore[no-untyped-call]
+    ax.set_xlim(left=0)
     ax.set_title("download throughput")
-    ax.legend(loc="upper left", fontsize="small", ncols=2)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", borderaxespad=0)  # beside, not over, the lines
     ax.grid(alpha=0.3)
     return ax
 
@@ -185,7 +196,6 @@ def plot_scheduler_delay(events: pandas.DataFrame, *, ax: Axes | tuple[Axes, Axe
     axes, or one Axes for the stacked bars only. Returns the Figure it made, else ``ax``.
     """
     require("matplotlib")
-    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
     segments = delay_segments(events)
@@ -216,18 +226,18 @@ def plot_scheduler_delay(events: pandas.DataFrame, *, ax: Axes | tuple[Axes, Axe
     else:
         left.text(0.5, 0.5, "no task has been resumed", ha="center", va="center", transform=left.transAxes)
     if right is not None:
+        t0 = segments["start"].min() if len(segments) else None
         for i, t in enumerate(tasks):
             for span in segments[segments["task_identifier"] == t].itertuples(index=False):
-                right.barh(i, span.end - span.start, left=span.start, color=_COLORS.get(span.kind, "#999999"),
-                           height=0.7)
+                right.barh(i, _elapsed(span.end, span.start), left=_elapsed(span.start, t0),
+                           color=_COLORS.get(span.kind, "#999999"), height=0.7)
         right.set_yticks(range(len(tasks)), [str(t) for t in tasks])
         right.invert_yaxis()
         right.set_title("timeline: waiting vs transferring")
-        right.set_xlabel("time (UTC)")
-        right.xaxis_date()
-        right.xaxis.set_major_formatter(mdates.ConciseDateFormatter(right.xaxis.get_major_locator()))  # type: ignore[no-untyped-call]
+        right.set_xlabel(_elapsed_label(t0) if t0 is not None else "seconds")
+        right.set_xlim(left=0)
         from matplotlib.patches import Rectangle
         names = ("transferring", "connecting", _SLOT, WaitReason.RETRY.value)
         right.legend([Rectangle((0, 0), 1, 1, color=_COLORS[k]) for k in names], names,
-                     fontsize="small", loc="lower right")
+                     fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return made if made is not None else ax  # type: ignore[return-value]

@@ -7,8 +7,15 @@ sends nothing. With thousands of tasks it shows at most ``max_rows`` rows — ta
 transferring first, then waiting ones, then the most recently finished — and a one-line
 summary of the rest. Rows are a fixed pool of widgets rebound to tasks, never rebuilt.
 
+Rows keep their place: a task keeps its row while it is shown, a state change never
+re-sorts the rows, and for a few seconds after a click nothing moves at all, so a
+second click lands on the task named on that row. A task the user acted on stays shown.
+
 Each row has pause, resume and cancel buttons that act on the task itself; a waiting
-task shows why it waits.
+task shows why it waits. The buttons' messages are served on a kernel subshell thread
+of their own (ipykernel 7), so they work while the cell that showed the panel is still
+running (a blocking ``fetch()``); where a kernel has no subshells, a panel shown by a
+running cell says that its buttons act once the cell is done.
 """
 
 from __future__ import annotations
@@ -24,12 +31,15 @@ require("ipywidgets")
 
 import ipywidgets as w  # noqa: E402
 
+from .._exceptions import BgdlError  # noqa: E402
 from .._task import DownloadTask, TaskState  # noqa: E402
 
 if TYPE_CHECKING:
     from .._session import Session
 
 __all__ = ["SessionPanel", "TaskPanel", "format_bytes"]
+
+HOLD_SECONDS = 3.0  # rows stay in place this long after a click
 
 
 def format_bytes(n: float | None) -> str:
@@ -66,6 +76,53 @@ class _Speed:
         return self.value
 
 
+_click_lock = threading.Lock()
+_click_channel: list[str | None] = []  # the subshell serving panel buttons, made once per kernel
+
+
+def _button_subshell() -> str | None:
+    """A kernel subshell that serves the panel's button clicks while the main thread is
+    busy running a cell, or None when the kernel has no subshells (not ipykernel 7)."""
+    with _click_lock:
+        if _click_channel:
+            return _click_channel[0]
+        subshell: str | None = None
+        try:
+            from concurrent.futures import Future
+
+            from IPython.core import getipython
+
+            module: Any = getipython
+            kernel = getattr(module.get_ipython(), "kernel", None)
+            channel = getattr(kernel, "shell_channel_thread", None)
+            if channel is not None and hasattr(channel.manager, "_create_subshell"):
+                made: Future[str] = Future()
+
+                def create() -> None:
+                    try:
+                        made.set_result(channel.manager._create_subshell())
+                    except BaseException as exc:  # handed to the waiting thread
+                        made.set_exception(exc)
+
+                channel.io_loop.add_callback(create)
+                subshell = made.result(timeout=5)
+        except Exception:  # any other kernel: clicks are served between cells
+            subshell = None
+        _click_channel.append(subshell)
+        return subshell
+
+
+def _serve_clicks(button: w.Button) -> bool:
+    """Route ``button``'s messages from the front end to the click subshell; True when
+    they will be served while a cell runs."""
+    subshell = _button_subshell()
+    comm = getattr(button, "comm", None)
+    if subshell is None or comm is None:
+        return False
+    comm._reply_subshell_for = lambda _data, _default: subshell
+    return True
+
+
 def _set(widget: w.Widget, name: str, value: object) -> int:
     """Set a trait only when it changes; return how many updates were sent."""
     if getattr(widget, name) != value:
@@ -90,40 +147,45 @@ class _Row:
         self.pause.on_click(lambda _: self._act(DownloadTask.suspend))
         self.play.on_click(lambda _: self._act(DownloadTask.resume))
         self.stop.on_click(lambda _: self._act(DownloadTask.cancel))
+        self.live = all([_serve_clicks(b) for b in (self.pause, self.play, self.stop)])
         self.box = w.HBox([self.name, self.bar, self.state, self.rate, self.pause, self.play, self.stop])
         self.panel = panel
 
     def _act(self, action: Callable[[DownloadTask], object]) -> None:
-        if self.task is not None:
-            action(self.task)
+        task = self.task
+        if task is not None and not self.panel.frozen:
+            self.panel.touched(task)
+            action(task)
             self.panel.refresh(force=True)
 
-    def show(self, task: DownloadTask, now: float) -> int:
+    def show(self, task: DownloadTask, now: float, frozen: bool) -> int:
         if task is not self.task:
             self.task, self.speed = task, _Speed()
         total = task.count_of_bytes_expected_to_receive or task.count_of_bytes_client_expects_to_receive
         got = task.count_of_bytes_received
         speed = self.speed.update(now, got)
         state = task.state
+        amount = f"{format_bytes(got)} of {format_bytes(total)}" if total else f"{format_bytes(got)} (size unknown)"
         if state is TaskState.COMPLETED:
             outcome = task.outcome
-            text, style = {"done": ("done", "success"), "cancelled": ("cancelled", "")}.get(
+            text, style = {"done": (f"done, {format_bytes(got)}", "success"),
+                           "cancelled": (f"cancelled at {format_bytes(got)}", "")}.get(
                 outcome, (f"failed: {_short_error(task)}", "danger"))
         elif task.waiting_reason:
-            text, style = f"waiting: {task.waiting_reason}", "warning"
+            text, style = f"{amount} · {task.waiting_reason}", "warning"
         elif state is TaskState.RUNNING:
-            text, style = f"{format_bytes(got)} / {format_bytes(total)}", "info"
-        else:
-            text, style = state.value, ""
+            text, style = amount, "info"
+        else:  # suspended: what is on disk is kept, so say how much
+            text, style = f"{state.value} at {amount}", ""
         label = task.task_description or task.original_request.url.split("?")[0].rsplit("/", 1)[-1]
         sent = _set(self.name, "value", label[:40])
         sent += _set(self.bar, "value", round(min(1.0, got / total), 3) if total else (1.0 if style == "success" else 0.0))
         sent += _set(self.bar, "bar_style", style)
         sent += _set(self.state, "value", text[:80])
         sent += _set(self.rate, "value", f"{format_bytes(speed)}/s" if state is TaskState.RUNNING and speed else "")
-        sent += _set(self.pause, "disabled", state is not TaskState.RUNNING)
-        sent += _set(self.play, "disabled", state is not TaskState.SUSPENDED)
-        sent += _set(self.stop, "disabled", state in (TaskState.COMPLETED, TaskState.CANCELING))
+        sent += _set(self.pause, "disabled", frozen or state is not TaskState.RUNNING)
+        sent += _set(self.play, "disabled", frozen or state is not TaskState.SUSPENDED)
+        sent += _set(self.stop, "disabled", frozen or state in (TaskState.COMPLETED, TaskState.CANCELING))
         return sent
 
 
@@ -163,9 +225,42 @@ class TaskPanel:
         self.overall = w.FloatProgress(min=0.0, max=1.0, layout=w.Layout(width="100%"))
         self.summary = w.HTML()
         self._rows: list[_Row] = []
+        self._slots: list[DownloadTask] = []  # the task on each row, in row order
+        self._pinned: set[int] = set()  # tasks the user acted on: they stay shown
+        self._hold_until = 0.0  # rows do not move before this time (the user is clicking)
+        self.frozen = False  # the session closed: the final picture, no buttons
+        self.waiting_cell = False  # the cell that showed the panel is still running
         self.rows_box = w.VBox([])
-        self.widget = w.VBox([self.header, self.overall, self.rows_box, self.summary])
+        self.hint = w.HTML()
+        self.widget = w.VBox([self.header, self.overall, self.rows_box, self.summary, self.hint])
         self.refresh(force=True)
+
+    def touched(self, task: DownloadTask) -> None:
+        """The user acted on ``task`` from its row: keep it shown, and hold every row in
+        place for ``HOLD_SECONDS`` so the next click lands on the task it names."""
+        self._pinned.add(task.task_identifier)
+        self._hold_until = time.monotonic() + HOLD_SECONDS
+
+    def _place(self, ranked: list[DownloadTask], now: float) -> list[DownloadTask]:
+        """The tasks to show, row by row: a task keeps its row while it is shown."""
+        self._pinned = {tid for tid in self._pinned if any(
+            t.task_identifier == tid and t.state is not TaskState.COMPLETED for t in ranked)} if self._pinned else set()
+        first = [t for t in ranked if t.task_identifier in self._pinned]
+        wanted = list({t.task_identifier: t for t in first + ranked}.values())[: self.max_rows]
+        present = {t.task_identifier for t in ranked}
+        if now < self._hold_until:  # nothing moves while the user clicks; new tasks only below
+            slots = [t for t in self._slots if t.task_identifier in present]
+            placed = {t.task_identifier for t in slots}
+            slots += [t for t in wanted if t.task_identifier not in placed][: max(0, self.max_rows - len(slots))]
+            self._slots = slots
+            return slots
+        keep = {t.task_identifier for t in wanted}
+        kept: list[DownloadTask | None] = [t if t.task_identifier in keep else None for t in self._slots]
+        placed = {t.task_identifier for t in kept if t is not None}
+        newcomers = iter([t for t in wanted if t.task_identifier not in placed])
+        filled = [t if t is not None else next(newcomers, None) for t in kept]
+        self._slots = [t for t in filled if t is not None] + list(newcomers)
+        return self._slots
 
     def tasks(self) -> Sequence[DownloadTask]:
         return self._tasks
@@ -229,19 +324,21 @@ class TaskPanel:
             else:
                 counts["transferring"] += 1
                 active.append(task)
-        shown = (active + waiting + finished[::-1])[: self.max_rows]
+        shown = self._place(active + waiting + finished[::-1], now)
         while len(self._rows) < len(shown):
             self._rows.append(_Row(self))
+        idle_buttons = self.waiting_cell and not all(row.live for row in self._rows)
         sent = 0
         for row, task in zip(self._rows, shown):
-            sent += row.show(task, now)
+            sent += row.show(task, now, self.frozen or idle_buttons)
         boxes = tuple(r.box for r in self._rows[: len(shown)])
         if self.rows_box.children != boxes:
             self.rows_box.children = boxes
             sent += 1
         speed = self._speed.update(now, done_bytes)
         eta = (total_bytes - done_bytes) / speed if speed > 0 and not unknown and total_bytes > done_bytes else None
-        size = format_bytes(total_bytes) + (" + ?" if unknown else "")
+        size = format_bytes(total_bytes) if not unknown else (
+            f"{format_bytes(total_bytes)} + {unknown} of unknown size" if total_bytes else "size unknown")
         header = (f"<b>{self.title}</b> &nbsp; {format_bytes(done_bytes)} / {size} &nbsp; "
                   f"{format_bytes(speed) + '/s' if counts['transferring'] else 'idle'} &nbsp; ETA {_format_eta(eta)} &nbsp; "
                   f"{counts['transferring']} running · {counts['waiting']} waiting · "
@@ -254,26 +351,76 @@ class TaskPanel:
         sent += _set(self.overall, "value", round(min(1.0, fraction), 3))
         sent += _set(self.overall, "bar_style", "danger" if counts["failed"] else ("success" if all_done else "info"))
         hidden = len(tasks) - len(shown)
-        sent += _set(self.summary, "value", f"<i>… and {hidden} more tasks not shown</i>" if hidden > 0 else "")
+        notes = [f"… and {hidden} more tasks not shown"] if hidden > 0 else []
+        notes += self._notes()
+        sent += _set(self.summary, "value", f"<i>{' · '.join(notes)}</i>" if notes else "")
+        hint = ("the buttons act once this cell is done (this kernel cannot serve them while a cell runs; "
+                "<code>await bg.fetch_async(...)</code> keeps them live)") if idle_buttons else ""
+        sent += _set(self.hint, "value", f"<small>{hint}</small>" if hint else "")
         return sent
+
+    def _notes(self) -> list[str]:
+        return ["the cell was interrupted: the downloads go on in the background, and the buttons here "
+                "control them"] if self._following else []
+
+    _following = False
+
+    def follow(self, when_done: Callable[[], None]) -> None:
+        """Keep the panel live after the cell that showed it was interrupted: a timer
+        thread refreshes it until every task is done, then calls ``when_done``."""
+        self._following, self.waiting_cell = True, False
+
+        def run() -> None:
+            try:
+                while not all(task.done() for task in self.tasks()):
+                    time.sleep(self.min_interval)
+                    self.refresh()
+            finally:
+                self._following = False
+                when_done()
+                self.refresh(force=True)
+
+        threading.Thread(target=run, name="bgdl-panel", daemon=True).start()
 
 
 class SessionPanel(TaskPanel):
-    """A live panel over every task of a session, refreshed by a timer thread."""
+    """A live panel over the current job of a session (``all_tasks=True``: every task
+    ever created under its identifier), refreshed by a timer thread. When the session
+    closes, the panel keeps its final picture (a saved notebook keeps the record)."""
 
-    def __init__(self, session: Session, **kwargs: object) -> None:
+    def __init__(self, session: Session, *, all_tasks: bool = False, **kwargs: Any) -> None:
         self.session = session
+        self.all_tasks = all_tasks
+        self._last: list[DownloadTask] = []
+        self._earlier = 0
         self._stop = threading.Event()
         title = f"bgdl_nb · {session.identifier}" if session.identifier else "bgdl_nb"
-        super().__init__(None, title=title, **kwargs)  # type: ignore[arg-type]
+        super().__init__(None, title=title, **kwargs)
         self._timer = threading.Thread(target=self._tick, name="bgdl-panel", daemon=True)
         self._timer.start()
 
     def tasks(self) -> Sequence[DownloadTask]:
+        if self.session._host.closed:
+            self.frozen = True
+            return self._last  # the final picture, not an empty panel
         try:
-            return self.session.all_tasks()
-        except Exception:  # the session was closed: show what we have
-            return []
+            everything = self.session.all_tasks()
+            shown = everything if self.all_tasks else self.session.current_tasks()
+        except BgdlError:  # closed between the check and the read
+            self.frozen = True
+            return self._last
+        self._earlier = len(everything) - len(shown)
+        self._last = shown
+        return shown
+
+    def _notes(self) -> list[str]:
+        notes = []
+        if self._earlier:
+            notes.append(f"{self._earlier} finished tasks of earlier runs under this identifier not shown "
+                         "(<code>session.show(all_tasks=True)</code> shows them)")
+        if self.frozen:
+            notes.append("session closed: final state")
+        return notes
 
     def _tick(self) -> None:
         while not self._stop.wait(self.min_interval):

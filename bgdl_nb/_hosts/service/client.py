@@ -165,7 +165,7 @@ class ServiceHost:
         for snap in reply["tasks"]:
             self.core.mirror.apply(snap)
         for data in reply["backlog"]:
-            self.core.delivery.put(Event(**data))
+            self.core.backlog(Event(**data))
         if reply["reattached"]:
             self.core.delivery.finish_events()
 
@@ -261,6 +261,10 @@ class ServiceHost:
     @property
     def tasks(self) -> dict[int, DownloadTask]:
         return self.core.mirror.tasks
+
+    @property
+    def current(self) -> set[int]:
+        return self.core.mirror.current
 
     @property
     def listeners(self) -> list[Callable[[Event], None]]:
