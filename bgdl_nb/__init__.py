@@ -39,6 +39,7 @@ from ._exceptions import (
     UnsupportedURL,
 )
 from ._fetch import fetch, fetch_async
+from ._hosts.service.client import service_status
 from ._scheduler import WaitReason
 from ._session import Session
 from ._states import TaskState
@@ -79,4 +80,5 @@ __all__ = [
     "WaitReason",
     "fetch",
     "fetch_async",
+    "service_status",
 ]

@@ -212,7 +212,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     async def run() -> None:
         url = await origin.start_async()
         print(f"demo origin serving on {url}  (try {url}/files/sample.bin?size=104857600)", flush=True)
-        await asyncio.Event().wait()
+        if args.idle_exit is None:
+            await asyncio.Event().wait()
+        while origin.idle_for() < args.idle_exit:  # ends once nobody has asked for anything for a while
+            await asyncio.sleep(min(1.0, args.idle_exit))
+        print(f"demo origin: idle for {args.idle_exit:g} s, exiting", flush=True)
 
     asyncio.run(run())
     return 0
@@ -271,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the demo origin server")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--idle-exit", type=float, metavar="SECONDS",
+                   help="exit after SECONDS without a request (default: serve until stopped)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("demo", help="download, kill, resume and verify on the embedded demo origin")

@@ -138,3 +138,35 @@ def test_typos_on_the_command_line_are_one_line_and_exit_2(tmp_path, args, words
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bgdl: error: ") and words in lines[0], lines
+
+
+def test_a_notebook_demo_origin_is_reused_and_exits_when_idle(tmp_path):
+    """An origin started for a notebook that is left midway does not run for ever; a
+    request in flight keeps it up, and running the notebook again reuses it."""
+    import urllib.request
+
+    from bgdl_nb.demo import start_origin_process
+
+    info = tmp_path / "demo-origin.json"
+    origin = start_origin_process(info, idle_exit=1.0)
+    try:
+        assert start_origin_process(info, idle_exit=1.0).pid == origin.pid  # the second run reuses it
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with direct.open(origin.url("slow", 3_000_000, rate=1_000_000), timeout=30) as reply:
+            assert len(reply.read()) == 3_000_000  # three seconds of transfer, three times the idle limit
+        assert origin.alive()
+
+        def gone() -> bool:
+            try:  # our child: reap it once it exited
+                return os.waitpid(origin.pid, os.WNOHANG)[0] == origin.pid
+            except ChildProcessError:  # already reaped
+                try:
+                    os.kill(origin.pid, 0)
+                except ProcessLookupError:
+                    return True
+                return False
+
+        wait_until(gone, timeout=20, what="the idle origin to exit")
+    finally:
+        origin.stop()
+

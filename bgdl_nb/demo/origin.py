@@ -127,6 +127,12 @@ class Origin:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._stopped = threading.Event()
+        self.in_flight = 0  # requests being answered now
+        self.last_activity = time.monotonic()  # when the last request ended (or the origin started)
+
+    def idle_for(self) -> float:
+        """Seconds since the origin last answered a request (0 while one is in flight)."""
+        return 0.0 if self.in_flight else time.monotonic() - self.last_activity
 
     # public helpers ------------------------------------------------------------------------
 
@@ -163,8 +169,18 @@ class Origin:
 
     # application ---------------------------------------------------------------------------
 
+    @web.middleware
+    async def _activity(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.in_flight += 1
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        finally:
+            self.in_flight -= 1
+            self.last_activity = time.monotonic()
+
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._activity])
         app.router.add_route("GET", "/files/{name}", self._files)
         app.router.add_route("HEAD", "/files/{name}", self._files)
         app.router.add_get("/redirect", self._redirect)

@@ -2,7 +2,10 @@
 
 An origin on a thread of the kernel dies with the kernel; :func:`start_origin_process`
 runs ``bgdl serve`` detached instead and writes its address to a small JSON file, so
-the next kernel finds it again with :meth:`RemoteOrigin.load`.
+the next kernel finds it again with :meth:`RemoteOrigin.load`. Such an origin exits by
+itself once nobody has asked it for anything for ``idle_exit`` seconds, so a notebook
+left midway never leaves it running for ever; running the notebook again reuses the
+origin that is still up.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +42,15 @@ class RemoteOrigin:
         data = json.loads(Path(info_file).read_text())
         return cls(data["base_url"], int(data["pid"]))
 
+    def alive(self) -> bool:
+        """True when the origin answers (a quick request to its index page)."""
+        try:
+            direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
+            with direct.open(self.base_url + "/", timeout=2) as reply:
+                return b"bgdl_nb demo origin" in reply.read(200)
+        except OSError:
+            return False
+
     def stop(self) -> None:
         try:
             os.kill(self.pid, signal.SIGTERM)
@@ -45,10 +58,21 @@ class RemoteOrigin:
             pass
 
 
-def start_origin_process(info_file: str | os.PathLike[str] = "demo-origin.json") -> RemoteOrigin:
-    """Start ``bgdl serve`` on a free loopback port, detached from this kernel."""
+def start_origin_process(info_file: str | os.PathLike[str] = "demo-origin.json", *,
+                         idle_exit: float = 600.0) -> RemoteOrigin:
+    """Start ``bgdl serve`` on a free loopback port, detached from this kernel, or reuse
+    the one ``info_file`` names while it still answers. The origin exits after
+    ``idle_exit`` seconds without a request."""
+    info = Path(info_file)
+    if info.exists():
+        try:
+            running = RemoteOrigin.load(info)
+        except (ValueError, KeyError):
+            running = None
+        if running is not None and running.alive():
+            return running
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bgdl_nb.cli", "serve", "--port", "0"],
+        [sys.executable, "-m", "bgdl_nb.cli", "serve", "--port", "0", "--idle-exit", str(idle_exit)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
         start_new_session=True,  # survives the kernel's restart
     )

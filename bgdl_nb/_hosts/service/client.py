@@ -107,9 +107,24 @@ def _request_once(state_dir: Path, op: str, **args: Any) -> Any:
         return reply["result"]
 
 
-def service_status(state_dir: Path) -> dict[str, Any] | None:
-    """The running service's status, or ``None`` when none runs."""
-    status: dict[str, Any] | None = _request_once(state_dir, "status")
+def service_status(state_dir: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+    """The running transfer service's status, or ``None`` when none runs.
+
+    Parameters
+    ----------
+    state_dir
+        The state directory the service serves (default: ``BGDL_STATE_DIR`` or the
+        platform's); what ``bgdl service status --json`` prints.
+
+    Returns
+    -------
+    dict or None
+        ``pid``, ``uptime`` (seconds), ``clients``, ``protocol``, ``state_dir`` and
+        ``sessions``: per identifier, its ``tasks``, ``running``, attached ``clients`` and
+        ``bytes_per_second``.
+    """
+    from ..._config import state_dir as default_state_dir
+    status: dict[str, Any] | None = _request_once(default_state_dir(state_dir), "status")
     return status
 
 

@@ -54,6 +54,7 @@ class _Client:
         self.writer = writer
         self.identifiers: set[str] = set()
         self.launched: set[str] = set()  # identifiers this client was launched for
+        self.pid: object = None  # the client process, as it said when it attached
 
     def send(self, message: dict[str, Any]) -> None:
         if not self.writer.is_closing():
@@ -275,9 +276,12 @@ class Service:
                 await writer.drain()
         finally:
             self.clients.discard(client)
-            for identifier in client.identifiers:
-                if identifier in self.hosted:
-                    self.hosted[identifier].clients.discard(client)
+            for identifier in client.identifiers:  # still attached: it left without closing (killed, crashed)
+                hosted = self.hosted.get(identifier)
+                if hosted is not None:
+                    hosted.clients.discard(client)
+                    hosted.engine.note(EventKind.CLIENT_LEFT, f"client pid {client.pid} went away without closing "
+                                                              "its session; the transfers go on here")
             writer.close()
 
     async def _handle(self, client: _Client, request: dict[str, Any]) -> dict[str, Any]:
@@ -328,6 +332,7 @@ class Service:
         backlog = engine.backlog()
         hosted.clients.add(client)
         client.identifiers.add(identifier)
+        client.pid = request.get("pid")
         return {"tasks": engine.snapshots(), "backlog": [e.as_dict() for e in backlog],
                 "reattached": existed, "bandwidth_limit": engine.bandwidth_limit}
 
