@@ -61,22 +61,19 @@ def jupyterlab(tmp_path):
 
 
 def test_quickstart_panel_reaches_100_percent_in_chromium(jupyterlab):
-    if CHROMIUM is None:
-        if os.environ.get("BGDL_REQUIRE_BROWSER"):
-            pytest.fail("Chromium is required (BGDL_REQUIRE_BROWSER is set) but not installed")
-        pytest.skip("Chromium is not installed (apt-get install chromium); .ci/run installs it")
+    chromium = _chromium_or_skip()
     from playwright.sync_api import expect, sync_playwright
 
     url, root = jupyterlab
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
+            executable_path=chromium, headless=True,
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{url}/lab/tree/01-quickstart.ipynb")
+            page.goto(f"{url}/lab/tree/01-quickstart.ipynb?reset")
             page.locator(".jp-Notebook").wait_for(timeout=90_000)
             # Run All before the kernel is connected is dropped silently: wait for an idle kernel.
             expect(page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle"))).to_be_visible(timeout=120_000)
@@ -94,3 +91,73 @@ def test_quickstart_panel_reaches_100_percent_in_chromium(jupyterlab):
         finally:
             browser.close()
     assert (root / "data" / "quickstart" / "measurements.parquet").stat().st_size == 40_000_000
+
+
+def _chromium_or_skip() -> str:
+    if CHROMIUM is None:
+        if os.environ.get("BGDL_REQUIRE_BROWSER"):
+            pytest.fail("Chromium is required (BGDL_REQUIRE_BROWSER is set) but not installed")
+        pytest.skip("Chromium is not installed (apt-get install chromium); .ci/run installs it")
+    return CHROMIUM
+
+
+CLICKS = '''import bgdl_nb as bg
+from bgdl_nb.demo import Origin
+
+origin = Origin()
+origin.start()
+urls = [origin.url(f"big-{i}", 40_000_000, rate=4_000_000) for i in range(3)]
+paths = bg.fetch(urls, dest="data/clicks", identifier="clicks")  # blocks until all three are complete
+print("fetched", len(paths), "files")'''
+
+
+def test_buttons_in_a_blocking_fetch_act_on_the_task_named_on_their_row(jupyterlab):
+    """In the panel of a running ``bg.fetch()`` cell: pause the row named big-0, click the
+    same spot again, and only big-0 is suspended; its resume button finishes the job."""
+    import nbformat
+    from playwright.sync_api import expect, sync_playwright
+
+    chromium = _chromium_or_skip()
+    url, root = jupyterlab
+    kernel = {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}}
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(CLICKS)], metadata=kernel),
+                   root / "clicks.ipynb")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{url}/lab/tree/clicks.ipynb?reset")  # a fresh workspace: no tab of another test
+            page.locator(".jp-Notebook").wait_for(timeout=90_000)
+            expect(page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle"))).to_be_visible(timeout=120_000)
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
+
+            def row(name: str):
+                return page.locator(".bgdl-row", has=page.locator(".bgdl-name", has_text=re.compile(f"^{name}$")))
+
+            def state(name: str):
+                return row(name).locator(".bgdl-state")
+
+            for name in ("big-0", "big-1", "big-2"):
+                expect(state(name)).to_contain_text(" of ", timeout=120_000)  # all three transferring
+            pause = row("big-0").locator("button[title='suspend']")
+            expect(pause).to_be_enabled()
+            box = pause.bounding_box()
+            assert box is not None
+            spot = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.click(*spot)
+            expect(state("big-0")).to_contain_text("suspended at", timeout=15_000)
+            page.mouse.click(*spot)  # the same place again: a paused row's pause button is disabled
+            page.wait_for_timeout(1500)  # what a second click could change would show within the panel's refresh
+            for other in ("big-1", "big-2"):
+                expect(state(other)).not_to_contain_text("suspended", timeout=1)
+            assert row("big-0").locator("button[title='suspend']").bounding_box() == box  # the row did not move
+            page.locator(".jp-Notebook").screenshot(path=str(ARTIFACTS / "browser-clicks.png"))
+            row("big-0").locator("button[title='resume']").click()
+            expect(page.get_by_text("fetched 3 files")).to_be_visible(timeout=120_000)
+        finally:
+            browser.close()
+    for i in range(3):
+        assert (root / "data" / "clicks" / f"big-{i}").stat().st_size == 40_000_000

@@ -149,6 +149,8 @@ class _Row:
         self.stop.on_click(lambda _: self._act(DownloadTask.cancel))
         self.live = all([_serve_clicks(b) for b in (self.pause, self.play, self.stop)])
         self.box = w.HBox([self.name, self.bar, self.state, self.rate, self.pause, self.play, self.stop])
+        for widget, css in ((self.box, "bgdl-row"), (self.name, "bgdl-name"), (self.state, "bgdl-state")):
+            widget.add_class(css)  # stable handles for styles and browser tests
         self.panel = panel
 
     def _act(self, action: Callable[[DownloadTask], object]) -> None:
