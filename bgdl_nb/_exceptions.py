@@ -214,6 +214,12 @@ class FetchError(BgdlError):
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_fetch, (self.message, self.errors))
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows for it in a notebook: the per-URL summary, without the
+        frames of bgdl_nb's waiting loop (a person needs the URLs, not our internals)."""
+        return [f"FetchError: {self.message}",
+                "(.errors maps each URL to its error; running the same fetch() again retries only these)"]
+
 
 _TYPES: dict[str, type[BgdlError]] = {
     cls.__name__: cls

@@ -312,9 +312,16 @@ def _wait_all(tasks: dict[int, DownloadTask], urls: list[str], names: list[str],
             f"still downloading after {timeout} s ({tasks[i].count_of_bytes_received} bytes so far); "
             "call fetch() again to wait for the rest", url=urls[i])
     if errors:
-        lines = "\n".join(f"  {url}: {err}" for url, err in errors.items())
+        lines = "\n".join(f"  {url}: {_without(str(err), url)}" for url, err in errors.items())
         raise FetchError(f"{len(errors)} of {len(urls)} downloads did not complete:\n{lines}", errors=errors)
     return [done[i] for i in range(len(urls))]
+
+
+def _without(message: str, url: str) -> str:
+    """``message`` without the URL its line already starts with (each URL named once)."""
+    if message.startswith(url):
+        return message[len(url):].lstrip(" :")
+    return message.replace(url, "the URL")
 
 
 async def fetch_async(urls: str | Iterable[str], dest: str | os.PathLike[str] = "data",

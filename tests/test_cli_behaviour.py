@@ -170,3 +170,17 @@ def test_a_notebook_demo_origin_is_reused_and_exits_when_idle(tmp_path):
     finally:
         origin.stop()
 
+
+
+def test_bgdl_demo_kills_resumes_verifies_and_says_what_it_left(tmp_path):
+    """The README's first command, with its output piped (not a terminal): every line
+    whole, the resume shown, and where it worked named."""
+    work = tmp_path / "a folder with a rather long name to need more than eighty columns" / "demo"
+    done = run_cli("demo", "--size-mb", "8", "--dir", str(work), timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "all files complete and verified" in done.stdout
+    assert "resumed at byte" in done.stdout or "finished before it could be killed" in done.stdout
+    lines = done.stdout.splitlines()
+    assert any(f"rm -rf {work}" in line for line in lines), done.stdout  # the whole path on one line
+    assert sorted(p.name for p in (work / "data").iterdir() if not p.name.startswith(".")) == [
+        "satellite-tiles.tar", "taxi-trips.parquet", "weather-2026.csv.gz"]

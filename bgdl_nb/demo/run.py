@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,7 +39,7 @@ def run_demo(workdir: str | None = None, size_mb: int = 48) -> int:
     from .._journal import journaled_bytes, read_journal
     from .origin import Origin
 
-    console = Console()
+    console = Console(soft_wrap=not sys.stdout.isatty())  # piped or logged: one line stays one line
     root = Path(workdir or tempfile.mkdtemp(prefix="bgdl-demo-")).absolute()
     state, out = root / "state", root / "data"
     os.environ["BGDL_STATE_DIR"] = str(state)
@@ -109,7 +110,14 @@ def run_demo(workdir: str | None = None, size_mb: int = 48) -> int:
                               f"of {e.total_bytes_expected:,}")
         console.print(f"  origin served {served / MB:.2f} MiB for {total / MB:.2f} MiB of files "
                       f"(re-fetched {max(0, served - total) / 1024:.0f} KiB); resume took {elapsed:.1f} s")
-        console.print(f"  `bgdl events --id {identifier}` with BGDL_STATE_DIR={state} shows every row")
         console.print("[bold green]all files complete and verified[/]" if ok else "[bold red]verification failed[/]")
         stop_service(state)
-        return 0 if ok else 1
+    if workdir is None:  # a temporary folder of ours: nothing is left behind
+        shutil.rmtree(root, ignore_errors=True)
+        console.print(f"removed the working folder {root} (the transfer service is stopped); "
+                      "`bgdl demo --dir DIR` keeps the files and the journal")
+    else:
+        console.print(f"left in {root}: the verified files in {out}, the journal in {state} (the transfer service "
+                      f"is stopped). Every event: BGDL_STATE_DIR={state} bgdl events --id {identifier}; "
+                      f"remove it all with: rm -rf {root}")
+    return 0 if ok else 1
