@@ -65,3 +65,41 @@ def test_kernel_restart_midway_then_reattach(origin, tmp_path, state_dir):
         km.shutdown_kernel(now=True)
     assert sha256_of(dest) == origin.sha256("kernel.bin", size)
     assert origin.bytes_sent("kernel.bin") <= size + CHECKPOINT_BYTES + 512 * 1024
+
+
+def test_interrupting_a_blocking_fetch_leaves_a_live_panel_and_running_downloads(origin, tmp_path, state_dir):
+    """Ctrl-C (Kernel ▸ Interrupt) on a ``fetch()`` cell gives the kernel back; the
+    download goes on in the background and its panel stays live and says so."""
+    from jupyter_client.manager import KernelManager
+
+    size = 12 * MB
+    url = origin.url("interrupted.bin", size, rate=3 * MB)
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(cwd=str(tmp_path), env={**os.environ, "BGDL_STATE_DIR": str(state_dir)})
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        _run(kc, "import bgdl_nb as bg")
+        msg_id = kc.execute(f"paths = bg.fetch([{url!r}], dest='data', identifier='interrupt-me')")
+        journal = bg.Configuration.background("interrupt-me").journal_path()
+        wait_until(lambda: journal.exists() and journaled_bytes(journal, "interrupt-me") >= MB, timeout=60,
+                   what="the download under way")
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=30)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+        shown = """
+            from ipywidgets.widgets import widget as _widget
+            print(" | ".join(v.value for v in list(_widget._instances.values())
+                             if type(v).__name__ == "HTML" and v.value))
+        """
+        live = _run(kc, shown)  # at once: the cell gave the kernel back while the download runs
+        assert "the cell was interrupted: the downloads go on in the background" in live, live
+        wait_until(lambda: (tmp_path / "data" / "interrupted.bin").exists(), timeout=60,
+                   what="the download to finish in the background")
+        wait_until(lambda: "1 done" in _run(kc, shown), timeout=10, what="the panel to follow the task to its end")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert sha256_of(tmp_path / "data" / "interrupted.bin") == origin.sha256("interrupted.bin", size)
