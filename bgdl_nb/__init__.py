@@ -36,6 +36,7 @@ from ._exceptions import (
     TransferError,
     TransferTimeout,
     UnexpectedResponse,
+    UnsafeFile,
     UnsupportedURL,
 )
 from ._fetch import fetch, fetch_async
@@ -76,6 +77,7 @@ __all__ = [
     "TransferError",
     "TransferTimeout",
     "UnexpectedResponse",
+    "UnsafeFile",
     "UnsupportedURL",
     "WaitReason",
     "fetch",

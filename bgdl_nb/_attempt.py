@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ._events import EventKind
 from ._exceptions import ChecksumMismatch, InvalidDestination, NetworkError, TransferError, UnexpectedResponse
-from ._files import CHECKPOINT_BYTES, HashWorker, hash_prefix, unlink
+from ._files import CHECKPOINT_BYTES, HashWorker, hash_prefix, open_partial, partial_size, truncate_partial, unlink
 from ._finalise import Finaliser
 from ._resume import Outcome, Validator, accepts_ranges, decide, resume_headers, validator_from_headers
 from ._segments import MIN_SEGMENT, Segmented, SegmentsChanged
@@ -99,10 +99,11 @@ class Reporter(Protocol):
 
 def _open_at(path: str, offset: int | None) -> int:
     """Open (or create, private) the partial file for writing at ``offset`` (blocking);
-    ``None``: for positional writes (read too, for the digest), nothing truncated."""
+    ``None``: for positional writes (read too, for the digest), nothing truncated.
+    Never through a symbolic link, and only a file that is ours (:func:`open_partial`)."""
     if offset is None:
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        return open_partial(path, read=True)
+    fd = open_partial(path)
     try:
         os.ftruncate(fd, offset)
         os.lseek(fd, offset, os.SEEK_SET)
@@ -137,11 +138,9 @@ class Attempt:
         self.target = target
 
     def _partial_size(self) -> int:
-        """The partial file's size, -1 when it is missing."""
-        try:
-            return os.path.getsize(self.run.record.partial_path)
-        except FileNotFoundError:
-            return -1
+        """The partial file's size, -1 when it is missing; :class:`UnsafeFile` when it is
+        no longer the file we made (a symbolic link, say)."""
+        return partial_size(self.run.record.partial_path)
 
     def check_partial(self) -> int:
         """Reconcile the partial file with the journaled offset; return where to continue."""
@@ -152,7 +151,7 @@ class Attempt:
             self.report.restart(f"partial file {what}")
             return 0
         if size > rec.offset:
-            os.truncate(rec.partial_path, rec.offset)  # bytes past the journaled offset are not vouched for
+            truncate_partial(rec.partial_path, rec.offset)  # bytes past the journaled offset are not vouched for
         if rec.offset > 0 and (rec.validator_kind is None or not rec.accepts_ranges):
             why = "no validator (ETag or Last-Modified)" if rec.validator_kind is None else "no byte-range support"
             self.report.restart(f"server gave {why}, so the partial file cannot be continued safely")

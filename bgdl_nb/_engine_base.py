@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -22,7 +21,7 @@ from ._attempt import TaskRun
 from ._config import Configuration
 from ._events import Event, EventKind
 from ._exceptions import BgdlError, ChecksumMismatch, InvalidInput
-from ._files import unlink
+from ._files import partial_size, truncate_partial, unlink
 from ._journal import Store
 from ._resume import ResumeState, Validator, encode_resume_data
 from ._scheduler import Scheduler, TokenBucket
@@ -174,8 +173,8 @@ class EngineBase:
         rec = run.record
         self._emit(EventKind.RESTARTED, run, total_bytes_written=run.received, detail=reason)
         run.hasher, run.hashed, run.hashing = None, -1, None
-        if Path(rec.partial_path).exists():
-            os.truncate(rec.partial_path, 0)
+        if partial_size(rec.partial_path) > 0:
+            truncate_partial(rec.partial_path, 0)
         run.received = 0
         self._set(run, offset=0, validator_kind=None, validator_value=None, accepts_ranges=False, total=None,
                   segments=None)

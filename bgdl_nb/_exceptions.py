@@ -169,6 +169,11 @@ class DiskFull(TransferError):
     """No space left on the destination's file system."""
 
 
+class UnsafeFile(TransferError):
+    """A task's partial file is no longer the one bgdl_nb made (a symbolic link, a hard
+    link, not a regular file, another user's): it was refused and left untouched."""
+
+
 class ChecksumMismatch(TransferError):
     """The downloaded bytes do not match the expected digest; nothing was kept."""
 
@@ -227,6 +232,7 @@ _TYPES: dict[str, type[BgdlError]] = {
         BgdlError, InvalidInput, UnsupportedURL, InvalidDestination, InvalidResumeData,
         InvalidConfiguration, SessionError, SessionBusy, SessionInvalidated, TransferError,
         NetworkError, CannotConnect, TransferTimeout, Cancelled, DiskFull, ChecksumMismatch, HTTPStatusError,
+        UnsafeFile,
         UnexpectedResponse,
     )
 }

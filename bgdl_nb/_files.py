@@ -8,22 +8,92 @@ take milliseconds (fsync, re-hashing a partial file) is called through
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import hashlib
 import os
 import queue
 import shutil
+import stat
 import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHECKPOINT_BYTES", "HashWorker", "free_disk", "fsync_path", "hash_prefix", "inbox_path",
-           "partial_path_for", "unlink"]
+from ._exceptions import UnsafeFile
+
+__all__ = ["CHECKPOINT_BYTES", "HashWorker", "check_ours", "free_disk", "fsync_path", "hash_prefix", "inbox_path",
+           "open_partial", "partial_path_for", "partial_size", "truncate_partial", "unlink"]
 
 HASH_BLOCK = 4 * 1024 * 1024
 
 CHECKPOINT_BYTES = 1024 * 1024
 """The journal records a segment's offset at least every this many bytes, so a killed
 process re-fetches at most this much per connection (plus what was in flight)."""
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _not_ours(st: os.stat_result) -> str | None:
+    """Why a file is not a partial file this user's bgdl_nb made, or None."""
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+        return f"belongs to another user (uid {st.st_uid})"
+    if st.st_nlink != 1:
+        return f"has {st.st_nlink} hard links"
+    return None
+
+
+def check_ours(path: str | os.PathLike[str], st: os.stat_result) -> None:
+    """Raise :class:`UnsafeFile` unless ``st`` (an lstat or fstat of ``path``) is a
+    private regular file of ours with one link."""
+    why = _not_ours(st)
+    if why is not None:
+        raise UnsafeFile(f"the partial file {path} {why}: it is not the file bgdl_nb made, so it was left "
+                         "untouched. Remove it, then resume the task to download the file again")
+
+
+def partial_size(path: str | os.PathLike[str]) -> int:
+    """The partial file's size, -1 when it is missing; :class:`UnsafeFile` when it is not ours."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return -1
+    check_ours(path, st)
+    return st.st_size
+
+
+def open_partial(path: str | os.PathLike[str], *, read: bool = False) -> int:
+    """Open the partial file for writing (and reading): created with ``O_EXCL`` when it
+    is new, never through a symbolic link, and checked with ``fstat`` to be ours."""
+    flags = (os.O_RDWR if read else os.O_WRONLY) | _NOFOLLOW
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            check_ours(path, os.lstat(path))
+        raise
+    try:
+        check_ours(path, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def truncate_partial(path: str | os.PathLike[str], length: int) -> None:
+    """Cut the partial file to ``length`` bytes (through :func:`open_partial`)."""
+    fd = open_partial(path)
+    try:
+        os.ftruncate(fd, length)
+    finally:
+        os.close(fd)
 
 
 def fsync_path(path: str | os.PathLike[str]) -> None:
@@ -78,7 +148,13 @@ def inbox_path(url: str, task_identifier: int, work_dir: Path) -> Path:
 def hash_prefix(path: str, length: int) -> Any:
     """A sha256 object over the first ``length`` bytes of ``path`` (blocking: run on a thread)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    try:
+        check_ours(path, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    with open(fd, "rb") as f:
         remaining = length
         while remaining > 0:
             block = f.read(min(remaining, HASH_BLOCK))

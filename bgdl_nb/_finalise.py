@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._files import fsync_path
+from ._exceptions import UnsafeFile
+from ._files import check_ours, fsync_path
 
 __all__ = ["Finaliser"]
 
@@ -74,21 +75,22 @@ def current_umask() -> int:
     return mask
 
 
-def _rename_all(moves: list[tuple[str, Path]]) -> list[OSError | None]:
+def _rename_all(moves: list[tuple[str, Path]]) -> list[Exception | None]:
     """Rename each partial file into place, then sync each directory once (blocking).
 
     Partial files are private (0600) while they are incomplete; a finished file gets the
     mode any new file of the user would get (0666 less the umask), as wget and curl do."""
-    results: list[OSError | None] = []
+    results: list[Exception | None] = []
     folders: set[Path] = set()
     mode = 0o666 & ~current_umask()
     for partial, target in moves:
         try:
+            check_ours(partial, os.lstat(partial))  # never rename a link (or another user's file) into place
             os.chmod(partial, mode)
             os.replace(partial, target)
             folders.add(target.parent)
             results.append(None)
-        except OSError as exc:
+        except (OSError, UnsafeFile) as exc:
             results.append(exc)
     for folder in folders:
         with contextlib.suppress(OSError):  # the rename happened; a failed directory sync only weakens it
