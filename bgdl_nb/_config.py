@@ -141,6 +141,23 @@ class Configuration:
     a callback that has not returned by then is named in a warning and abandoned (a
     background session delivers the rest to its next session)."""
 
+    secret_query_params: tuple[str, ...] = ()
+    """More query parameter names whose values are secrets (``*`` as a wildcard), on top
+    of :data:`bgdl_nb._redact.SECRET_QUERY_PARAMS` (token, signature, key, X-Amz-*, …):
+    they are shown as ``REDACTED`` in messages, event rows, ``repr`` and the CLI."""
+
+    retry_after_cap: float = 3600.0
+    """The longest ``Retry-After`` honoured, in seconds: a server asking for more makes
+    the task fail with a message naming the time it asked for, instead of waiting days."""
+
+    low_speed_limit: float = 1000.0
+    """Bytes per second below which a connection counts as trickling (curl's
+    ``--speed-limit``); 0 turns the check off."""
+
+    low_speed_time: float = 60.0
+    """Seconds a connection may stay below ``low_speed_limit`` before it is dropped and
+    the download retried from its durable offset (curl's ``--speed-time``)."""
+
     def __setattr__(self, name: str, value: object) -> None:
         if name.startswith("_") or not self.__dict__.get("_ready"):
             object.__setattr__(self, name, value)  # the constructor, or private state
@@ -155,12 +172,14 @@ class Configuration:
             warnings.warn(f"this Configuration was already used to create a Session, which took a copy; "
                           f"setting {name} changes only sessions created from now on", stacklevel=2)
         object.__setattr__(self, name, value)
-        if name == "launch_command":
+        if name in ("launch_command", "secret_query_params"):
             self._normalise()
 
     def _normalise(self) -> None:
         if self.launch_command is not None and not isinstance(self.launch_command, str):
             object.__setattr__(self, "launch_command", tuple(str(a) for a in self.launch_command))
+        if not isinstance(self.secret_query_params, str):
+            object.__setattr__(self, "secret_query_params", tuple(str(a) for a in self.secret_query_params))
 
     _whole: dataclasses.InitVar[bool] = True
 
@@ -206,6 +225,11 @@ class Configuration:
                                        "e.g. ('python', 'handle.py')")
         if self.launch_delay < 0:
             raise InvalidConfiguration("launch_delay must be 0 or more seconds")
+        if isinstance(self.secret_query_params, str):
+            raise InvalidConfiguration("secret_query_params must be a sequence of names, e.g. ('session_key',)")
+        if not self.retry_after_cap > 0 or not self.low_speed_time > 0 or self.low_speed_limit < 0:
+            raise InvalidConfiguration("retry_after_cap and low_speed_time must be positive seconds, "
+                                       "low_speed_limit 0 (off) or more bytes per second")
         if self.max_retries < 0 or self.connect_retries < 0:
             raise InvalidConfiguration("max_retries and connect_retries must be 0 or more")
 

@@ -48,6 +48,7 @@ from ._exceptions import (
 from ._files import HashWorker, free_disk, inbox_path, partial_path_for, unlink
 from ._finalise import Finaliser
 from ._journal import Store, TaskRecord
+from ._redact import add_secret_params
 from ._resume import retry_delay
 from ._scheduler import LAUNCH, RETRY, Item, Scheduler, TokenBucket, Wait, WaitReason
 from ._states import TaskState
@@ -69,6 +70,7 @@ class Engine(EngineBase):
     def __init__(self, config: Configuration, store: Store, key: bytes, work_dir: Path,
                  sink: Sink | None = None) -> None:
         self.config = config
+        add_secret_params(config.secret_query_params)  # this process shows them redacted too
         self.store = store
         self.key = key
         self.work_dir = work_dir  # partial files without a destination, and the inbox

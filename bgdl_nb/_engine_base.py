@@ -23,6 +23,7 @@ from ._events import Event, EventKind
 from ._exceptions import BgdlError, ChecksumMismatch, InvalidInput
 from ._files import partial_size, truncate_partial, unlink
 from ._journal import Store
+from ._redact import redact_text
 from ._resume import ResumeState, Validator, encode_resume_data
 from ._scheduler import Scheduler, TokenBucket
 from ._states import TaskState, check_transition
@@ -253,6 +254,9 @@ class EngineBase:
         return event
 
     def _journal(self, kind: EventKind, run: TaskRun | None, fields: dict[str, Any]) -> Event:
+        for name in ("detail", "error"):  # event rows are shown and exported: no secrets in them
+            if fields.get(name):
+                fields[name] = redact_text(fields[name])
         return self.store.append_event(Event(0, time.time(), self.identifier,
                                              None if run is None else run.task_identifier, kind.value, **fields))
 

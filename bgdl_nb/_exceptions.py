@@ -36,6 +36,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from ._redact import redact_text, redact_url
+
 __all__ = [
     "BgdlError",
     "Cancelled",
@@ -83,9 +85,10 @@ class BgdlError(Exception):
         task_identifier: int | None = None,
         resume_data: bytes | None = None,
     ) -> None:
+        message = redact_text(message)  # a token or password in a URL is never shown
         super().__init__(message)
         self.message = message
-        self.url = url
+        self.url = None if url is None else redact_url(url)
         self.task_identifier = task_identifier
         self.resume_data = resume_data
 

@@ -28,6 +28,7 @@ from ._config import Configuration
 from ._exceptions import BgdlError, FetchError, InvalidDestination, InvalidInput
 from ._manifest import FileAction, FileFacts, Manifest, file_action, sha256_file
 from ._progress import Display, Follower, finished_batches, progress_display
+from ._redact import redact_url
 from ._session import Session, _registry, _registry_lock, nearest_existing
 from ._states import TaskState
 from ._task import DownloadTask
@@ -208,7 +209,7 @@ def fetch(
         elif action is FileAction.ADOPT:
             adopt[i] = digest or ""
         elif action is FileAction.CONFLICT:
-            if entry is not None and entry.url == url:
+            if entry is not None and entry.url == redact_url(url):
                 raise InvalidDestination(f"{path} changed since bgdl_nb downloaded it; delete it (or pass "
                                          "overwrite=True) to download it again")
             raise InvalidDestination(f"{path} exists and was not downloaded from {url} by bgdl_nb; it was "

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._exceptions import InvalidDestination
+from ._redact import redact_url
 
 if TYPE_CHECKING:
     from ._task import DownloadTask
@@ -78,13 +79,14 @@ class Manifest:
             validator = headers.get("etag") or headers.get("last-modified")
         st = path.stat()
         self.files[name] = ManifestEntry(
-            url=task.original_request.url, final_url=task.current_request.url, validator=validator,
+            url=redact_url(task.original_request.url), final_url=redact_url(task.current_request.url),
+            validator=validator,
             size=st.st_size, sha256=task.sha256 or sha256_file(path),
             completed=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), mtime_ns=st.st_mtime_ns)
 
     def adopt(self, name: str, url: str, path: Path, digest: str) -> None:
         st = path.stat()
-        self.files[name] = ManifestEntry(url, url, None, st.st_size, digest,
+        self.files[name] = ManifestEntry(redact_url(url), redact_url(url), None, st.st_size, digest,
                                          _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                                          st.st_mtime_ns)
 
@@ -118,7 +120,7 @@ class FileFacts:
 
     def needs_digest(self) -> bool:
         """Whether the decision depends on the file's own digest (costly for big files)."""
-        ours = self.entry is not None and self.entry.url == self.url
+        ours = self.entry is not None and self.entry.url == redact_url(self.url)
         if ours and self.entry_matches and self.expected in (None, self.entry.sha256 if self.entry else None):
             return False
         return self.journal_digest is not None or self.expected is not None
@@ -130,7 +132,7 @@ def file_action(facts: FileFacts) -> tuple[FileAction, str | None]:
     if entry is None and facts.journal_digest is not None and exp in (None, facts.journal_digest) \
             and facts.digest == facts.journal_digest:
         return FileAction.ADOPT, facts.journal_digest  # finished, but the manifest was not saved yet
-    ours = entry is not None and entry.url == facts.url
+    ours = entry is not None and entry.url == redact_url(facts.url)
     if ours and facts.entry_matches and exp in (None, entry.sha256 if entry else None):
         return FileAction.SKIP, None
     if ours and not facts.entry_matches and not facts.overwrite:

@@ -25,9 +25,10 @@ from ._events import Event
 from ._exceptions import InvalidDestination, InvalidInput, InvalidResumeData, SessionInvalidated
 from ._hosts.thread import ThreadHost
 from ._journal import TaskRecord
+from ._redact import add_secret_params
 from ._resume import decode_resume_data, load_key
 from ._task import DownloadTask, Request
-from ._transfer import check_url
+from ._transfer import check_headers, check_url
 
 if TYPE_CHECKING:
     import pandas
@@ -102,6 +103,7 @@ class Session:
                  delegate: SessionDelegate | None = None) -> None:
         # the session keeps a copy, as URLSession does: later changes to the object change nothing here
         self.configuration = (configuration or Configuration.default())._copy_for_session()
+        add_secret_params(self.configuration.secret_query_params)  # before any task is shown
         self.delegate = delegate
         config = self.configuration
         if config.is_background:
@@ -207,6 +209,7 @@ class Session:
         """Validate a task's arguments (before any I/O) and build its record."""
         req = request if isinstance(request, Request) else Request(check_url(request))
         check_url(req.url)
+        check_headers(req.url, req.headers)
         if not 0.0 <= float(priority) <= 1.0:
             raise InvalidInput(f"priority must be between 0.0 and 1.0, got {priority}")
         if sha256 is not None and (len(sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha256)):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._exceptions import BgdlError, HTTPStatusError, SessionInvalidated
+from ._redact import redact_headers, redact_url
 from ._states import TaskState
 
 if TYPE_CHECKING:
@@ -39,6 +40,9 @@ class Request:
 
     url: str
     headers: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Request(url={redact_url(self.url)!r}, headers={redact_headers(self.headers)!r})"
 
 
 @dataclass(frozen=True)
@@ -282,7 +286,7 @@ class DownloadTask:
     def __repr__(self) -> str:
         total = self._record.total
         size = f"{self._received}/{total if total is not None else '?'} bytes"
-        return f"<DownloadTask {self.task_identifier} {self.state.value} {size} {self._record.url}>"
+        return f"<DownloadTask {self.task_identifier} {self.state.value} {size} {redact_url(self._record.url)}>"
 
     # host side -------------------------------------------------------------------------
 

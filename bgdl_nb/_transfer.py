@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import version as _version
 from urllib.parse import urljoin, urlsplit
@@ -24,7 +24,8 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from ._config import Configuration
-from ._exceptions import BgdlError, CannotConnect, NetworkError, TransferTimeout, UnsupportedURL
+from ._exceptions import BgdlError, CannotConnect, InvalidInput, NetworkError, TransferTimeout, UnsupportedURL
+from ._redact import redact_url
 
 __all__ = ["Opened", "check_url", "map_exceptions", "new_client", "open_response"]
 
@@ -54,6 +55,23 @@ def check_url(url: object, *, what: str = "URL") -> str:
         raise UnsupportedURL(f"{what} {url!r} contains whitespace or control characters; "
                              "percent-encode them", url=url)
     return url
+
+
+_OWN_HEADERS = {"range": "Range", "if-range": "If-Range", "accept-encoding": "Accept-Encoding"}
+
+
+def check_headers(url: str, headers: Mapping[str, str]) -> None:
+    """Refuse request headers that would make the result wrong, before any I/O."""
+    for name in headers:
+        own = _OWN_HEADERS.get(name.lower())
+        if own is not None:
+            raise InvalidInput(
+                f"a {own} header cannot be set on a download task: bgdl_nb sets it itself to continue "
+                "interrupted downloads and to keep the bytes as the server stores them. Download the whole "
+                "file (and slice it afterwards), or use a plain HTTP client for a byte range")
+        if name.lower() == "authorization" and "@" in urlsplit(url).netloc:
+            raise InvalidInput(f"{redact_url(url)} carries credentials (user:password@) and the request has an "
+                               "Authorization header too: keep one of them")
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ._config import Configuration
 from ._exceptions import BgdlError, FetchError, InvalidInput
+from ._redact import redact_url
 
 __all__ = ["main"]
 
@@ -121,7 +122,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         err = f"  [{t.error.get('type')}: {t.error.get('message')}]" if t.error else ""
         total = "?" if t.total is None else str(t.total)
         print(f"{t.task_identifier:>5}  {t.outcome:<10} {t.offset:>14} {total:>14}  {t.status or '':>6}  "
-              f"{t.url} -> {t.destination or '(inbox)'}{err}")
+              f"{redact_url(t.url)} -> {t.destination or '(inbox)'}{err}")
     return 0
 
 

@@ -66,3 +66,72 @@ def test_a_partial_file_replaced_after_the_bytes_arrived_is_never_renamed_into_p
     [error] = _rename_all([(str(link), tmp_path / "d.bin")])
     assert isinstance(error, bg.UnsafeFile)
     assert not (tmp_path / "d.bin").exists() and victim.stat().st_mode & 0o777 == 0o600
+
+
+SECRET, PASSWORD, BEARER = "s3cr3t-t0ken", "hunter2-pw", "Bearer b34rer-value"
+
+
+def _everything_shown(session, tasks, state_dir, identifier) -> str:
+    from conftest import run_cli
+    shown = [repr(session)] + [repr(t) + repr(t.original_request) + repr(t.current_request) for t in tasks]
+    shown += [str(t.error) for t in tasks if t.error is not None]
+    events = session.events
+    shown += [events.to_csv()]
+    env = {"BGDL_STATE_DIR": str(state_dir)}
+    shown += [run_cli("list", "--id", identifier, env=env).stdout, run_cli("events", "--id", identifier, env=env).stdout,
+              run_cli("events", "--id", identifier, "--csv", env=env).stdout]
+    return "\n".join(shown)
+
+
+@pytest.mark.parametrize("use_service", [False, True], ids=["in-process", "service"])
+def test_secrets_in_urls_and_headers_are_never_shown(origin, tmp_path, state_dir, use_service):
+    identifier = f"secrets-{use_service}"
+    base = origin.base_url.replace("http://", f"http://reader:{PASSWORD}@")
+    good = f"{base}/files/ok.bin?size=100000&token={SECRET}"
+    missing = f"{origin.base_url}/no/such/file?X-Amz-Signature={SECRET}&session_key={SECRET}"
+    session = bg.Session(bg.Configuration.background(identifier, use_service=use_service,
+                                                     secret_query_params=("session_key",)))
+    try:
+        ok = session.download_task(good, tmp_path / "ok.bin").resume()
+        header = session.download_task(bg.Request(origin.url("h.bin", 1000), headers={"Authorization": BEARER}),
+                                       tmp_path / "h.bin").resume()
+        bad = session.download_task(missing, tmp_path / "missing.bin").resume()
+        ok.wait(30)
+        header.wait(30)
+        with pytest.raises(bg.HTTPStatusError) as caught:
+            bad.wait(30)
+        text = _everything_shown(session, [ok, header, bad], state_dir, identifier) + str(caught.value) + repr(caught.value)
+    finally:
+        session.close()
+    for secret in (SECRET, PASSWORD, "b34rer-value"):
+        assert secret not in text
+    assert "REDACTED" in text and "/files/ok.bin" in text  # shown, with only the secret parts hidden
+    # the real values still reached the server: redaction is only in what is shown
+    [request] = origin.requests_for("ok.bin")
+    assert request.query["token"] == SECRET and request.headers["Authorization"].startswith("Basic ")
+    [request] = origin.requests_for("h.bin")
+    assert request.headers["Authorization"] == BEARER
+
+
+@pytest.mark.parametrize("headers", [{"Range": "bytes=0-99"}, {"if-range": '"x"'}, {"Accept-Encoding": "gzip"}])
+def test_headers_that_would_make_the_file_wrong_are_refused_before_any_io(origin, tmp_path, headers):
+    session = bg.Session()
+    try:
+        with pytest.raises(bg.InvalidInput, match="cannot be set on a download task"):
+            session.download_task(bg.Request(origin.url("r.bin", 1000), headers=headers), tmp_path / "r.bin")
+        with pytest.raises(bg.InvalidInput, match="keep one of them"):
+            session.download_task(bg.Request(origin.url("r.bin", 1000).replace("://", "://u:p@"),
+                                             headers={"Authorization": "Bearer x"}), tmp_path / "r.bin")
+    finally:
+        session.close()
+    assert not origin.requests_for("r.bin") and not list(tmp_path.iterdir())
+
+
+def test_fetch_writes_no_secret_into_the_manifest_beside_the_data(origin, tmp_path):
+    url = origin.url("m.bin", 5000) + f"&access_token={SECRET}"
+    bg.fetch(url, dest=tmp_path / "data", progress=False)
+    manifest = (tmp_path / "data" / ".bgdl-manifest.json")
+    assert manifest.exists() and SECRET not in manifest.read_text()
+    again = origin.url("m.bin", 5000) + "&access_token=a-newer-token"  # a re-signed URL: the same file
+    assert bg.fetch(again, dest=tmp_path / "data", progress=False) == [tmp_path / "data" / "m.bin"]
+    assert len(origin.requests_for("m.bin")) == 1
