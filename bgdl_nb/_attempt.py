@@ -26,7 +26,7 @@ from ._files import CHECKPOINT_BYTES, HashWorker, hash_prefix, open_partial, par
 from ._finalise import Finaliser
 from ._resume import Outcome, Validator, accepts_ranges, decide, resume_headers, validator_from_headers
 from ._segments import MIN_SEGMENT, Segmented, SegmentsChanged
-from ._transfer import open_response
+from ._transfer import LowSpeed, open_response
 
 if TYPE_CHECKING:
     import aiohttp
@@ -271,6 +271,7 @@ class Attempt:
         position = journaled = reported = offset
         interval = self.config.progress_interval
         next_report = time.monotonic() + interval
+        floor = LowSpeed(self.config.low_speed_limit, self.config.low_speed_time, rec.url, offset)
         try:
             async for chunk in resp.chunks():
                 view = memoryview(chunk)
@@ -284,6 +285,9 @@ class Attempt:
                 pause = self.report.throttle(len(chunk))
                 if pause > 0:
                     await asyncio.sleep(pause)
+                    floor.reset(position)  # our own bandwidth limit is not the server trickling
+                else:
+                    floor.check(position)
                 if position - journaled >= CHECKPOINT_BYTES:
                     self.report.checkpoint(position)  # the bytes are in the file first
                     journaled = position

@@ -388,13 +388,22 @@ class Engine(EngineBase):
                                 f"{rec.url} answered HTTP {exc.status} {run.failures} times in a row; giving up",
                                 status=exc.status, url=rec.url, task_identifier=tid) from None
                         raise
-                    delay = retry_delay(run.failures, base=self.config.retry_backoff,
-                                        retry_after=exc.retry_after if isinstance(exc, RetryableStatus) else None,
-                                        jitter=random.uniform(0.9, 1.1))
+                    asked = exc.retry_after if isinstance(exc, RetryableStatus) else None
+                    if isinstance(exc, RetryableStatus) and asked is not None and asked > self.config.retry_after_cap:
+                        until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + asked))
+                        raise HTTPStatusError(
+                            f"{rec.url} answered HTTP {exc.status} and asked to retry after {asked:,.0f} s (at "
+                            f"{until}), longer than retry_after_cap ({self.config.retry_after_cap:,.0f} s); the "
+                            "task stopped instead of waiting: resume it later, or raise retry_after_cap",
+                            status=exc.status, url=rec.url, task_identifier=tid) from None
+                    delay = retry_delay(run.failures, base=self.config.retry_backoff, retry_after=asked,
+                                        retry_after_cap=self.config.retry_after_cap, jitter=random.uniform(0.9, 1.1))
                     self._emit(EventKind.RETRY, run, total_bytes_written=run.received,
                                error=f"{type(exc).__name__}: {exc}",
                                detail=f"attempt {run.failures + 1} in {delay:.2f} s")
-                    self.scheduler.backoff(tid, time.time() + delay, RETRY)
+                    wait = RETRY if delay < 10 else Wait(WaitReason.RETRY, "retry backoff until " + time.strftime(
+                        "%H:%M:%S", time.localtime(time.time() + delay)) + (" (the server's Retry-After)" if asked else ""))
+                    self.scheduler.backoff(tid, time.time() + delay, wait)
                     return
         except asyncio.CancelledError:
             raise

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ._events import EventKind
 from ._exceptions import NetworkError, TransferError
 from ._files import CHECKPOINT_BYTES, HASH_BLOCK
+from ._transfer import LowSpeed
 
 if TYPE_CHECKING:
     from ._attempt import Reporter, TaskRun
@@ -306,6 +307,8 @@ class Segmented:
     async def _stream(self, segment: Segment, resp: Any, *, open_ended: bool) -> None:
         """Write a response body at ``segment.pos`` until the segment's (possibly shrunk) end."""
         segment.owned = True
+        floor = LowSpeed(self.config.low_speed_limit, self.config.low_speed_time, self.run.record.url, 0)
+        got = 0
         async for chunk in resp.chunks():
             data = memoryview(chunk)
             while data:
@@ -322,9 +325,13 @@ class Segmented:
                 self._unjournaled += len(part)
                 data = data[len(part):]
             self.run.received = self._received
+            got += len(chunk)
             pause = self.report.throttle(len(chunk))
             if pause > 0:
                 await asyncio.sleep(pause)
+                floor.reset(got)  # our own bandwidth limit is not the server trickling
+            else:
+                floor.check(got)
             self._checkpoint()
         segment.owned = False
         if segment.remaining:

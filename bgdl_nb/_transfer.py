@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import version as _version
@@ -55,6 +56,34 @@ def check_url(url: object, *, what: str = "URL") -> str:
         raise UnsupportedURL(f"{what} {url!r} contains whitespace or control characters; "
                              "percent-encode them", url=url)
     return url
+
+
+class LowSpeed:
+    """curl's ``--speed-limit``/``--speed-time`` for one connection: :meth:`check` raises
+    :class:`TransferTimeout` when fewer than ``limit`` bytes a second arrived over the
+    last ``seconds`` seconds (a trickle the stall timeout never sees, since bytes do come).
+    Time the session's own bandwidth limit held the connection back does not count."""
+
+    def __init__(self, limit: float, seconds: float, url: str, received: int) -> None:
+        self.limit, self.seconds, self.url = limit, seconds, url
+        self.reset(received)
+
+    def reset(self, received: int) -> None:
+        self.since, self.mark = time.monotonic(), received
+
+    def check(self, received: int) -> None:
+        if not self.limit:
+            return
+        now = time.monotonic()
+        spent = now - self.since
+        if spent < self.seconds:
+            return
+        rate = (received - self.mark) / spent
+        if rate < self.limit:
+            raise TransferTimeout(
+                f"{self.url} trickled at {rate:,.0f} bytes/s for {spent:.0f} s, below low_speed_limit "
+                f"({self.limit:,.0f} bytes/s); retrying from the last durable offset", url=self.url)
+        self.since, self.mark = now, received
 
 
 _OWN_HEADERS = {"range": "Range", "if-range": "If-Range", "accept-encoding": "Accept-Encoding"}

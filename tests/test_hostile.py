@@ -10,7 +10,7 @@ import pytest
 
 import bgdl_nb as bg
 
-from helpers import wait_for_bytes, wait_until
+from helpers import sha256_of, wait_for_bytes, wait_until
 
 MB = 1024 * 1024
 
@@ -135,3 +135,35 @@ def test_fetch_writes_no_secret_into_the_manifest_beside_the_data(origin, tmp_pa
     again = origin.url("m.bin", 5000) + "&access_token=a-newer-token"  # a re-signed URL: the same file
     assert bg.fetch(again, dest=tmp_path / "data", progress=False) == [tmp_path / "data" / "m.bin"]
     assert len(origin.requests_for("m.bin")) == 1
+
+
+def test_a_trickling_server_is_dropped_and_retried_from_the_durable_offset(origin, tmp_path):
+    """Bytes keep coming, but below low_speed_limit: the stall timeout never fires, the
+    low-speed check does (like curl's --speed-limit/--speed-time), and each new attempt
+    continues where the bytes on disk end."""
+    config = bg.Configuration.default(low_speed_limit=400_000, low_speed_time=0.5, retry_backoff=0.1,
+                                      connections_per_file=1)
+    with bg.Session(config) as session:
+        task = session.download_task(origin.url("trickle.bin", 300_000, rate=40_000), tmp_path / "t.bin").resume()
+        task.wait(60)
+        retries = session.events.query("event == 'retry'")
+    assert len(retries) >= 1 and retries["error"].str.contains("trickled at .* below low_speed_limit").all()
+    requests = origin.requests_for("trickle.bin")
+    assert len(requests) == len(retries) + 1
+    assert all(r.headers.get("Range", "").startswith("bytes=") and r.headers["Range"] != "bytes=0-"
+               for r in requests[1:])  # continued from the durable offset, never from byte 0
+    assert origin.bytes_sent("trickle.bin") == 300_000
+    assert sha256_of(tmp_path / "t.bin") == origin.sha256("trickle.bin", 300_000)
+
+
+def test_a_retry_after_beyond_the_cap_stops_the_task_naming_the_time(origin, tmp_path):
+    config = bg.Configuration.default(retry_after_cap=60)
+    with bg.Session(config) as session:
+        far = session.download_task(origin.url("far.bin", 1000, fail503=5, retry_after=7200), tmp_path / "f").resume()
+        with pytest.raises(bg.HTTPStatusError, match=r"asked to retry after 7,200 s \(at .*\), longer than "
+                                                     "retry_after_cap"):
+            far.wait(30)
+        near = session.download_task(origin.url("near.bin", 1000, fail503=5, retry_after=40), tmp_path / "n").resume()
+        wait_until(lambda: near.waiting_reason is not None, what="the visible wait")
+        assert "retry backoff until " in near.waiting_reason and "Retry-After" in near.waiting_reason
+        near.cancel()
