@@ -129,16 +129,24 @@ def _next_window_start(window: tuple[float, float], now: float) -> float:
     return candidate if candidate > now else candidate + 86400
 
 
+CLOCK_JUMP = 2.0
+"""Seconds the wall clock may drift from the monotonic clock between two polls before it
+counts as set (NTP slews far more gently than this)."""
+
+
 class Scheduler:
     """The policy. Call the event methods, then :meth:`poll`."""
 
     def __init__(self, *, max_concurrent_tasks: int, max_per_host: int,
                  clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
                  free_disk: Callable[[str], int | None] | None = None,
                  discretionary_window: tuple[float, float] | None = None) -> None:
         self.max_concurrent_tasks = max_concurrent_tasks
         self.max_per_host = max_per_host
         self.clock = clock
+        self.monotonic = monotonic
+        self._last_clocks: tuple[float, float] | None = None  # (wall, monotonic) at the last poll
         self.free_disk = free_disk
         self.discretionary_window = discretionary_window
         self.paused = False
@@ -230,6 +238,7 @@ class Scheduler:
 
     def poll(self) -> Plan:
         now = self.clock()
+        self._follow_clock(now)
         plan = Plan()
         while self._deadlines and self._deadlines[0][0] <= now:
             _, tid = heapq.heappop(self._deadlines)
@@ -265,6 +274,33 @@ class Scheduler:
         return plan
 
     # internals ---------------------------------------------------------------------------
+
+    def _follow_clock(self, now: float) -> None:
+        """When the wall clock is set (by days, either way), waits that are durations (a
+        retry backoff, a launch delay, the resource timeout) keep their length: they are
+        shifted by the jump. Earliest begin dates are dates and stay where they are."""
+        mono = self.monotonic()
+        last, self._last_clocks = self._last_clocks, (now, mono)
+        if last is None:
+            return
+        jump = (now - last[0]) - (mono - last[1])
+        if abs(jump) < CLOCK_JUMP:
+            return
+        for item in self.items.values():
+            if item.not_before is not None:
+                item.not_before += jump
+            if item.deadline is not None:
+                item.deadline += jump
+        self._deadlines = [(self.items[tid].deadline or t, tid) for t, tid in self._deadlines if tid in self.items]
+        heapq.heapify(self._deadlines)
+        timed = []
+        for _, seq, tid, version in self._timed:
+            waiting = self.items.get(tid)
+            if waiting is not None and self._version.get(tid, 0) == version:
+                until = max(t for t in (waiting.earliest_begin_date, waiting.not_before, now) if t is not None)
+                timed.append((until, seq, tid, version))
+        self._timed = timed
+        heapq.heapify(self._timed)
 
     def _set_reason(self, tid: int, reason: Wait | None) -> None:
         if self.reason.get(tid) != reason:

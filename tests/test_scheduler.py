@@ -21,6 +21,7 @@ class Clock:
 
 def make(max_tasks: int = 2, per_host: int = 6, **kw) -> tuple[Scheduler, Clock]:
     clock = Clock()
+    kw.setdefault("monotonic", clock)  # one fake time for both clocks: no clock is ever set here
     return Scheduler(max_concurrent_tasks=max_tasks, max_per_host=per_host, clock=clock, **kw), clock
 
 
@@ -202,3 +203,24 @@ def test_token_bucket_bounds_any_window(rate, chunks):
             window = log[j][0] - log[i][0]
             sent = sum(n for _, n in log[i:j + 1])
             assert sent <= rate * window + bucket.burst + largest + 1e-6 * rate
+
+
+def test_setting_the_wall_clock_never_stretches_a_backoff_or_fires_a_timeout():
+    """A retry backoff and the resource timeout are durations: when the wall clock is set
+    back (or forward) by days, they keep their length. An earliest begin date is a date."""
+    wall, mono = Clock(), Clock()
+    s = Scheduler(max_concurrent_tasks=4, max_per_host=6, clock=wall, monotonic=mono)
+    s.add(Item(1, "h", deadline=wall.now + 3600))
+    s.add(Item(2, "h", earliest_begin_date=wall.now + 60))
+    assert s.poll().start == [1]
+    s.backoff(1, wall.now + 30)
+    s.poll()
+    wall.now -= 3 * 86400  # the clock is set back three days
+    s.poll()
+    wall.now += 31
+    mono.now += 31
+    assert 1 in s.poll().start  # after 31 real seconds, not three days
+    wall.now += 7 * 86400  # and forward a week: the hour-long resource timeout does not fire
+    mono.now += 1
+    plan = s.poll()
+    assert plan.expired == [] and 2 in plan.start  # the begin date (a date) has passed
