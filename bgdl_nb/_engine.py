@@ -112,6 +112,10 @@ class Engine(EngineBase):
     def start(self, *, announce: bool) -> None:
         """Continue the tasks that were running. With ``announce``, a journal that holds
         tasks gets a ``reattached`` row first."""
+        reset = getattr(self.store, "reset_reason", None)
+        if reset:  # the first row of the new journal says why the old one was set aside
+            self.note(EventKind.JOURNAL_RESET, reset)
+            self.store.reset_reason = None  # type: ignore[attr-defined]
         runs = list(self._runs.values())
         if announce and self.store.durable and runs:
             running = [r for r in runs if r.record.state in (TaskState.RUNNING, TaskState.CANCELING)]

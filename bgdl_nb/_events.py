@@ -38,6 +38,7 @@ class EventKind(str, enum.Enum):
     DETACHED = "detached"          # the process closed the session; its tasks wait for a reattach
     CLIENT_LEFT = "client_left"    # the process attached to the service died without closing; transfers go on
     REATTACHED = "reattached"      # a process reattached to a journaled background session
+    JOURNAL_RESET = "journal_reset"  # the journal was unreadable (or newer); moved aside, a new one started
     LAUNCHED = "launched"          # the service ran launch_command; detail has the command, pid and delay
     FINISHED_EVENTS = "finished_events"  # did_finish_events_for_background_session
 

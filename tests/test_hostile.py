@@ -167,3 +167,29 @@ def test_a_retry_after_beyond_the_cap_stops_the_task_naming_the_time(origin, tmp
         wait_until(lambda: near.waiting_reason is not None, what="the visible wait")
         assert "retry backoff until " in near.waiting_reason and "Retry-After" in near.waiting_reason
         near.cancel()
+
+
+@pytest.mark.parametrize("use_service", [False, True], ids=["in-process", "service"])
+@pytest.mark.parametrize("damage", ["garbage", "newer"])
+def test_a_corrupt_or_newer_journal_is_moved_aside_and_the_session_starts_afresh(origin, tmp_path, use_service,
+                                                                               damage):
+    import sqlite3
+
+    config = bg.Configuration.background(f"damaged-{damage}", use_service=use_service)
+    journal = config.journal_path()
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    if damage == "garbage":
+        journal.write_bytes(b"this is not a journal\n" * 200)
+    else:
+        with sqlite3.connect(journal) as conn:
+            conn.execute("PRAGMA user_version=999")
+    kept = journal.read_bytes()
+    with bg.Session(config) as session:
+        path = session.download_task(origin.url("after.bin", 5000), tmp_path / "after.bin").resume().wait(30)
+        events = session.events
+    assert path.stat().st_size == 5000
+    first = events.iloc[0]
+    assert first["event"] == "journal_reset" and ".corrupt-" in first["detail"]
+    assert ("could not be read" in first["detail"]) if damage == "garbage" else ("newer bgdl_nb" in first["detail"])
+    [aside] = journal.parent.glob(journal.name + ".corrupt-*")
+    assert aside.read_bytes() == kept  # the old journal is kept, byte for byte, for whoever wants it

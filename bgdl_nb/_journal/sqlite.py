@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ from typing import Any
 from .._events import EVENT_COLUMNS, Event
 from .._states import TaskState
 from .base import TASK_FIELDS, TaskRecord
+
+log = logging.getLogger("bgdl_nb")
 
 __all__ = ["SqliteStore", "journaled_bytes", "read_journal"]
 
@@ -49,6 +53,10 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_task ON events(task_identifier, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
+
+
+class _NewerJournal(Exception):
+    pass
 
 
 def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
@@ -93,19 +101,50 @@ class SqliteStore:
 
     durable = True
 
+    reset_reason: str | None = None
+    """Why the journal found at ``path`` was moved aside and a new one started (corrupt,
+    or from a newer bgdl_nb), or None; the engine journals it as a ``journal_reset`` row."""
+
     def __init__(self, path: Path, identifier: str) -> None:
         self.path = Path(path)
         self.identifier = identifier
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self._open_journal()
+        except sqlite3.DatabaseError as exc:  # not a journal we can read: keep it, start a new one
+            self.reset_reason = self._move_aside(f"it could not be read ({exc})")
+            self._open_journal()
+        except _NewerJournal as exc:
+            self.reset_reason = self._move_aside(str(exc))
+            self._open_journal()
+
+    def _move_aside(self, why: str) -> str:
+        with contextlib.suppress(Exception):
+            self._conn.close()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+        log.warning("journal %s: %s; moved to %s, starting a new one", self.path, why, aside)
+        return f"the journal of this identifier was moved to {aside.name} because {why}; this session starts afresh"
+
+    def _open_journal(self) -> None:
         if not self.path.exists():
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        self._conn = _connect(self.path, readonly=False)
-        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        # look before changing anything (WAL mode rewrites the header): a journal set aside
+        # stays byte for byte what it was
+        probe = sqlite3.connect(self.path)
+        try:
+            if probe.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("the database failed its integrity check")
+            version = probe.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            probe.close()
         if version > SCHEMA_VERSION:
-            self._conn.close()
-            raise RuntimeError(
-                f"journal {self.path} was written by a newer bgdl_nb (schema {version}); upgrade bgdl_nb"
-            )
+            raise _NewerJournal(f"it was written by a newer bgdl_nb (schema {version}, this one reads up to "
+                                f"{SCHEMA_VERSION})")
+        self._conn = _connect(self.path, readonly=False)
         self._conn.executescript(_SCHEMA)
         present = {row[1] for row in self._conn.execute("PRAGMA table_info(tasks)")}
         for column in _TASK_COLUMNS:  # journals of older versions gain the newer columns
