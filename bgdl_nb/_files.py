@@ -21,7 +21,7 @@ from typing import Any
 from ._exceptions import UnsafeFile
 
 __all__ = ["CHECKPOINT_BYTES", "HashWorker", "check_ours", "free_disk", "fsync_path", "hash_prefix", "inbox_path",
-           "open_partial", "partial_path_for", "partial_size", "truncate_partial", "unlink"]
+           "name_max", "open_partial", "partial_path_for", "partial_size", "truncate_partial", "unlink"]
 
 HASH_BLOCK = 4 * 1024 * 1024
 
@@ -125,13 +125,27 @@ def unlink(path: str | os.PathLike[str] | None) -> None:
             pass
 
 
+def name_max(folder: Path) -> int:
+    """The longest file name (in bytes) the file system of ``folder`` allows."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
 def partial_path_for(destination: str | None, task_identifier: int, work_dir: Path) -> Path:
     """Where a task's partial file lives: beside its destination (so the final rename
-    stays on one file system), or in the session's private work folder."""
+    stays on one file system), or in the session's private work folder. A name near the
+    file system's limit is shortened in the partial's name (the final name is kept)."""
     token = os.urandom(4).hex()
     if destination:
         dest = Path(destination)
-        return dest.with_name(f".{dest.name}.{token}.bgdl-part")
+        extra = len(f"..{token}.bgdl-part")
+        name = os.fsencode(dest.name)
+        room = name_max(dest.parent) - extra
+        if len(name) > room:
+            name = name[: room - 1] + b"~"
+        return dest.with_name(f".{os.fsdecode(name)}.{token}.bgdl-part")
     folder = work_dir / "partial"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     return folder / f"{task_identifier}-{token}.bgdl-part"

@@ -23,6 +23,7 @@ from ._config import Configuration
 from ._delegate import SessionDelegate
 from ._events import Event
 from ._exceptions import InvalidDestination, InvalidInput, InvalidResumeData, SessionInvalidated
+from ._files import name_max
 from ._hosts.thread import ThreadHost
 from ._journal import TaskRecord
 from ._redact import add_secret_params
@@ -52,6 +53,10 @@ def nearest_existing(path: Path) -> Path:
 def check_destination(destination: str | os.PathLike[str], *, overwrite: bool) -> Path:
     """Validate a destination file path without creating anything."""
     path = Path(destination).expanduser().absolute()
+    limit = name_max(nearest_existing(path.parent))
+    if len(os.fsencode(path.name)) > limit:
+        raise InvalidDestination(f"the file name {path.name[:40]}… is {len(os.fsencode(path.name))} bytes long; this "
+                                 f"file system allows {limit}: choose a shorter name")
     if path.is_dir():
         raise InvalidDestination(f"destination {path} is a directory; give a file path inside it")
     parent = nearest_existing(path.parent)

@@ -193,3 +193,16 @@ def test_a_corrupt_or_newer_journal_is_moved_aside_and_the_session_starts_afresh
     assert ("could not be read" in first["detail"]) if damage == "garbage" else ("newer bgdl_nb" in first["detail"])
     [aside] = journal.parent.glob(journal.name + ".corrupt-*")
     assert aside.read_bytes() == kept  # the old journal is kept, byte for byte, for whoever wants it
+
+
+def test_names_near_the_file_system_limit_work_and_longer_ones_are_refused_before_any_io(origin, tmp_path):
+    long_name = "é" * 100 + "x" * 50 + ".csv"  # 254 bytes: the partial's prefix and suffix must not break it
+    assert len(os.fsencode(long_name)) == 254
+    with bg.Session() as session:
+        path = session.download_task(origin.url("long.bin", 3 * MB), tmp_path / long_name).resume().wait(30)
+        assert path.name == long_name and path.stat().st_size == 3 * MB
+        too_long = "y" * 300
+        with pytest.raises(bg.InvalidDestination, match="300 bytes long; this file system allows 255"):
+            session.download_task(origin.url("never.bin", 1000), tmp_path / too_long)
+    assert not origin.requests_for("never.bin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [long_name]  # no partial left behind
