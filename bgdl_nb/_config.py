@@ -28,6 +28,11 @@ __all__ = ["Configuration", "state_dir"]
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+NETWORK_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ssl_cert_file", "ssl_cert_dir",
+                     "netrc", "home")
+"""Environment variables (any case) a Session copies into ``Configuration.environment``."""
+
+
 def state_dir(override: str | os.PathLike[str] | None = None) -> Path:
     """The directory holding journals, resume-data keys and inboxes.
 
@@ -127,6 +132,22 @@ class Configuration:
     verify_tls: bool = True
     """Verify TLS certificates."""
 
+    ca_bundle: str | None = None
+    """A PEM file of the certificate authorities to trust instead of the system's (a
+    private CA); ``None``: the system's, which honours ``SSL_CERT_FILE``."""
+
+    proxy: str | None = None
+    """An HTTP proxy for every request (``http://host:port``, credentials allowed);
+    ``None``: ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY``/``NO_PROXY`` from
+    :attr:`environment`, as curl and pip read them."""
+
+    environment: dict[str, str] | None = None
+    """The variables the network setup comes from: proxies (``HTTP_PROXY``, ``HTTPS_PROXY``,
+    ``ALL_PROXY``, ``NO_PROXY``), certificates (``SSL_CERT_FILE``, ``SSL_CERT_DIR``) and
+    credentials (``NETRC``, else ``~/.netrc``). ``None``: the Session copies them from
+    ``os.environ`` when it is created, so a transfer service started earlier by another
+    process still uses this process's settings."""
+
     max_redirects: int = 10
     """Redirect hops followed before the task fails."""
 
@@ -225,6 +246,16 @@ class Configuration:
                                        "e.g. ('python', 'handle.py')")
         if self.launch_delay < 0:
             raise InvalidConfiguration("launch_delay must be 0 or more seconds")
+        if self.ca_bundle is not None and not os.path.isfile(os.path.expanduser(str(self.ca_bundle))):
+            raise InvalidConfiguration(f"ca_bundle {self.ca_bundle!r} is not a file: give the path of a PEM file "
+                                       "of certificate authorities")
+        if self.proxy is not None and not str(self.proxy).startswith(("http://", "https://")):
+            raise InvalidConfiguration(f"proxy {self.proxy!r} must be an http:// or https:// URL, e.g. "
+                                       "'http://proxy.example:3128'")
+        if self.environment is not None and not (isinstance(self.environment, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.environment.items())):
+            raise InvalidConfiguration("environment must be a dict of variable names to strings, "
+                                       "e.g. {'HTTPS_PROXY': 'http://proxy:3128'}")
         if isinstance(self.secret_query_params, str):
             raise InvalidConfiguration("secret_query_params must be a sequence of names, e.g. ('session_key',)")
         if not self.retry_after_cap > 0 or not self.low_speed_time > 0 or self.low_speed_limit < 0:
@@ -263,7 +294,11 @@ class Configuration:
         """The copy a Session keeps; this object then warns when it is changed."""
         self.check_together()
         object.__setattr__(self, "_in_use", True)
-        return dataclasses.replace(self)
+        environment = self.environment
+        if environment is None:
+            environment = {name: value for name, value in os.environ.items()
+                           if name.lower() in NETWORK_VARIABLES and value}
+        return dataclasses.replace(self, environment={k.lower(): v for k, v in environment.items()})
 
     def resolved_state_dir(self) -> Path:
         return state_dir(self.state_directory)

@@ -13,10 +13,15 @@ an origin other than the one the user named.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import functools
+import netrc
 import os
 import socket
+import ssl
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import version as _version
@@ -24,7 +29,7 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
-from ._config import Configuration
+from ._config import NETWORK_VARIABLES, Configuration
 from ._exceptions import BgdlError, CannotConnect, InvalidInput, NetworkError, TransferTimeout, UnsupportedURL
 from ._redact import redact_url
 
@@ -119,8 +124,14 @@ def map_exceptions(url: str) -> Iterator[None]:
     except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise TransferTimeout(f"no data from {url} in time ({type(exc).__name__}); "
                               "it will be retried", url=url) from exc
+    except aiohttp.ClientConnectorCertificateError as exc:
+        reason = getattr(exc.certificate_error, "verify_message", None) or str(exc.certificate_error)
+        raise CannotConnect(
+            f"the TLS certificate of {exc.host} is not trusted ({reason}). If the server uses a private "
+            "certificate authority, set ca_bundle in the Configuration (or SSL_CERT_FILE) to its certificate "
+            "file; verify_tls=False turns the check off, which is unsafe", url=url) from exc
     except aiohttp.ClientSSLError as exc:
-        raise NetworkError(f"TLS failed for {url}: {exc}", url=url) from exc
+        raise NetworkError(f"TLS failed for {url}: {exc}; check the server's TLS setup, or ca_bundle", url=url) from exc
     except aiohttp.ClientConnectorError as exc:
         raise CannotConnect(f"cannot connect to {exc.host}:{exc.port} ({_why(exc.os_error)}); check that the "
                             "server is up and the URL is right", url=url) from exc
@@ -144,11 +155,73 @@ def new_client(config: Configuration) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         limit=0,
         limit_per_host=config.http_maximum_connections_per_host,
-        ssl=True if config.verify_tls else False,
+        ssl=tls_context(config),
     )
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=config.timeout_interval_for_request)
+    # proxies and .netrc come from the session's copy of the environment (proxy_for,
+    # netrc_auth), not from this process's: a shared transfer service serves many
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
                                  read_bufsize=READ_SIZE, headers={"User-Agent": USER_AGENT})
+
+
+def _environment(config: Configuration) -> dict[str, str]:
+    if config.environment is not None:
+        return config.environment
+    return {k.lower(): v for k, v in os.environ.items() if k.lower() in NETWORK_VARIABLES and v}
+
+
+def tls_context(config: Configuration) -> ssl.SSLContext | bool:
+    """The certificates trusted: ``config.ca_bundle`` when set, else the system's with
+    the session's ``SSL_CERT_FILE``/``SSL_CERT_DIR``; ``False`` when verification is off."""
+    if not config.verify_tls:
+        return False
+    env = _environment(config)
+    cafile = os.path.expanduser(config.ca_bundle) if config.ca_bundle else env.get("ssl_cert_file")
+    context = ssl.create_default_context(cafile=cafile, capath=None if config.ca_bundle else env.get("ssl_cert_dir"))
+    return context
+
+
+def proxy_for(url: str, config: Configuration) -> str | None:
+    """The proxy for ``url``: ``config.proxy``, else the session's ``<scheme>_proxy`` or
+    ``all_proxy`` unless ``no_proxy`` names the host (urllib's rules, as pip's)."""
+    if config.proxy:
+        return config.proxy
+    env = _environment(config)
+    parts = urlsplit(url)
+    proxy = env.get(f"{parts.scheme.lower()}_proxy") or env.get("all_proxy")
+    if not proxy:
+        return None
+    no_proxy = env.get("no_proxy")
+    if no_proxy and urllib.request.proxy_bypass_environment(parts.netloc, {"no": no_proxy}):  # type: ignore[attr-defined]
+        return None
+    return proxy
+
+
+@functools.lru_cache(maxsize=8)
+def _netrc(path: str, mtime_ns: int) -> netrc.netrc | None:
+    del mtime_ns  # part of the cache key: an edited file is read again
+    try:
+        return netrc.netrc(path)
+    except (OSError, netrc.NetrcParseError):
+        return None
+
+
+def netrc_auth(url: str, config: Configuration) -> str | None:
+    """The ``Authorization`` value from ``.netrc`` for ``url``'s host (the session's
+    ``NETRC``, else ``~/.netrc``), or None; only ever for that host."""
+    env = _environment(config)
+    path = env.get("netrc") or os.path.join(env.get("home") or os.path.expanduser("~"), ".netrc")
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+    parsed = _netrc(path, stamp)
+    host = urlsplit(url).hostname
+    entry = parsed.authenticators(host) if parsed is not None and host else None
+    if entry is None:
+        return None
+    login, _, password = entry
+    return "Basic " + base64.b64encode(f"{login or ''}:{password or ''}".encode()).decode("ascii")
 
 
 @dataclass
@@ -200,8 +273,11 @@ async def open_response(
                 if _origin(current) == first_origin or k.lower() not in _CREDENTIAL_HEADERS}
         sent["Accept-Encoding"] = "identity"
         with map_exceptions(current):
-            response = await client.get(current, headers=sent, allow_redirects=False,
-                                        ssl=True if config.verify_tls else False)
+            if "@" not in urlsplit(current).netloc and not any(k.lower() == "authorization" for k in sent):
+                auth = netrc_auth(current, config)
+                if auth is not None:
+                    sent["Authorization"] = auth
+            response = await client.get(current, headers=sent, allow_redirects=False, proxy=proxy_for(current, config))
         if response.status in _REDIRECTS and "Location" in response.headers:
             target = urljoin(current, response.headers["Location"])
             response.release()

@@ -137,3 +137,69 @@ def nginx(tmp_path: Path) -> Iterator[Nginx]:
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bgdl_nb.cli", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+class Tinyproxy:
+    """A real HTTP proxy (Debian's tinyproxy) on a loopback port; it adds a ``Via`` header."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        base.mkdir(parents=True)
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        conf = self.base / "tinyproxy.conf"
+        conf.write_text(f'Port {self.port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\nMaxClients 50\n'
+                        f'LogLevel Info\nLogFile "{self.base}/tinyproxy.log"\nPidFile "{self.base}/tinyproxy.pid"\n')
+        self.proc = subprocess.Popen([shutil.which("tinyproxy") or "/usr/bin/tinyproxy", "-d", "-c", str(conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def listening() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, "tinyproxy exited at start"
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+        from helpers import wait_until
+        wait_until(listening, timeout=15, what="tinyproxy to listen")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def tinyproxy(tmp_path: Path) -> Iterator[Tinyproxy]:
+    if shutil.which("tinyproxy") is None:
+        if os.environ.get("BGDL_REQUIRE_PROXY"):
+            pytest.fail("tinyproxy is required (BGDL_REQUIRE_PROXY is set) but not installed")
+        pytest.skip("tinyproxy is not installed (apt-get install tinyproxy); .ci/run installs it")
+    proxy = Tinyproxy(tmp_path / "tinyproxy")
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def tls_origin(tmp_path: Path) -> Iterator[tuple[Origin, Path]]:
+    """The demo origin over https with a certificate from a throwaway CA (trustme); yields
+    the origin and the CA's PEM file."""
+    import ssl
+
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
+    pem = tmp_path / "test-ca.pem"
+    ca.cert_pem.write_to_path(str(pem))
+    with Origin(ssl_context=server_context) as server:
+        yield server, pem

@@ -23,7 +23,12 @@ If-Range. Query switches shape the server's behaviour for one URL:
 ``status=N``        answer every request with status N and no body (204, 205, 404, ...)
 ``unasked_range=K`` answer 206 with the first K bytes (``Content-Range: bytes 0-K-1/size``)
                     even to a request without Range, as a broken cache might
+``auth=USER:PASS``  answer 401 unless the request carries that HTTP Basic credential
+``sig=G``           a signed link: 403 once :meth:`Origin.rotate_signatures` moved past G
 ==================  ===============================================================
+
+``GET /signed/<name>?size=N&...`` redirects (302) to ``/files/<name>`` with the current
+``sig``, as an object store hands out expiring presigned links.
 
 ``GET /redirect?to=URL[&status=302]`` answers with a redirect. The server records every
 request (method, path, headers, status, body bytes sent) in :attr:`Origin.log`, so tests
@@ -34,6 +39,7 @@ server-side (same size, new ETag and Last-Modified).
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import hashlib
 import re
@@ -116,9 +122,10 @@ class RequestRecord:
 class Origin:
     """The demo origin server; run it on its own thread with :meth:`start`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: Any = None) -> None:
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context  # an ssl.SSLContext: serve https
         self.log: list[RequestRecord] = []
         self._versions: Counter[str] = Counter()
         self._counts: Counter[str] = Counter()
@@ -127,6 +134,7 @@ class Origin:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._stopped = threading.Event()
+        self.signature = 0  # the generation of signed links that is still valid
         self.in_flight = 0  # requests being answered now
         self.last_activity = time.monotonic()  # when the last request ended (or the origin started)
 
@@ -138,7 +146,7 @@ class Origin:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.ssl_context is not None else 'http'}://{self.host}:{self.port}"
 
     def url(self, name: str, size: int, **switches: object) -> str:
         """The URL of resource ``name`` of ``size`` bytes with the given switches."""
@@ -184,6 +192,7 @@ class Origin:
         app.router.add_route("GET", "/files/{name}", self._files)
         app.router.add_route("HEAD", "/files/{name}", self._files)
         app.router.add_get("/redirect", self._redirect)
+        app.router.add_get("/signed/{name}", self._signed)
         app.router.add_get("/", self._index)
         return app
 
@@ -201,10 +210,31 @@ class Origin:
             self.log.append(record)
         return record
 
+    def rotate_signatures(self) -> int:
+        """Expire every signed link handed out so far (the links of ``/signed/...``)."""
+        with self._lock:
+            self.signature += 1
+            return self.signature
+
+    async def _signed(self, request: web.Request) -> web.Response:
+        self._record(request)
+        with self._lock:
+            sig = self.signature
+        query = urlencode([*request.query.items(), ("sig", str(sig))])
+        return web.Response(status=302, headers={"Location": f"/files/{request.match_info['name']}?{query}"})
+
     async def _files(self, request: web.Request) -> web.StreamResponse:
         record = self._record(request)
         q = request.query
         name = request.match_info["name"]
+        if "sig" in q and q["sig"] != str(self.signature):
+            record.status = 403
+            return web.Response(status=403, text="this signed link has expired\n")
+        if "auth" in q:
+            expected = "Basic " + base64.b64encode(q["auth"].encode()).decode()
+            if request.headers.get("Authorization") != expected:
+                record.status = 401
+                return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="demo"'})
         try:
             size = int(q.get("size", str(1024 * 1024)))
         except ValueError:
@@ -314,7 +344,7 @@ class Origin:
     async def start_async(self) -> str:
         self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
         server: Any = site._server  # the bound port when port was 0
         assert server is not None and server.sockets

@@ -1,0 +1,125 @@
+"""Real networks: a real proxy (tinyproxy), HTTPS with a private CA (trustme), ``.netrc``
+credentials, and expiring signed links. Everything stays on loopback."""
+
+from __future__ import annotations
+
+import pytest
+
+import bgdl_nb as bg
+
+from helpers import sha256_of, wait_for_bytes, wait_until
+
+MB = 1024 * 1024
+
+
+def _session(use_service: bool, name: str, **fields) -> bg.Session:
+    return bg.Session(bg.Configuration.background(f"{name}-{use_service}", use_service=use_service, **fields))
+
+
+both = pytest.mark.parametrize("use_service", [False, True], ids=["in-process", "service"])
+
+
+@both
+def test_the_proxy_from_the_environment_is_used_and_no_proxy_is_honoured(origin, tmp_path, tinyproxy,
+                                                                          monkeypatch, use_service):
+    monkeypatch.setenv("HTTP_PROXY", tinyproxy.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with _session(use_service, "proxied") as session:
+        session.download_task(origin.url("via.bin", MB), tmp_path / "via.bin").resume().wait(30)
+    [request] = origin.requests_for("via.bin")
+    assert "tinyproxy" in request.headers.get("Via", "")  # it came through the proxy
+    assert sha256_of(tmp_path / "via.bin") == origin.sha256("via.bin", MB)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with _session(use_service, "direct") as session:
+        session.download_task(origin.url("direct.bin", 1000), tmp_path / "direct.bin").resume().wait(30)
+    [request] = origin.requests_for("direct.bin")
+    assert "Via" not in request.headers
+
+
+def test_the_proxy_setting_wins_and_a_resume_through_it_continues(origin, tmp_path, tinyproxy):
+    config = bg.Configuration.default(proxy=tinyproxy.url, connections_per_file=1)
+    with bg.Session(config) as session:
+        task = session.download_task(origin.url("big.bin", 8 * MB, rate=4 * MB), tmp_path / "big.bin").resume()
+        wait_for_bytes(task, MB)
+        task.suspend()
+        wait_until(lambda: task.state is bg.TaskState.SUSPENDED, what="the suspend")
+        task.resume().wait(60)
+    requests = origin.requests_for("big.bin")
+    assert all("tinyproxy" in r.headers.get("Via", "") for r in requests) and len(requests) == 2
+    assert requests[1].headers["Range"].startswith("bytes=") and requests[1].headers["Range"] != "bytes=0-"
+    assert sha256_of(tmp_path / "big.bin") == origin.sha256("big.bin", 8 * MB)
+
+
+def test_a_bad_proxy_setting_is_refused_at_once():
+    with pytest.raises(bg.InvalidConfiguration, match="must be an http:// or https:// URL"):
+        bg.Configuration.default(proxy="127.0.0.1:3128")
+
+
+@both
+def test_https_with_a_private_ca_needs_ca_bundle_and_says_so(tls_origin, tmp_path, use_service):
+    origin, ca = tls_origin
+    url = origin.url("secure.bin", 2 * MB)
+    assert url.startswith("https://")
+    with _session(use_service, "untrusted", connect_retries=0) as session:
+        task = session.download_task(url, tmp_path / "secure.bin").resume()
+        with pytest.raises(bg.CannotConnect, match="not trusted .*set ca_bundle") as caught:
+            task.wait(30)
+    assert "ssl:default" not in str(caught.value) and not (tmp_path / "secure.bin").exists()
+    with _session(use_service, "trusted", ca_bundle=str(ca)) as session:
+        session.download_task(url, tmp_path / "secure.bin").resume().wait(30)
+    assert sha256_of(tmp_path / "secure.bin") == origin.sha256("secure.bin", 2 * MB)
+
+
+def test_ssl_cert_file_from_the_environment_is_honoured(tls_origin, tmp_path, monkeypatch):
+    origin, ca = tls_origin
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    with bg.Session() as session:
+        session.download_task(origin.url("env.bin", 1000), tmp_path / "env.bin").resume().wait(30)
+    assert (tmp_path / "env.bin").stat().st_size == 1000
+
+
+def test_a_missing_ca_bundle_is_a_configuration_error():
+    with pytest.raises(bg.InvalidConfiguration, match="is not a file"):
+        bg.Configuration.default(ca_bundle="/no/such/ca.pem")
+
+
+def test_netrc_credentials_go_to_their_host_only(origin, tmp_path, monkeypatch):
+    """The .netrc entry for 127.0.0.1 is used there; a redirect to another host name
+    (localhost) does not carry it."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1\n  login reader\n  password from-netrc\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    guarded = origin.url("guarded.bin", 5000, auth="reader:from-netrc")
+    elsewhere = origin.url("elsewhere.bin", 4000).replace("127.0.0.1", "localhost")
+    with bg.Session() as session:
+        ok = session.download_task(guarded, tmp_path / "guarded.bin").resume()
+        moved = session.download_task(origin.redirect_url(elsewhere), tmp_path / "elsewhere.bin").resume()
+        assert ok.wait(30).stat().st_size == 5000
+        assert moved.wait(30).stat().st_size == 4000
+    [request] = origin.requests_for("guarded.bin")
+    assert request.headers["Authorization"].startswith("Basic ")
+    [request] = origin.requests_for("elsewhere.bin")
+    assert "Authorization" not in request.headers  # another host: the credential stays home
+
+
+@both
+def test_an_expired_signed_link_is_resolved_again_and_the_file_continues(origin, tmp_path, use_service):
+    """Object stores hand out presigned links that expire; a resume hours later starts
+    again from the URL the user gave, gets a fresh link, and continues the partial file."""
+    size = 8 * MB
+    with _session(use_service, "signed", connections_per_file=1) as session:
+        task = session.download_task(f"{origin.base_url}/signed/dataset.bin?size={size}&rate={4 * MB}",
+                                     tmp_path / "dataset.bin").resume()
+        wait_for_bytes(task, MB)
+        task.suspend()
+        wait_until(lambda: task.state is bg.TaskState.SUSPENDED, what="the suspend")
+        origin.rotate_signatures()  # every link handed out so far has expired
+        task.resume().wait(60)
+        restarted = session.events.query("event == 'restarted'")
+    files = origin.requests_for("dataset.bin")
+    assert [r.query["sig"] for r in files] == ["0", "1"]  # the second request used a fresh link
+    assert files[1].headers["Range"] != "bytes=0-" and restarted.empty  # continued, not restarted
+    assert origin.bytes_sent("dataset.bin") <= size + 2 * MB
+    assert sha256_of(tmp_path / "dataset.bin") == origin.sha256("dataset.bin", size)
