@@ -45,7 +45,7 @@ from ._exceptions import (
     TransferError,
     TransferTimeout,
 )
-from ._files import HashWorker, free_disk, inbox_path, partial_path_for, unlink
+from ._files import HashWorker, disk_size, free_disk, inbox_path, partial_path_for, unlink
 from ._finalise import Finaliser
 from ._journal import Store, TaskRecord
 from ._redact import add_secret_params
@@ -82,7 +82,8 @@ class Engine(EngineBase):
         self._jobs: dict[int, asyncio.Task[None]] = {}
         self.scheduler = Scheduler(max_concurrent_tasks=config.max_concurrent_tasks,
                                    max_per_host=config.http_maximum_connections_per_host,
-                                   free_disk=free_disk, discretionary_window=config.discretionary_window)
+                                   free_disk=free_disk, disk_size=disk_size,
+                                   discretionary_window=config.discretionary_window)
         self.bucket = TokenBucket(config.bandwidth_limit, now=time.monotonic())
         self.bytes_moved = 0  # every byte received by this engine (the service's throughput)
         self._seen: dict[int, int] = {}  # received as last published by the counts ticker
@@ -313,6 +314,11 @@ class Engine(EngineBase):
                 f"task {tid} exceeded timeout_interval_for_resource ({self.config.timeout_interval_for_resource:g} s)"
                 f"{waiting}; raise the timeout, or continue from the error's resume_data",
                 url=run.record.url, task_identifier=tid))
+        for tid, why in plan.impossible.items():
+            run = self._runs[tid]
+            self._stop_job(tid)
+            self._fail(run, DiskFull(f"the file {why}: it can never fit there; choose a destination on a larger "
+                                     "file system", url=run.record.url, task_identifier=tid))
         for tid in plan.preempt:
             self._stop_job(tid)  # its partial bytes stay; it continues with a range request later
         for tid, reason in plan.waiting.items():

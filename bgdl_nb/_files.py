@@ -20,8 +20,8 @@ from typing import Any
 
 from ._exceptions import UnsafeFile
 
-__all__ = ["CHECKPOINT_BYTES", "HashWorker", "check_ours", "free_disk", "fsync_path", "hash_prefix", "inbox_path",
-           "name_max", "open_partial", "partial_path_for", "partial_size", "truncate_partial", "unlink"]
+__all__ = ["CHECKPOINT_BYTES", "HashWorker", "check_ours", "disk_size", "free_disk", "fsync_path", "hash_prefix",
+           "inbox_path", "name_max", "open_partial", "partial_path_for", "partial_size", "truncate_partial", "unlink"]
 
 HASH_BLOCK = 4 * 1024 * 1024
 
@@ -112,6 +112,17 @@ def free_disk(folder: str) -> int | None:
         path = path.parent
     try:
         return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def disk_size(folder: str) -> int | None:
+    """The total size of the file system of ``folder`` (or its nearest existing ancestor)."""
+    path = Path(folder)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).total
     except OSError:
         return None
 

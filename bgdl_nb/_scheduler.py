@@ -109,6 +109,7 @@ class Plan:
     preempt: list[int] = field(default_factory=list)  # discretionary tasks to stop: other work arrived
     waiting: dict[int, Wait | None] = field(default_factory=dict)  # reasons that changed (None: no longer waits)
     expired: list[int] = field(default_factory=list)
+    impossible: dict[int, str] = field(default_factory=dict)  # tasks that can never fit on their disk, and why
     wake_at: float | None = None
 
 
@@ -141,6 +142,7 @@ class Scheduler:
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
                  free_disk: Callable[[str], int | None] | None = None,
+                 disk_size: Callable[[str], int | None] | None = None,
                  discretionary_window: tuple[float, float] | None = None) -> None:
         self.max_concurrent_tasks = max_concurrent_tasks
         self.max_per_host = max_per_host
@@ -148,6 +150,7 @@ class Scheduler:
         self.monotonic = monotonic
         self._last_clocks: tuple[float, float] | None = None  # (wall, monotonic) at the last poll
         self.free_disk = free_disk
+        self.disk_size = disk_size
         self.discretionary_window = discretionary_window
         self.paused = False
         self.items: dict[int, Item] = {}
@@ -167,6 +170,7 @@ class Scheduler:
         self._disk_blocked: list[int] = []
         self._waiting_nondisc: set[int] = set()  # non-discretionary tasks ready or blocked, not timed
         self._changed: dict[int, Wait | None] = {}
+        self._impossible: dict[int, str] = {}
 
     # events ------------------------------------------------------------------------------
 
@@ -270,6 +274,10 @@ class Scheduler:
                 continue
             plan.waiting[tid] = reason
         plan.start = [tid for tid, reason in self._changed.items() if reason is None and tid in self.running]
+        for tid, why in self._impossible.items():
+            plan.impossible[tid] = why
+            self.remove(tid)
+        self._impossible = {}
         self._changed = {}
         return plan
 
@@ -358,6 +366,11 @@ class Scheduler:
             self._set_reason(tid, self._host_wait)
             return
         if self.free_disk is not None and item.remaining_bytes > 0:
+            size = self.disk_size(item.disk) if self.disk_size is not None else None
+            if size is not None and item.remaining_bytes > size:  # waiting would never end
+                self._impossible[tid] = (f"needs {item.remaining_bytes:,} bytes, more than the whole file system "
+                                         f"of {item.disk} holds ({size:,} bytes)")
+                return
             free = self.free_disk(item.disk)
             if free is not None and free - self._reserved[item.disk] < item.remaining_bytes:
                 self._disk_blocked.append(tid)

@@ -206,3 +206,14 @@ def test_names_near_the_file_system_limit_work_and_longer_ones_are_refused_befor
             session.download_task(origin.url("never.bin", 1000), tmp_path / too_long)
     assert not origin.requests_for("never.bin")
     assert sorted(p.name for p in tmp_path.iterdir()) == [long_name]  # no partial left behind
+
+
+@pytest.mark.parametrize("use_service", [False, True], ids=["in-process", "service"])
+def test_a_file_larger_than_its_whole_disk_fails_at_once_instead_of_waiting_for_space(origin, tmp_path, use_service):
+    with bg.Session(bg.Configuration.background(f"huge-{use_service}", use_service=use_service)) as session:
+        task = session.download_task(origin.url("huge.bin", 1000), tmp_path / "huge.bin")
+        task.count_of_bytes_client_expects_to_receive = 10**18  # an exabyte: no disk here holds it
+        task.resume()
+        with pytest.raises(bg.DiskFull, match=r"more than the whole file system .* can never fit"):
+            task.wait(30)
+    assert not origin.requests_for("huge.bin")

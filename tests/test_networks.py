@@ -63,7 +63,7 @@ def test_https_with_a_private_ca_needs_ca_bundle_and_says_so(tls_origin, tmp_pat
     assert url.startswith("https://")
     with _session(use_service, "untrusted", connect_retries=0) as session:
         task = session.download_task(url, tmp_path / "secure.bin").resume()
-        with pytest.raises(bg.CannotConnect, match="not trusted .*set ca_bundle") as caught:
+        with pytest.raises(bg.CannotConnect, match=r"not trusted .*set ca_bundle") as caught:
             task.wait(30)
     assert "ssl:default" not in str(caught.value) and not (tmp_path / "secure.bin").exists()
     with _session(use_service, "trusted", ca_bundle=str(ca)) as session:
