@@ -45,10 +45,10 @@ from ._exceptions import (
     TransferError,
     TransferTimeout,
 )
-from ._files import HashWorker, disk_size, free_disk, inbox_path, partial_path_for, unlink
+from ._files import HashWorker, claim, disk_size, free_disk, inbox_path, partial_path_for, unlink
 from ._finalise import Finaliser
 from ._journal import Store, TaskRecord
-from ._redact import add_secret_params
+from ._redact import add_secret_params, redact_url
 from ._resume import retry_delay
 from ._scheduler import LAUNCH, RETRY, Item, Scheduler, TokenBucket, Wait, WaitReason
 from ._states import TaskState
@@ -178,6 +178,10 @@ class Engine(EngineBase):
         record.state = TaskState.SUSPENDED
         if not record.partial_path:
             record.partial_path = str(partial_path_for(record.destination, record.task_identifier, self.work_dir))
+        if record.destination:  # one writer per destination, across sessions and processes
+            claim(record.destination, {**self._owner(record.task_identifier), "url": redact_url(record.url),
+                                       "service": str(self.config.resolved_state_dir())
+                                       if self.config.runs_in_service else None})
         self.store.put_task(record)
         run = TaskRun(record, received=record.offset)
         self._runs[record.task_identifier] = run

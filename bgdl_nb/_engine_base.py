@@ -21,7 +21,7 @@ from ._attempt import TaskRun
 from ._config import Configuration
 from ._events import Event, EventKind
 from ._exceptions import BgdlError, ChecksumMismatch, InvalidInput
-from ._files import partial_size, truncate_partial, unlink
+from ._files import partial_size, release, truncate_partial, unlink
 from ._journal import Store
 from ._redact import redact_text
 from ._resume import ResumeState, Validator, encode_resume_data
@@ -191,6 +191,11 @@ class EngineBase:
                             destination=rec.destination, current_url=rec.current_url)
         return encode_resume_data(state, self.key)
 
+    def _owner(self, tid: int) -> dict[str, Any]:
+        """What a destination's claim file says of the task that holds it."""
+        journal = getattr(self.store, "path", None)
+        return {"journal": None if journal is None else str(journal), "identifier": self.identifier, "task": tid}
+
     def _fail(self, run: TaskRun, error: BgdlError) -> None:
         if not isinstance(error, ChecksumMismatch):
             error.resume_data = self._resume_data(run)
@@ -209,6 +214,8 @@ class EngineBase:
         run.waiting = None
         if rec.destination and self._destinations.get(rec.destination) == tid:
             del self._destinations[rec.destination]
+        if rec.destination:
+            release(rec.destination, self._owner(tid))
         if not finished and error is None:
             rec.location = None
         changes = {"error": None if error is None else error.to_dict(), "finished_at": time.time()}

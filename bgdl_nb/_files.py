@@ -10,18 +10,21 @@ from __future__ import annotations
 import concurrent.futures
 import errno
 import hashlib
+import json
 import os
 import queue
 import shutil
+import socket
 import stat
 import threading
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import UnsafeFile
+from ._exceptions import InvalidDestination, UnsafeFile
 
-__all__ = ["CHECKPOINT_BYTES", "HashWorker", "check_ours", "disk_size", "free_disk", "fsync_path", "hash_prefix",
-           "inbox_path", "name_max", "open_partial", "partial_path_for", "partial_size", "truncate_partial", "unlink"]
+__all__ = ["CHECKPOINT_BYTES", "HashWorker", "check_ours", "claim", "claim_path", "disk_size", "free_disk", "fsync_path",
+           "hash_prefix", "inbox_path", "name_max", "open_partial", "partial_path_for", "partial_size", "release",
+           "truncate_partial", "unlink"]
 
 HASH_BLOCK = 4 * 1024 * 1024
 
@@ -150,16 +153,113 @@ def partial_path_for(destination: str | None, task_identifier: int, work_dir: Pa
     file system's limit is shortened in the partial's name (the final name is kept)."""
     token = os.urandom(4).hex()
     if destination:
-        dest = Path(destination)
-        extra = len(f"..{token}.bgdl-part")
-        name = os.fsencode(dest.name)
-        room = name_max(dest.parent) - extra
-        if len(name) > room:
-            name = name[: room - 1] + b"~"
-        return dest.with_name(f".{os.fsdecode(name)}.{token}.bgdl-part")
+        return _beside(Path(destination), ".bgdl-part", token)
     folder = work_dir / "partial"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     return folder / f"{task_identifier}-{token}.bgdl-part"
+
+
+def _beside(destination: Path, suffix: str, token: str = "") -> Path:
+    """A hidden file beside ``destination``: ``.<name>[.token]<suffix>``, with the name
+    shortened when the result would pass the file system's limit."""
+    extra = len(f".{'.' + token if token else ''}{suffix}")
+    name = os.fsencode(destination.name)
+    room = name_max(destination.parent) - extra
+    if len(name) > room:
+        name = name[: room - 1] + b"~"
+    return destination.with_name(f".{os.fsdecode(name)}{'.' + token if token else ''}{suffix}")
+
+
+def claim_path(destination: str | os.PathLike[str]) -> Path:
+    """The claim file of a destination: it names the task that will write it."""
+    return _beside(Path(destination), ".bgdl-claim")
+
+
+def _claim_alive(owner: dict[str, Any]) -> bool:
+    """Whether the task a claim names may still write its destination."""
+    journal, identifier, task = owner.get("journal"), owner.get("identifier"), owner.get("task")
+    if journal and identifier:
+        from ._journal import read_journal
+        try:
+            tasks, _ = read_journal(Path(journal), str(identifier))
+        except Exception:  # no journal (deleted, moved aside): nothing can continue that task
+            return False
+        return any(t.task_identifier == task and t.state.value != "completed" for t in tasks)
+    pid = owner.get("pid")
+    if owner.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return True  # another machine's process: assume it lives
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(destination: str | os.PathLike[str], owner: dict[str, Any]) -> None:
+    """Claim ``destination`` for the task ``owner`` names, across sessions and processes:
+    :class:`InvalidDestination` while another live task holds it; a claim whose task can
+    no longer run (finished, journal gone, process dead) is taken over. The claim file
+    appears whole (written aside, then hard-linked into place, which fails if one exists)."""
+    path = claim_path(destination)
+    body = json.dumps({**owner, "pid": os.getpid(), "host": socket.gethostname()}).encode()
+    draft = _beside(Path(destination), ".bgdl-claim-draft", os.urandom(4).hex())
+    fd = os.open(draft, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(body)
+    try:
+        for _ in range(5):
+            try:
+                os.link(draft, path)
+                return
+            except FileExistsError:
+                pass
+            try:
+                raw = path.read_bytes()
+            except FileNotFoundError:
+                continue  # released meanwhile: try again
+            try:
+                other = json.loads(raw)
+            except ValueError:
+                other = {}
+            if other and other.get("service") and other.get("service") == owner.get("service") \
+                    and other.get("url") == owner.get("url") and _claim_alive(other):
+                return  # the same file from the same transfer service: it shares the one transfer
+            if other and _claim_alive(other):
+                who = f"task {other.get('task')} of session {other.get('identifier') or '(not journaled)'}"
+                raise InvalidDestination(
+                    f"{destination} is claimed by {who} (pid {other.get('pid')} on {other.get('host')}), which "
+                    "will write it; wait for it or cancel it, or choose another destination")
+            with _takeover_lock():  # two claimers of one stale claim: only one removes it
+                try:
+                    if path.read_bytes() == raw:  # still the stale claim judged above
+                        unlink(path)
+                except FileNotFoundError:
+                    pass
+        raise InvalidDestination(f"{destination}: could not claim it (its claim file {path} keeps changing)")
+    finally:
+        unlink(draft)
+
+
+def _takeover_lock() -> Any:
+    import tempfile
+
+    import filelock
+    folder = Path(tempfile.gettempdir()) / f"bgdl_nb-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return filelock.FileLock(str(folder / "claims.lock"), timeout=30)
+
+
+def release(destination: str | os.PathLike[str], owner: dict[str, Any]) -> None:
+    """Give up the claim on ``destination`` if ``owner``'s task holds it."""
+    path = claim_path(destination)
+    try:
+        held = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return
+    if all(held.get(k) == v for k, v in owner.items()):
+        unlink(path)
 
 
 def inbox_path(url: str, task_identifier: int, work_dir: Path) -> Path:

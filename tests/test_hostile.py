@@ -217,3 +217,34 @@ def test_a_file_larger_than_its_whole_disk_fails_at_once_instead_of_waiting_for_
         with pytest.raises(bg.DiskFull, match=r"more than the whole file system .* can never fit"):
             task.wait(30)
     assert not origin.requests_for("huge.bin")
+
+
+def test_one_destination_has_one_writer_across_sessions_and_processes(origin, tmp_path):
+    """An in-process session and the transfer service (another process) cannot both write
+    one file: the second is refused, naming the first, until the first is done."""
+    dest = tmp_path / "shared.bin"
+    with bg.Session(bg.Configuration.default(connections_per_file=1)) as first:
+        task = first.download_task(origin.url("shared.bin", 8 * MB, rate=4 * MB), dest).resume()
+        wait_for_bytes(task, 1)
+        with bg.Session(bg.Configuration.background("second-writer", use_service=True)) as second:
+            with pytest.raises(bg.InvalidDestination, match=r"claimed by task \d+ of session \(not journaled\)"):
+                second.download_task(origin.url("other.bin", 1000), dest, overwrite=True)
+            task.wait(60)
+            again = second.download_task(origin.url("other.bin", 1000), dest, overwrite=True).resume().wait(30)
+    assert again == dest and dest.stat().st_size == 1000  # once the first was done, the second could write
+    assert not list(tmp_path.glob(".*bgdl-claim*"))  # no claim outlives its task
+
+
+def test_a_claim_whose_task_can_no_longer_run_is_taken_over(origin, tmp_path):
+    import json
+    import socket
+
+    from bgdl_nb._files import claim_path
+
+    dest = tmp_path / "orphan.bin"
+    gone = tmp_path / "state-that-was-deleted" / "sessions" / "old.sqlite3"
+    claim_path(dest).write_text(json.dumps({"journal": str(gone), "identifier": "old", "task": 3, "pid": 1,
+                                            "host": socket.gethostname()}))
+    with bg.Session() as session:
+        assert session.download_task(origin.url("orphan.bin", 1000), dest).resume().wait(30) == dest
+    assert not claim_path(dest).exists()
