@@ -248,3 +248,32 @@ def test_a_claim_whose_task_can_no_longer_run_is_taken_over(origin, tmp_path):
     with bg.Session() as session:
         assert session.download_task(origin.url("orphan.bin", 1000), dest).resume().wait(30) == dest
     assert not claim_path(dest).exists()
+
+
+def test_bytes_altered_while_no_process_held_the_partial_file_are_caught_before_continuing(origin, tmp_path):
+    """No digest was given, so only bgdl_nb's own record of the bytes it wrote can tell: a
+    byte changed on disk between two runs makes the next run continue from the last
+    verified point before it, never from the altered bytes."""
+    size = 12 * MB
+    config = bg.Configuration.background("altered", use_service=False, connections_per_file=1)
+    with bg.Session(config) as session:
+        task = session.download_task(origin.url("altered.bin", size, rate=6 * MB), tmp_path / "altered.bin").resume()
+        wait_for_bytes(task, 9 * MB)
+        task.suspend()
+        wait_until(lambda: task.state is bg.TaskState.SUSPENDED, what="the suspend")
+        partial = Path(task._record.partial_path)
+    stopped_at = partial.stat().st_size
+    with open(partial, "r+b") as f:  # someone edits the partial file while no process holds it
+        f.seek(8 * MB + 12345)
+        byte = f.read(1)
+        f.seek(8 * MB + 12345)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with bg.Session(config) as session:
+        [task] = session.current_tasks() or session.all_tasks()
+        path = task.resume().wait(60)
+        restarted = session.events.query("event == 'restarted'")
+    assert sha256_of(path) == origin.sha256("altered.bin", size)  # the altered byte did not survive
+    assert len(restarted) == 1 and "changed on disk" in restarted["detail"].iloc[0]
+    assert restarted["total_bytes_written"].iloc[0] == 8 * MB  # the last verified point before the change
+    second = origin.requests_for("altered.bin")[-1]
+    assert second.headers["Range"] == f"bytes={8 * MB}-" and stopped_at > 8 * MB + 12345
