@@ -22,7 +22,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ._events import EventKind
 from ._exceptions import ChecksumMismatch, InvalidDestination, NetworkError, TransferError, UnexpectedResponse
-from ._files import CHECKPOINT_BYTES, HashWorker, hash_prefix, open_partial, partial_size, truncate_partial, unlink
+from ._files import (
+    CHECKPOINT_BYTES,
+    MARK_BYTES,
+    HashWorker,
+    hash_prefix,
+    open_partial,
+    partial_size,
+    truncate_partial,
+    unlink,
+    verify_prefix,
+)
 from ._finalise import Finaliser
 from ._resume import Outcome, Validator, accepts_ranges, decide, resume_headers, validator_from_headers
 from ._segments import MIN_SEGMENT, Segmented, SegmentsChanged
@@ -88,6 +98,9 @@ class Reporter(Protocol):
 
     def restart(self, reason: str) -> None:
         """The partial file cannot be continued: discard it (with ``reason`` in the log)."""
+
+    def mark(self, offset: int, digest: str) -> None:
+        """The sha256 of the first ``offset`` bytes, to check them before a later resume."""
 
     def learned_total(self, total: int) -> None:
         """The resource's length became known (the disk preflight uses it)."""
@@ -158,6 +171,35 @@ class Attempt:
             return 0
         return rec.offset
 
+    async def verify_prefix(self, offset: int) -> int:
+        """Check the bytes before ``offset`` against the digests journaled while they were
+        written; continue from the last point that still agrees (a byte altered on disk
+        while no process held the file never reaches a finished file)."""
+        run, rec = self.run, self.run.record
+        if offset == 0 or not rec.marks or (run.hasher is not None and run.hashed == offset):
+            return offset  # nothing to check, or this process wrote the bytes and hashed them itself
+        hasher, good = await asyncio.to_thread(verify_prefix, rec.partial_path, offset, rec.marks)
+        if good < offset:
+            truncate_partial(rec.partial_path, good)
+            self.report.checkpoint(good)
+            self.report.update(marks=[m for m in rec.marks if m[0] <= good] or None)
+            self.report.emit(EventKind.RESTARTED, total_bytes_written=good, total_bytes_expected=rec.total,
+                             detail=f"bytes of the partial file changed on disk since they were written (between "
+                                    f"byte {good} and {offset}); continuing from byte {good}, the last verified point")
+        run.hasher, run.hashed, run.hashing = hasher, good, None
+        return good
+
+    def _mark(self, hasher: Any, position: int) -> None:
+        """Journal the digest of the first ``position`` bytes once the hash thread has it."""
+        loop = asyncio.get_running_loop()
+        report = self.report
+
+        def done(future: Any) -> None:
+            if not future.cancelled() and future.exception() is None:
+                loop.call_soon_threadsafe(report.mark, position, future.result())
+
+        self.hashing.digest(hasher).add_done_callback(done)
+
     async def __call__(self) -> bool:
         """Run the attempt. True: the file is finished at the target. False: the server
         refused (a 404, say) and the task completes with that status and no file.
@@ -165,7 +207,7 @@ class Attempt:
         run, rec = self.run, self.run.record
         if rec.segments and self.check_segments():
             return await self._segmented(None)
-        offset = self.check_partial()
+        offset = await self.verify_prefix(self.check_partial())
         run.received = offset
         validator = Validator(rec.validator_kind, rec.validator_value) \
             if rec.validator_kind and rec.validator_value else None
@@ -268,7 +310,7 @@ class Attempt:
         # creating a file can wait on the file system's journal for milliseconds while other
         # files are synced: it happens beside the loop, not on it
         fd = await asyncio.to_thread(_open_at, rec.partial_path, offset)
-        position = journaled = reported = offset
+        position = journaled = reported = marked = offset
         interval = self.config.progress_interval
         next_report = time.monotonic() + interval
         floor = LowSpeed(self.config.low_speed_limit, self.config.low_speed_time, rec.url, offset)
@@ -291,6 +333,9 @@ class Attempt:
                 if position - journaled >= CHECKPOINT_BYTES:
                     self.report.checkpoint(position)  # the bytes are in the file first
                     journaled = position
+                    if position - marked >= MARK_BYTES:
+                        self._mark(hasher, position)
+                        marked = position
                 now = time.monotonic()
                 if now >= next_report:
                     self._progress(position - reported)
@@ -299,6 +344,8 @@ class Attempt:
             os.close(fd)
             if position != journaled:
                 self.report.checkpoint(position)
+            if position > marked:
+                self._mark(hasher, position)
             run.hasher, run.hashed, run.hashing = hasher, position, self.hashing.settled()
             if position > reported:
                 self._progress(position - reported)

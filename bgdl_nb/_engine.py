@@ -162,6 +162,7 @@ class Engine(EngineBase):
 
     def close_store(self) -> None:
         self.flush()
+        self._closed_store = True
         self.store.close()
 
     async def drain(self) -> None:

@@ -21,7 +21,7 @@ from ._attempt import TaskRun
 from ._config import Configuration
 from ._events import Event, EventKind
 from ._exceptions import BgdlError, ChecksumMismatch, InvalidInput
-from ._files import partial_size, release, truncate_partial, unlink
+from ._files import add_mark, partial_size, release, truncate_partial, unlink
 from ._journal import Store
 from ._redact import redact_text
 from ._resume import ResumeState, Validator, encode_resume_data
@@ -88,6 +88,12 @@ class _Report:
     def restart(self, reason: str) -> None:
         self.engine._restart(self.run, reason)
 
+    def mark(self, offset: int, digest: str) -> None:
+        rec = self.run.record
+        if offset > rec.offset or self.engine._closed_store:  # restarted meanwhile, or the session is gone
+            return
+        self.engine._set(self.run, marks=add_mark(rec.marks, offset, digest))
+
     def learned_total(self, total: int) -> None:
         self.engine.scheduler.update_remaining(self.run.task_identifier, total)
 
@@ -98,6 +104,8 @@ class _Report:
 
 class EngineBase:
     """Records, journal and sink; see :class:`bgdl_nb._engine.Engine` for the rest."""
+
+    _closed_store = False
 
     config: Configuration
     store: Store
@@ -178,7 +186,7 @@ class EngineBase:
             truncate_partial(rec.partial_path, 0)
         run.received = 0
         self._set(run, offset=0, validator_kind=None, validator_value=None, accepts_ranges=False, total=None,
-                  segments=None)
+                  segments=None, marks=None)
 
     def _resume_data(self, run: TaskRun) -> bytes | None:
         rec = run.record

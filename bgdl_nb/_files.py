@@ -270,6 +270,55 @@ def inbox_path(url: str, task_identifier: int, work_dir: Path) -> Path:
     return folder / f"{task_identifier}-{name}"
 
 
+MARK_BYTES = 4 * 1024 * 1024
+"""A mark (the digest of the bytes so far) is journaled at most every this many bytes, and
+at the end of each attempt; a resume checks the partial file against them."""
+
+MAX_MARKS = 24
+"""Marks kept per task: older ones are thinned out, so the record stays small."""
+
+
+def add_mark(marks: list[list[Any]] | None, offset: int, digest: str) -> list[list[Any]]:
+    """``marks`` with ``[offset, digest]`` added (and thinned to ``MAX_MARKS``)."""
+    kept = [m for m in (marks or []) if m[0] < offset] + [[offset, digest]]
+    while len(kept) > MAX_MARKS:
+        kept = kept[:-1:2] + kept[-1:]  # every other one, and always the newest
+    return kept
+
+
+def verify_prefix(path: str, length: int, marks: list[list[Any]] | None) -> tuple[Any, int]:
+    """Re-read the first ``length`` bytes of ``path`` and check them against ``marks``:
+    ``(sha256 object, length)`` when they all agree, else ``(sha256 object, offset)`` of
+    the last mark that still agrees (0 when none does). Blocking: run on a thread."""
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    try:
+        check_ours(path, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    digest, at = hashlib.sha256(), 0
+    good, good_at = digest.copy(), 0
+    with open(fd, "rb") as f:
+        for offset, expected in sorted(m for m in (marks or []) if m[0] <= length):
+            at += _feed(f, digest, offset - at)
+            if at != offset or digest.hexdigest() != expected:
+                return good, good_at
+            good, good_at = digest.copy(), offset
+        _feed(f, digest, length - at)
+    return digest, length
+
+
+def _feed(f: Any, digest: Any, count: int) -> int:
+    fed = 0
+    while fed < count:
+        block = f.read(min(count - fed, HASH_BLOCK))
+        if not block:
+            break
+        digest.update(block)
+        fed += len(block)
+    return fed
+
+
 def hash_prefix(path: str, length: int) -> Any:
     """A sha256 object over the first ``length`` bytes of ``path`` (blocking: run on a thread)."""
     digest = hashlib.sha256()
@@ -310,8 +359,8 @@ class HashWorker:
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             hasher, chunk = item
-            if hasher is None:
-                chunk.set_result(None)  # a settled() marker
+            if isinstance(chunk, concurrent.futures.Future):  # a settled() or digest() marker
+                chunk.set_result(None if hasher is None else hasher.copy().hexdigest())
             else:
                 hasher.update(chunk)
                 self._hashed += len(chunk)
@@ -333,6 +382,15 @@ class HashWorker:
             done.set_result(None)
         else:
             self._queue.put((None, done))
+        return done
+
+    def digest(self, hasher: Any) -> concurrent.futures.Future[str]:
+        """The hex digest of what ``hasher`` has been handed so far, once it is hashed."""
+        done: concurrent.futures.Future[str] = concurrent.futures.Future()
+        if self._thread is None:
+            done.set_result(hasher.copy().hexdigest())
+        else:
+            self._queue.put((hasher, done))
         return done
 
     def close(self) -> None:

@@ -46,6 +46,7 @@ class TaskRecord:
     created: float = 0.0
     finished_at: float | None = None
     segments: list[list[int]] | None = None  # [start, end, durable offset] per segment of a split file
+    marks: list[list[Any]] | None = None  # [offset, sha256 of the bytes before it]: the prefix is checked on resume
 
     @property
     def succeeded(self) -> bool:

@@ -36,7 +36,7 @@ log = logging.getLogger("bgdl_nb")
 __all__ = ["SqliteStore", "journaled_bytes", "read_journal"]
 
 SCHEMA_VERSION = 1
-_JSON_FIELDS = {"headers", "response_headers", "error", "segments"}
+_JSON_FIELDS = {"headers", "response_headers", "error", "segments", "marks"}
 _BOOL_FIELDS = {"overwrite", "accepts_ranges", "discretionary"}
 _TASK_COLUMNS = [f for f in TASK_FIELDS if f != "offset"]
 
