@@ -80,6 +80,7 @@ class Engine(EngineBase):
         self._destinations: dict[str, int] = {}  # destination -> unfinished task writing it
         self._held: dict[int, str] = {}  # tasks whose bytes another session's task transfers
         self._jobs: dict[int, asyncio.Task[None]] = {}
+        self._policy_failures = 0  # scheduler errors in a row
         self.scheduler = Scheduler(max_concurrent_tasks=config.max_concurrent_tasks,
                                    max_per_host=config.http_maximum_connections_per_host,
                                    free_disk=free_disk, disk_size=disk_size,
@@ -213,6 +214,21 @@ class Engine(EngineBase):
         """Queue a suspended task; True when the scheduler has something new to plan."""
         if run.record.state is not TaskState.SUSPENDED or self._closing:
             return False
+        try:
+            return self._queue_resumed(run)
+        except Exception as exc:  # a bug must end the task visibly, never leave it half resumed
+            self._internal_error(run, exc)
+            return False
+
+    def _internal_error(self, run: TaskRun, exc: Exception) -> None:
+        """Fail ``run`` for a bug in bgdl_nb, with a message a person can act on."""
+        log.exception("bgdl_nb engine error in task %s", run.task_identifier, exc_info=exc)
+        self.scheduler.remove(run.task_identifier)
+        self._fail(run, TransferError(f"internal error in bgdl_nb ({type(exc).__name__}: {exc}); the download can "
+                                      "continue from the error's resume_data; please report it",
+                                      url=run.record.url, task_identifier=run.task_identifier))
+
+    def _queue_resumed(self, run: TaskRun) -> bool:
         run.resumed_once = True
         self._move(run, TaskState.RUNNING, EventKind.RESUMED, total_bytes_written=run.record.offset)
         held = self._held.get(run.task_identifier)
@@ -309,8 +325,21 @@ class Engine(EngineBase):
         """Apply the policy's plan: start tasks, publish waiting reasons, expire tasks."""
         if self._closing:
             return
-        plan = self.scheduler.poll()
         loop = asyncio.get_running_loop()
+        try:
+            plan = self.scheduler.poll()
+        except Exception as exc:  # a bug in the policy must not leave tasks waiting for ever
+            self._policy_failures += 1
+            log.exception("bgdl_nb scheduler error (%d in a row)", self._policy_failures)
+            if self._policy_failures < 3:
+                loop.call_later(0.25, self._schedule)  # try again shortly
+                return
+            self._policy_failures = 0
+            for run in list(self._runs.values()):
+                if run.record.state is TaskState.RUNNING and run.task_identifier not in self._jobs:
+                    self._internal_error(run, exc)  # stopped instead of waiting for ever
+            return
+        self._policy_failures = 0
         for tid in plan.expired:
             run = self._runs[tid]
             waiting = f" while waiting: {run.waiting}" if run.waiting else ""
@@ -434,10 +463,7 @@ class Engine(EngineBase):
             else:
                 self._fail(run, TransferError(f"writing {where} failed: {exc}", url=rec.url, task_identifier=tid))
         except Exception as exc:  # a bug must end the task visibly, never leave it RUNNING
-            log.exception("bgdl_nb engine error in task %s", tid)
-            self._fail(run, TransferError(f"internal error in bgdl_nb ({type(exc).__name__}: {exc}); the "
-                                          "download can continue from the error's resume_data; please report it",
-                                          url=rec.url, task_identifier=tid))
+            self._internal_error(run, exc)
         finally:
             if self._jobs.get(tid) is asyncio.current_task():
                 del self._jobs[tid]

@@ -128,21 +128,31 @@ class Finaliser:
         while self._batch:
             batch, self._batch = self._batch, []
             try:
-                await asyncio.to_thread(_make_durable, [item.partial for item in batch])
-            except OSError as exc:
+                await self._finish(batch)
+            except BaseException as exc:  # whatever went wrong, every waiter hears of it: none waits for ever
                 for item in batch:
-                    item.done.set_exception(exc)
-                continue
-            live = [item for item in batch if not item.done.cancelled()]
-            for item in live:
-                item.record_intent()  # intent first: a crash after this is recoverable
-            self._commit()
-            results = await asyncio.shield(asyncio.to_thread(_rename_all, [(i.partial, i.target) for i in live]))
-            for item, error in zip(live, results):
-                if error is None:
-                    item.done.set_result(None)
-                else:
-                    item.done.set_exception(error)
+                    if not item.done.done():
+                        item.done.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
+                if not isinstance(exc, Exception):
+                    raise
+
+    async def _finish(self, batch: list[_Item]) -> None:
+        try:
+            await asyncio.to_thread(_make_durable, [item.partial for item in batch])
+        except OSError as exc:
+            for item in batch:
+                item.done.set_exception(exc)
+            return
+        live = [item for item in batch if not item.done.cancelled()]
+        for item in live:
+            item.record_intent()  # intent first: a crash after this is recoverable
+        self._commit()
+        results = await asyncio.shield(asyncio.to_thread(_rename_all, [(i.partial, i.target) for i in live]))
+        for item, error in zip(live, results):
+            if error is None:
+                item.done.set_result(None)
+            else:
+                item.done.set_exception(error)
 
     async def close(self) -> None:
         if self._worker is not None:

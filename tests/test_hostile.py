@@ -277,3 +277,52 @@ def test_bytes_altered_while_no_process_held_the_partial_file_are_caught_before_
     assert restarted["total_bytes_written"].iloc[0] == 8 * MB  # the last verified point before the change
     second = origin.requests_for("altered.bin")[-1]
     assert second.headers["Range"] == f"bytes={8 * MB}-" and stopped_at > 8 * MB + 12345
+
+
+FAULTS = [  # (module, attribute): one step of a task's life in the engine each
+    ("bgdl_nb._attempt", "open_response"),
+    ("bgdl_nb._attempt", "decide"),
+    ("bgdl_nb._attempt.Attempt", "check_partial"),
+    ("bgdl_nb._attempt.Attempt", "_receive"),
+    ("bgdl_nb._attempt", "finalise"),
+    ("bgdl_nb._finalise", "_rename_all"),
+    ("bgdl_nb._files.HashWorker", "update"),
+    ("bgdl_nb._scheduler.Scheduler", "poll"),
+    ("bgdl_nb._engine_base.EngineBase", "_set"),
+]
+
+
+@pytest.mark.parametrize("where", FAULTS, ids=[f"{m.rsplit('.', 1)[-1]}.{a}" for m, a in FAULTS])
+def test_an_unexpected_exception_at_any_engine_step_ends_its_task_visibly(origin, tmp_path, monkeypatch, where):
+    """A bug at any step fails the task it hit with a clear error; the session goes on
+    (another task completes) and nothing stays RUNNING for ever."""
+    import importlib
+
+    module_name, attribute = where
+    head, _, last = module_name.rpartition(".")
+    owner = getattr(importlib.import_module(head), last) if last[0].isupper() else importlib.import_module(module_name)
+    real = getattr(owner, attribute)
+    calls = {"n": 0}
+
+    def faulty(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError(f"injected fault in {attribute}")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, attribute, faulty)
+    with bg.Session(bg.Configuration.default(connections_per_file=1, max_retries=1, retry_backoff=0.1)) as session:
+        first = session.download_task(origin.url("first.bin", 100_000), tmp_path / "first.bin").resume()
+        second = session.download_task(origin.url("second.bin", 100_000), tmp_path / "second.bin").resume()
+        outcomes = []
+        for task in (first, second):
+            try:
+                task.wait(30)
+                outcomes.append("done")
+            except bg.BgdlError as exc:
+                outcomes.append(type(exc).__name__)
+        assert calls["n"] >= 1
+        assert all(t.state is bg.TaskState.COMPLETED for t in (first, second))  # none left running
+        assert "done" in outcomes  # the session went on
+        late = session.download_task(origin.url("late.bin", 1000), tmp_path / "late.bin").resume()
+        assert late.wait(30).stat().st_size == 1000
