@@ -22,6 +22,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ._config import Configuration
@@ -85,14 +86,25 @@ def _expected(urls: Sequence[str], sha256: str | Mapping[str, str] | Sequence[st
 
 
 def _finished_in_journal(config: Configuration) -> dict[tuple[str, str], str]:
-    """(url, destination) -> sha256 of the files the session's journal says are complete."""
+    """(url, destination) -> sha256 of the files the session's journal says are complete,
+    or were renamed into place just before a crash (the intent: digest and location are
+    journaled before the rename, and the partial file is gone)."""
     from ._journal import read_journal
     path = config.journal_path()
     if not path.exists():
         return {}
     tasks, _ = read_journal(path, str(config.identifier))
     return {(t.url, t.destination): t.digest for t in tasks
-            if t.state is TaskState.COMPLETED and t.error is None and t.destination and t.digest and t.location}
+            if t.error is None and t.destination and t.digest and t.location == t.destination
+            and (t.state is TaskState.COMPLETED or not os.path.lexists(t.partial_path))}
+
+
+def _creating(config: Configuration) -> Any:
+    """A lock, across processes, around looking up and creating one identifier's tasks."""
+    import filelock
+    path = config.journal_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return filelock.FileLock(str(path) + ".create.lock", timeout=120)
 
 
 def _check_folder(dest_dir: Path) -> None:
@@ -231,7 +243,9 @@ def fetch(
     session = Session(config)
     handed_off = False
     try:
-        tasks = _tasks_for(session, url_list, names, expected, dest_dir, done, overwrite)
+        with _creating(config):  # two fetch() of one identifier at once: the second sees the first's tasks
+            session._live_host.sync()
+            tasks = _tasks_for(session, url_list, names, expected, dest_dir, done, overwrite)
         if not wait:
             return [dest_dir / name for name in names]
         with progress_display(list(tasks.values()), enabled=progress) as display:

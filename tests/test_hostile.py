@@ -326,3 +326,45 @@ def test_an_unexpected_exception_at_any_engine_step_ends_its_task_visibly(origin
         assert "done" in outcomes  # the session went on
         late = session.download_task(origin.url("late.bin", 1000), tmp_path / "late.bin").resume()
         assert late.wait(30).stat().st_size == 1000
+
+
+def test_fetch_after_a_crash_between_the_rename_and_the_journal_knows_the_file_is_ours(origin, tmp_path, state_dir):
+    """The process died after renaming a finished file into place but before journaling
+    'completed' (and before the manifest): the journal's intent (digest and location)
+    vouches for the file, so a re-run adopts it instead of refusing it as a stranger."""
+    import sqlite3
+
+    from bgdl_nb._manifest import MANIFEST_NAME
+
+    url, dest = origin.url("crashed.bin", 200_000), tmp_path / "data"
+    [path] = bg.fetch(url, dest=dest, identifier="crash-window", progress=False)
+    (dest / MANIFEST_NAME).unlink()
+    journal = bg.Configuration.background("crash-window").journal_path()
+    with sqlite3.connect(journal) as conn:  # back to the moment after the rename: intent journaled, state not yet
+        conn.execute("UPDATE tasks SET state = 'running', finished_at = NULL")
+        conn.execute("DELETE FROM events WHERE event IN ('finished', 'completed')")
+    assert bg.fetch(url, dest=dest, identifier="crash-window", progress=False) == [path]
+    assert len(origin.requests_for("crashed.bin")) == 1  # adopted, not fetched again
+    assert sha256_of(path) == origin.sha256("crashed.bin", 200_000)
+
+
+def test_two_fetch_processes_for_one_identifier_share_the_transfer_and_both_succeed(origin, tmp_path, state_dir):
+    import subprocess
+    import sys
+
+    urls = [origin.url(f"twin-{i}.bin", 4 * MB, rate=8 * MB) for i in range(12)]
+    command = [sys.executable, "-m", "bgdl_nb.cli", "fetch", *urls, "-o", str(tmp_path / "out"), "--id", "twins"]
+    env = {**os.environ, "BGDL_STATE_DIR": str(state_dir)}
+    procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    try:
+        results = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, out + err
+    for i in range(12):
+        assert sha256_of(tmp_path / "out" / f"twin-{i}.bin") == origin.sha256(f"twin-{i}.bin", 4 * MB)
+        assert origin.bytes_sent(f"twin-{i}.bin") <= 4 * MB + MB  # one transfer per file, not two

@@ -89,6 +89,10 @@ class Host(Protocol):
     def bandwidth_limit(self) -> float | None:
         """The session's bandwidth limit (bytes per second)."""
 
+    def sync(self) -> None:
+        """Return once every event the engine published before this call is in the views
+        (tasks another process just created under the same identifier included)."""
+
     def close(self, mode: str) -> None:
         """detach, finish or cancel; returns within a bounded time."""
 

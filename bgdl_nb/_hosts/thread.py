@@ -231,6 +231,9 @@ class ThreadHost:
     def bandwidth_limit(self) -> float | None:
         return self.engine.bandwidth_limit
 
+    def sync(self) -> None:
+        self.thread.call(self.engine.flush).result()  # only this process can hold the journal
+
     _store_closed = False
 
     def close(self, mode: str) -> None:

@@ -324,6 +324,11 @@ class ServiceHost:
     def bandwidth_limit(self) -> float | None:
         return self._bandwidth
 
+    def sync(self) -> None:
+        # the service writes the events of every request to each attached client before it
+        # replies to anything later, and the reader applies them in order: one round trip
+        self._request("status")
+
     def close(self, mode: str) -> None:
         if self.closed:
             return
