@@ -19,6 +19,7 @@ from ._delegate import SessionDelegate
 from ._events import Event, EventKind
 from ._exceptions import (
     BgdlError,
+    BlockedDestination,
     Cancelled,
     CannotConnect,
     ChecksumMismatch,
@@ -50,6 +51,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BgdlError",
+    "BlockedDestination",
     "Cancelled",
     "CannotConnect",
     "ChecksumMismatch",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 import re
 import warnings
@@ -141,6 +142,16 @@ class Configuration:
     ``None``: ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY``/``NO_PROXY`` from
     :attr:`environment`, as curl and pip read them."""
 
+    block_private_networks: bool = False
+    """For shared notebook servers: refuse to connect to loopback, link-local (such as a
+    cloud's metadata service at 169.254.169.254), private and reserved addresses, checked
+    after name resolution at connect time and at every redirect hop
+    (:class:`BlockedDestination`), unless listed in ``allowed_networks``."""
+
+    allowed_networks: tuple[str, ...] = ()
+    """Networks (``"10.1.0.0/16"``, ``"127.0.0.1/32"``) reachable even with
+    ``block_private_networks``."""
+
     environment: dict[str, str] | None = None
     """The variables the network setup comes from: proxies (``HTTP_PROXY``, ``HTTPS_PROXY``,
     ``ALL_PROXY``, ``NO_PROXY``), certificates (``SSL_CERT_FILE``, ``SSL_CERT_DIR``) and
@@ -193,7 +204,7 @@ class Configuration:
             warnings.warn(f"this Configuration was already used to create a Session, which took a copy; "
                           f"setting {name} changes only sessions created from now on", stacklevel=2)
         object.__setattr__(self, name, value)
-        if name in ("launch_command", "secret_query_params"):
+        if name in ("launch_command", "secret_query_params", "allowed_networks"):
             self._normalise()
 
     def _normalise(self) -> None:
@@ -201,6 +212,8 @@ class Configuration:
             object.__setattr__(self, "launch_command", tuple(str(a) for a in self.launch_command))
         if not isinstance(self.secret_query_params, str):
             object.__setattr__(self, "secret_query_params", tuple(str(a) for a in self.secret_query_params))
+        if not isinstance(self.allowed_networks, str):
+            object.__setattr__(self, "allowed_networks", tuple(str(a) for a in self.allowed_networks))
 
     _whole: dataclasses.InitVar[bool] = True
 
@@ -256,6 +269,14 @@ class Configuration:
                 isinstance(k, str) and isinstance(v, str) for k, v in self.environment.items())):
             raise InvalidConfiguration("environment must be a dict of variable names to strings, "
                                        "e.g. {'HTTPS_PROXY': 'http://proxy:3128'}")
+        if isinstance(self.allowed_networks, str):
+            raise InvalidConfiguration("allowed_networks must be a sequence of networks, e.g. ('10.0.0.0/8',)")
+        for network in self.allowed_networks:
+            try:
+                ipaddress.ip_network(str(network), strict=False)
+            except ValueError:
+                raise InvalidConfiguration(f"allowed_networks: {network!r} is not a network such as '10.0.0.0/8' "
+                                           "or an address such as '127.0.0.1'") from None
         if isinstance(self.secret_query_params, str):
             raise InvalidConfiguration("secret_query_params must be a sequence of names, e.g. ('session_key',)")
         if not self.retry_after_cap > 0 or not self.low_speed_time > 0 or self.low_speed_limit < 0:

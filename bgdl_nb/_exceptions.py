@@ -177,6 +177,11 @@ class UnsafeFile(TransferError):
     link, not a regular file, another user's): it was refused and left untouched."""
 
 
+class BlockedDestination(TransferError):
+    """The session's destination policy (``block_private_networks``) refused an address:
+    loopback, link-local (cloud metadata), private or reserved, and not in ``allowed_networks``."""
+
+
 class ChecksumMismatch(TransferError):
     """The downloaded bytes do not match the expected digest; nothing was kept."""
 
@@ -235,7 +240,7 @@ _TYPES: dict[str, type[BgdlError]] = {
         BgdlError, InvalidInput, UnsupportedURL, InvalidDestination, InvalidResumeData,
         InvalidConfiguration, SessionError, SessionBusy, SessionInvalidated, TransferError,
         NetworkError, CannotConnect, TransferTimeout, Cancelled, DiskFull, ChecksumMismatch, HTTPStatusError,
-        UnsafeFile,
+        UnsafeFile, BlockedDestination,
         UnexpectedResponse,
     )
 }

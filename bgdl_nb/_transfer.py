@@ -16,6 +16,7 @@ import asyncio
 import base64
 import contextlib
 import functools
+import ipaddress
 import netrc
 import os
 import socket
@@ -25,12 +26,21 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import version as _version
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
 from ._config import NETWORK_VARIABLES, Configuration
-from ._exceptions import BgdlError, CannotConnect, InvalidInput, NetworkError, TransferTimeout, UnsupportedURL
+from ._exceptions import (
+    BgdlError,
+    BlockedDestination,
+    CannotConnect,
+    InvalidInput,
+    NetworkError,
+    TransferTimeout,
+    UnsupportedURL,
+)
 from ._redact import redact_url
 
 __all__ = ["Opened", "check_url", "map_exceptions", "new_client", "open_response"]
@@ -149,6 +159,46 @@ def _why(error: OSError | None) -> str:
     return "no connection could be made"
 
 
+def check_address(host: str, address: str, config: Configuration) -> None:
+    """Apply the destination policy to one resolved ``address`` of ``host``."""
+    if not config.block_private_networks:
+        return
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if any(ip in ipaddress.ip_network(net, strict=False) for net in config.allowed_networks):
+        return
+    kind = next((name for name, flag in (("loopback", ip.is_loopback), ("link-local", ip.is_link_local),
+                                         ("private", ip.is_private), ("reserved", ip.is_reserved),
+                                         ("multicast", ip.is_multicast), ("unspecified", ip.is_unspecified))
+                 if flag), None)
+    if kind is not None:
+        raise BlockedDestination(
+            f"{host} is {address}, a {kind} address; this session reaches only public addresses "
+            "(block_private_networks). Add the network to allowed_networks to reach it")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+class _PolicyResolver(aiohttp.ThreadedResolver):
+    """The system resolver, with every answer checked against the destination policy (at
+    connect time, so a name that resolves to a private address later is caught too)."""
+
+    def __init__(self, config: Configuration) -> None:
+        super().__init__()
+        self.config = config
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> Any:
+        answers = await super().resolve(host, port, family)
+        for answer in answers:
+            check_address(host, answer["host"], self.config)
+        return answers
+
+
 def new_client(config: Configuration) -> aiohttp.ClientSession:
     """An aiohttp session tuned for large downloads: no total timeout, an idle timeout,
     no decompression, connection reuse across tasks."""
@@ -156,6 +206,8 @@ def new_client(config: Configuration) -> aiohttp.ClientSession:
         limit=0,
         limit_per_host=config.http_maximum_connections_per_host,
         ssl=tls_context(config),
+        resolver=_PolicyResolver(config) if config.block_private_networks else None,
+        use_dns_cache=not config.block_private_networks,  # every connection's answer is checked
     )
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=config.timeout_interval_for_request)
     # proxies and .netrc come from the session's copy of the environment (proxy_for,
@@ -272,6 +324,9 @@ async def open_response(
         sent = {k: v for k, v in headers.items()
                 if _origin(current) == first_origin or k.lower() not in _CREDENTIAL_HEADERS}
         sent["Accept-Encoding"] = "identity"
+        host = urlsplit(current).hostname or ""
+        if config.block_private_networks and _is_ip(host):  # names are checked by the resolver
+            check_address(host, host, config)
         with map_exceptions(current):
             if "@" not in urlsplit(current).netloc and not any(k.lower() == "authorization" for k in sent):
                 auth = netrc_auth(current, config)

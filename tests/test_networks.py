@@ -123,3 +123,29 @@ def test_an_expired_signed_link_is_resolved_again_and_the_file_continues(origin,
     assert files[1].headers["Range"] != "bytes=0-" and restarted.empty  # continued, not restarted
     assert origin.bytes_sent("dataset.bin") <= size + 2 * MB
     assert sha256_of(tmp_path / "dataset.bin") == origin.sha256("dataset.bin", size)
+
+
+def test_the_destination_policy_refuses_private_addresses_by_name_by_number_and_on_redirect(origin, tmp_path):
+    """For shared notebook servers: loopback, link-local (cloud metadata) and private
+    addresses are refused after name resolution and at every redirect hop, unless listed."""
+    blocked = bg.Configuration.default(block_private_networks=True, connect_retries=0)
+    with bg.Session(blocked) as session:
+        for url in (origin.url("num.bin", 1000), origin.url("name.bin", 1000).replace("127.0.0.1", "localhost"),
+                    "http://169.254.169.254/latest/meta-data/"):
+            task = session.download_task(url, tmp_path / f"x-{len(url)}").resume()
+            with pytest.raises(bg.BlockedDestination, match=r"a (loopback|link-local) address; .*allowed_networks"):
+                task.wait(30)
+    allowed = bg.Configuration.default(block_private_networks=True, allowed_networks=("127.0.0.1/32",))
+    with bg.Session(allowed) as session:
+        assert session.download_task(origin.url("ok.bin", 1000), tmp_path / "ok.bin").resume().wait(30)
+        hop = origin.redirect_url(origin.url("hop.bin", 1000).replace("127.0.0.1", "127.0.0.2"))
+        task = session.download_task(hop, tmp_path / "hop.bin").resume()
+        with pytest.raises(bg.BlockedDestination, match=r"127\.0\.0\.2 is 127\.0\.0\.2, a loopback address"):
+            task.wait(30)
+    assert not origin.requests_for("num.bin") and not origin.requests_for("name.bin")
+    assert not origin.requests_for("hop.bin") and len(origin.requests_for("ok.bin")) == 1
+
+
+def test_a_bad_allowed_network_is_a_configuration_error():
+    with pytest.raises(bg.InvalidConfiguration, match="is not a network"):
+        bg.Configuration.default(block_private_networks=True, allowed_networks=("10.0.0.0/33",))
