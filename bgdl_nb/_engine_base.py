@@ -197,7 +197,7 @@ class EngineBase:
                             offset=rec.offset, total=rec.total,
                             validator=Validator(rec.validator_kind, rec.validator_value),
                             destination=rec.destination, current_url=rec.current_url)
-        return encode_resume_data(state, self.key)
+        return encode_resume_data(state, self.key, self.config.resolved_state_dir() / "secrets")
 
     def _owner(self, tid: int) -> dict[str, Any]:
         """What a destination's claim file says of the task that holds it."""

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._exceptions import InvalidResumeData
+from ._redact import redact_headers, redact_url
 
 __all__ = [
     "Decision",
@@ -312,16 +313,33 @@ def load_key(directory: Path) -> bytes:
     return path.read_bytes()
 
 
-def encode_resume_data(state: ResumeState, key: bytes) -> bytes:
-    """Serialise and sign ``state``."""
+def _vault_entry(vault: Path, token: str) -> Path:
+    return vault / f"{token}.json"
+
+
+def encode_resume_data(state: ResumeState, key: bytes, vault: Path | None = None) -> bytes:
+    """Serialise and sign ``state``. With ``vault`` (the private store in the state
+    directory), credentials (secret header values, tokens and passwords in the URLs) are
+    kept there, 0600, and the bytes carry only their redacted form and a reference."""
     payload = dataclasses.asdict(state)
+    secret = {"url": state.url, "current_url": state.current_url, "headers": dict(state.headers)}
+    shown = {"url": redact_url(state.url), "current_url": state.current_url and redact_url(state.current_url),
+             "headers": redact_headers(state.headers)}
+    if vault is not None and shown != secret:
+        token = secrets.token_hex(16)
+        vault.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(_vault_entry(vault, token), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(secret, f)
+        payload.update(shown, vault=token)
     body = json.dumps({"v": RESUME_DATA_VERSION, **payload}, sort_keys=True, separators=(",", ":")).encode()
     head = _MAGIC + bytes([RESUME_DATA_VERSION])
     return head + body + hmac.new(key, head + body, hashlib.sha256).digest()
 
 
-def decode_resume_data(data: object, key: bytes) -> ResumeState:
-    """Check and parse resume data; raise :class:`InvalidResumeData` on any defect."""
+def decode_resume_data(data: object, key: bytes, vault: Path | None = None) -> ResumeState:
+    """Check and parse resume data (its credentials from ``vault``); raise
+    :class:`InvalidResumeData` on any defect."""
     hint = "; start a new download_task() for the URL instead"
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidResumeData(f"resume data must be bytes, not {type(data).__name__}{hint}")
@@ -345,6 +363,15 @@ def decode_resume_data(data: object, key: bytes) -> ResumeState:
         )
     try:
         payload = json.loads(body)
+        if payload.get("vault"):
+            entry = _vault_entry(vault, str(payload["vault"])) if vault is not None else None
+            try:
+                payload.update(json.loads(entry.read_text()) if entry is not None else {})
+            except (OSError, ValueError):
+                entry = None
+            if entry is None:
+                raise InvalidResumeData("the credentials this resume data needs are not in this state directory's "
+                                        f"private store any more{hint}")
         validator = payload.get("validator")
         return ResumeState(
             url=str(payload["url"]),

@@ -247,7 +247,7 @@ class Session:
         elsewhere.
         """
         root = self.configuration.resolved_state_dir()
-        state = decode_resume_data(resume_data, load_key(root))
+        state = decode_resume_data(resume_data, load_key(root), root / "secrets")
         target = destination if destination is not None else state.destination
         dest = None if target is None else check_destination(target, overwrite=overwrite)
         partial = Path(state.partial_path).resolve()

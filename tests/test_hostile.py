@@ -368,3 +368,22 @@ def test_two_fetch_processes_for_one_identifier_share_the_transfer_and_both_succ
     for i in range(12):
         assert sha256_of(tmp_path / "out" / f"twin-{i}.bin") == origin.sha256(f"twin-{i}.bin", 4 * MB)
         assert origin.bytes_sent(f"twin-{i}.bin") <= 4 * MB + MB  # one transfer per file, not two
+
+
+def test_resume_data_carries_no_secret_and_still_resumes_with_the_credentials(origin, tmp_path, state_dir):
+    url = origin.url("vault.bin", 8 * MB, rate=4 * MB) + f"&token={SECRET}"
+    request = bg.Request(url, headers={"Authorization": BEARER})
+    with bg.Session(bg.Configuration.default(connections_per_file=1)) as session:
+        task = session.download_task(request, tmp_path / "vault.bin").resume()
+        wait_for_bytes(task, MB)
+        data = task.cancel_by_producing_resume_data().result(30)
+    assert SECRET.encode() not in data and b"b34rer-value" not in data and b"REDACTED" in data
+    [entry] = (state_dir / "secrets").iterdir()  # the private store holds them
+    assert entry.stat().st_mode & 0o777 == 0o600 and (state_dir / "secrets").stat().st_mode & 0o777 == 0o700
+    with bg.Session(bg.Configuration.default(connections_per_file=1)) as session:
+        again = session.download_task_with_resume_data(data)
+        assert SECRET not in repr(again)
+        path = again.resume().wait(60)
+    last = origin.requests_for("vault.bin")[-1]
+    assert last.query["token"] == SECRET and last.headers["Authorization"] == BEARER
+    assert last.headers["Range"] != "bytes=0-" and sha256_of(path) == origin.sha256("vault.bin", 8 * MB)
