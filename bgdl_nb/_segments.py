@@ -199,6 +199,8 @@ class Segmented:
             for job in self.workers:
                 job.cancel()
             await asyncio.gather(grower, digest, *self.workers, return_exceptions=True)
+            if self._hash_job is not None:  # a hashing thread still reads the file: the caller closes it next
+                await asyncio.gather(self._hash_job, return_exceptions=True)
             for seg in self.segments:
                 seg.owned = False
             self._checkpoint(force=True)

@@ -1,0 +1,135 @@
+"""Torture: 50 files from a fault-injecting origin, with the client and the transfer
+service killed with SIGKILL at random moments, until ``bgdl fetch`` finishes.
+
+The demo origin (in this process) serves 50 files of 1-8 MiB, rate-limited so that the
+kills land mid-transfer. Each file gets faults drawn from a seeded random generator:
+connection resets partway, stalls that end in a closed connection, 503 with Retry-After,
+and for a few files a new version published while the job runs (the client must notice
+and restart them, never mixing the versions). Then, round after round, ``bgdl fetch``
+runs in a child process against a fresh state directory; after a random delay the
+child, the transfer service or both are killed with SIGKILL. A round that is left alone
+ends the job. Every file is then compared with the origin's current version, and the
+bytes the origin served are compared with the bytes of the files.
+
+Run:   python benchmarks/torture.py [--files 50] [--seed 7] [--max-rounds 25]
+Prints a Markdown table (faults tried, files byte-identical, bytes re-fetched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from bgdl_nb._hosts.service.client import service_status, stop_service
+from bgdl_nb.demo.origin import Origin
+
+MIB = 1024 * 1024
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(4 * MIB):
+            h.update(block)
+    return h.hexdigest()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--max-rounds", type=int, default=25)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    work = Path(tempfile.mkdtemp(prefix="bgdl-torture-"))
+    state, out = work / "state", work / "data"
+    env = {**os.environ, "BGDL_STATE_DIR": str(state)}
+    faults: Counter[str] = Counter()
+
+    with Origin() as origin:
+        files: list[tuple[str, int]] = []
+        urls = []
+        for i in range(args.files):
+            name, size = f"shard-{i:03d}.bin", rng.randint(1, 8) * MIB
+            switches: dict[str, object] = {"rate": 8 * MIB}
+            kind = rng.choice(["none", "reset", "stall", "503", "reset+503"])
+            if "reset" in kind:
+                switches.update(reset_after=rng.randint(1, size - 1), faults=rng.randint(1, 3))
+                faults["connection reset partway"] += int(switches["faults"])  # type: ignore[call-overload]
+            if kind == "stall":
+                switches.update(stall_after=rng.randint(1, size - 1), stall_seconds=2, faults=1)
+                faults["stall, then a closed connection"] += 1
+            if "503" in kind:
+                switches.update(fail503=rng.randint(1, 2), retry_after=1)
+                faults["503 with Retry-After"] += int(switches["fail503"])  # type: ignore[call-overload]
+            files.append((name, size))
+            urls.append(origin.url(name, size, **switches))
+        changed = rng.sample([name for name, _ in files], k=max(1, args.files // 10))
+
+        command = [sys.executable, "-m", "bgdl_nb.cli", "fetch", *urls, "-o", str(out), "--id", "torture"]
+        started = time.monotonic()
+        rounds = 0
+        finished = False
+        while rounds < args.max_rounds and not finished:
+            rounds += 1
+            child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if rounds == 3:
+                for name in changed:  # a new version appears while partial files of the old one exist
+                    origin.bump(name)
+                faults["new version mid-job"] += len(changed)
+            leave_alone = rounds > args.max_rounds // 2 or rng.random() < 0.15
+            try:
+                child.wait(timeout=None if leave_alone else rng.uniform(0.3, 2.5))
+            except subprocess.TimeoutExpired:
+                victim = rng.choice(["client", "service", "both"])
+                status = service_status(state)
+                if victim in ("client", "both"):
+                    child.send_signal(signal.SIGKILL)
+                    faults["SIGKILL of the client"] += 1
+                if victim in ("service", "both") and status is not None:
+                    os.kill(status["pid"], signal.SIGKILL)
+                    faults["SIGKILL of the transfer service"] += 1
+                try:
+                    child.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+                continue
+            finished = child.returncode == 0
+            if not finished:
+                sys.stderr.write(f"round {rounds}: bgdl fetch exited {child.returncode}: "
+                                 f"{(child.stderr.read() if child.stderr else '')[-500:]}\n")
+        elapsed = time.monotonic() - started
+        stop_service(state)
+
+        identical = sum(1 for name, size in files
+                        if (out / name).is_file() and _digest(out / name) == origin.sha256(name, size))
+        total = sum(size for _, size in files)
+        served = sum(origin.bytes_sent(name) for name, _ in files)
+
+    print(f"### Torture run: {args.files} files, seed {args.seed}, {rounds} rounds, {elapsed:.0f} s\n")
+    print("| fault | times |\n|---|---|")
+    for kind, count in sorted(faults.items()):
+        print(f"| {kind} | {count} |")
+    print("\n| result | value |\n|---|---|")
+    print(f"| job finished (exit 0) | {'yes' if finished else 'NO'} |")
+    print(f"| files byte-identical to the origin's current version | {identical} of {args.files} |")
+    print(f"| bytes of the files | {total / MIB:,.1f} MiB |")
+    print(f"| bytes the origin served | {served / MIB:,.1f} MiB |")
+    print(f"| re-fetched (served minus files) | {(served - total) / MIB:,.1f} MiB "
+          f"({(served - total) / total:.1%}) |")
+    print(f"\n(working folder {work}; remove it when done)")
+    return 0 if finished and identical == args.files else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
