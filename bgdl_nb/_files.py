@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import shutil
 import socket
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +143,11 @@ def unlink(path: str | os.PathLike[str] | None) -> None:
 
 def name_max(folder: Path) -> int:
     """The longest file name (in bytes) the file system of ``folder`` allows."""
+    return _name_max(str(folder))
+
+
+@functools.lru_cache(maxsize=64)
+def _name_max(folder: str) -> int:
     try:
         return int(os.pathconf(folder, "PC_NAME_MAX"))
     except (OSError, ValueError, AttributeError):
@@ -200,46 +207,45 @@ def _claim_alive(owner: dict[str, Any]) -> bool:
 def claim(destination: str | os.PathLike[str], owner: dict[str, Any]) -> None:
     """Claim ``destination`` for the task ``owner`` names, across sessions and processes:
     :class:`InvalidDestination` while another live task holds it; a claim whose task can
-    no longer run (finished, journal gone, process dead) is taken over. The claim file
-    appears whole (written aside, then hard-linked into place, which fails if one exists)."""
+    no longer run (finished, journal gone, process dead) is taken over."""
     path = claim_path(destination)
     body = json.dumps({**owner, "pid": os.getpid(), "host": socket.gethostname()}).encode()
-    draft = _beside(Path(destination), ".bgdl-claim-draft", os.urandom(4).hex())
-    fd = os.open(draft, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(body)
-    try:
-        for _ in range(5):
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+            return
+        try:
+            raw = path.read_bytes()
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            continue  # released meanwhile: try again
+        try:
+            other = json.loads(raw)
+        except ValueError:
+            other = None  # being written by its claimer right now, or damaged long ago
+        if other is None and age < 10:
+            raise InvalidDestination(f"{destination} is being claimed by another process right now; wait for it or "
+                                     "choose another destination")
+        if other and other.get("service") and other.get("service") == owner.get("service") \
+                and other.get("url") == owner.get("url") and _claim_alive(other):
+            return  # the same file from the same transfer service: it shares the one transfer
+        if other and _claim_alive(other):
+            who = f"task {other.get('task')} of session {other.get('identifier') or '(not journaled)'}"
+            raise InvalidDestination(
+                f"{destination} is claimed by {who} (pid {other.get('pid')} on {other.get('host')}), which "
+                "will write it; wait for it or cancel it, or choose another destination")
+        with _takeover_lock():  # two claimers of one stale claim: only one removes it
             try:
-                os.link(draft, path)
-                return
-            except FileExistsError:
-                pass
-            try:
-                raw = path.read_bytes()
+                if path.read_bytes() == raw:  # still the stale claim judged above
+                    unlink(path)
             except FileNotFoundError:
-                continue  # released meanwhile: try again
-            try:
-                other = json.loads(raw)
-            except ValueError:
-                other = {}
-            if other and other.get("service") and other.get("service") == owner.get("service") \
-                    and other.get("url") == owner.get("url") and _claim_alive(other):
-                return  # the same file from the same transfer service: it shares the one transfer
-            if other and _claim_alive(other):
-                who = f"task {other.get('task')} of session {other.get('identifier') or '(not journaled)'}"
-                raise InvalidDestination(
-                    f"{destination} is claimed by {who} (pid {other.get('pid')} on {other.get('host')}), which "
-                    "will write it; wait for it or cancel it, or choose another destination")
-            with _takeover_lock():  # two claimers of one stale claim: only one removes it
-                try:
-                    if path.read_bytes() == raw:  # still the stale claim judged above
-                        unlink(path)
-                except FileNotFoundError:
-                    pass
-        raise InvalidDestination(f"{destination}: could not claim it (its claim file {path} keeps changing)")
-    finally:
-        unlink(draft)
+                pass
+    raise InvalidDestination(f"{destination}: could not claim it (its claim file {path} keeps changing)")
 
 
 def _takeover_lock() -> Any:
