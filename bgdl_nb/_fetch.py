@@ -93,7 +93,10 @@ def _finished_in_journal(config: Configuration) -> dict[tuple[str, str], str]:
     path = config.journal_path()
     if not path.exists():
         return {}
-    tasks, _ = read_journal(path, str(config.identifier))
+    try:
+        tasks, _ = read_journal(path, str(config.identifier))
+    except BgdlError:  # unreadable: the session moves it aside when it opens
+        return {}
     return {(t.url, t.destination): t.digest for t in tasks
             if t.error is None and t.destination and t.digest and t.location == t.destination
             and (t.state is TaskState.COMPLETED or not os.path.lexists(t.partial_path))}

@@ -102,7 +102,11 @@ def _sessions() -> int:
     print(f"{'session':<28} {'tasks':>6} {'done':>6} {'failed':>7}  folder")
     for journal in journals:
         identifier = journal.name[: -len(".sqlite3")]
-        tasks, _ = read_journal(journal, identifier)
+        try:
+            tasks, _ = read_journal(journal, identifier)
+        except BgdlError:
+            print(f"{identifier:<28} {'?':>6} {'?':>6} {'?':>7}  (journal unreadable: moved aside when next opened)")
+            continue
         folders = Counter(str(Path(t.destination).parent) for t in tasks if t.destination)
         folder = folders.most_common(1)[0][0] if folders else "(inbox)"
         outcomes = Counter(t.outcome for t in tasks)

@@ -387,3 +387,17 @@ def test_resume_data_carries_no_secret_and_still_resumes_with_the_credentials(or
     last = origin.requests_for("vault.bin")[-1]
     assert last.query["token"] == SECRET and last.headers["Authorization"] == BEARER
     assert last.headers["Range"] != "bytes=0-" and sha256_of(path) == origin.sha256("vault.bin", 8 * MB)
+
+
+def test_the_command_line_reads_an_unreadable_journal_as_a_person_would(state_dir):
+    from conftest import run_cli
+
+    journal = bg.Configuration.background("broken").journal_path()
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.write_bytes(b"not a journal" * 100)
+    env = {"BGDL_STATE_DIR": str(state_dir)}
+    one = run_cli("list", "--id", "broken", env=env)
+    assert one.returncode != 0 and "Traceback" not in one.stderr
+    assert "cannot be read" in one.stderr and "moves it aside" in one.stderr
+    listing = run_cli("list", env=env)
+    assert listing.returncode == 0 and "journal unreadable" in listing.stdout

@@ -28,7 +28,9 @@ def _data(seed: str, size: int) -> bytes:
 
 @pytest.fixture
 def session():
-    s = bg.Session()
+    # one connection per file: nginx's limit_rate then holds for the whole file, so a
+    # suspend after the first MiB always lands mid-download (split files: test_segments)
+    s = bg.Session(bg.Configuration.default(connections_per_file=1))
     yield s
     s.invalidate_and_cancel()
 

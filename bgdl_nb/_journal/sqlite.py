@@ -287,11 +287,16 @@ def _load_events(conn: sqlite3.Connection, identifier: str, since_seq: int,
 
 def read_journal(path: Path, identifier: str) -> tuple[list[TaskRecord], list[Event]]:
     """Read a journal without writing to it (safe while an engine holds the session)."""
-    conn = _connect(Path(path), readonly=True)
     try:
-        return _load_tasks(conn), _load_events(conn, identifier, 0, None)
-    finally:
-        conn.close()
+        conn = _connect(Path(path), readonly=True)
+        try:
+            return _load_tasks(conn), _load_events(conn, identifier, 0, None)
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        from .._exceptions import SessionError
+        raise SessionError(f"the journal {path} cannot be read ({exc}); the next session of {identifier!r} "
+                           "moves it aside and starts afresh") from None
 
 
 def journaled_bytes(path: Path, identifier: str) -> int:
@@ -300,6 +305,6 @@ def journaled_bytes(path: Path, identifier: str) -> int:
         return 0
     try:
         tasks, _ = read_journal(path, identifier)
-    except sqlite3.Error:  # the schema is still being created by its writer
+    except Exception:  # the schema is still being created by its writer, or the file is not a journal
         return 0
     return sum(t.offset for t in tasks)
