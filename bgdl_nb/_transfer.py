@@ -142,6 +142,9 @@ def map_exceptions(url: str) -> Iterator[None]:
             "file; verify_tls=False turns the check off, which is unsafe", url=url) from exc
     except aiohttp.ClientSSLError as exc:
         raise NetworkError(f"TLS failed for {url}: {exc}; check the server's TLS setup, or ca_bundle", url=url) from exc
+    except aiohttp.ClientProxyConnectionError as exc:
+        raise CannotConnect(f"cannot connect to the proxy {exc.host}:{exc.port} ({_why(exc.os_error)}); check the "
+                            "proxy setting, or HTTP_PROXY / HTTPS_PROXY / NO_PROXY in the environment", url=url) from exc
     except aiohttp.ClientConnectorError as exc:
         raise CannotConnect(f"cannot connect to {exc.host}:{exc.port} ({_why(exc.os_error)}); check that the "
                             "server is up and the URL is right", url=url) from exc

@@ -149,3 +149,14 @@ def test_the_destination_policy_refuses_private_addresses_by_name_by_number_and_
 def test_a_bad_allowed_network_is_a_configuration_error():
     with pytest.raises(bg.InvalidConfiguration, match="is not a network"):
         bg.Configuration.default(block_private_networks=True, allowed_networks=("10.0.0.0/33",))
+
+
+def test_a_proxy_that_is_down_is_named_as_the_proxy(origin, tmp_path):
+    import socket
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with bg.Session(bg.Configuration.default(proxy=f"http://127.0.0.1:{port}", connect_retries=0)) as session:
+        task = session.download_task(origin.url("p.bin", 1000), tmp_path / "p.bin").resume()
+        with pytest.raises(bg.CannotConnect, match=f"cannot connect to the proxy 127.0.0.1:{port} .*HTTP_PROXY"):
+            task.wait(30)
