@@ -293,7 +293,9 @@ def read_journal(path: Path, identifier: str) -> tuple[list[TaskRecord], list[Ev
             return _load_tasks(conn), _load_events(conn, identifier, 0, None)
         finally:
             conn.close()
-    except sqlite3.DatabaseError as exc:
+    except sqlite3.OperationalError:
+        raise  # locked, or its schema still being written: a moment later it reads
+    except sqlite3.DatabaseError as exc:  # not a journal at all
         from .._exceptions import SessionError
         raise SessionError(f"the journal {path} cannot be read ({exc}); the next session of {identifier!r} "
                            "moves it aside and starts afresh") from None
