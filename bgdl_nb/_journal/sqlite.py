@@ -111,6 +111,8 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             self._open_journal()
+        except sqlite3.OperationalError:
+            raise  # locked or unreachable: never a reason to set a live journal aside
         except sqlite3.DatabaseError as exc:  # not a journal we can read: keep it, start a new one
             self.reset_reason = self._move_aside(f"it could not be read ({exc})")
             self._open_journal()
@@ -134,7 +136,7 @@ class SqliteStore:
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         # look before changing anything (WAL mode rewrites the header): a journal set aside
         # stays byte for byte what it was
-        probe = sqlite3.connect(self.path)
+        probe = sqlite3.connect(self.path, timeout=5.0)
         try:
             if probe.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("the database failed its integrity check")
