@@ -27,10 +27,11 @@ from urllib.parse import unquote, urlsplit
 
 from ._config import Configuration
 from ._exceptions import BgdlError, FetchError, InvalidDestination, InvalidInput
+from ._files import nearest_existing
 from ._manifest import FileAction, FileFacts, Manifest, file_action, sha256_file
 from ._progress import Display, Follower, finished_batches, progress_display
 from ._redact import redact_url
-from ._session import Session, _registry, _registry_lock, nearest_existing
+from ._session import Session, _registry, _registry_lock
 from ._states import TaskState
 from ._task import DownloadTask
 from ._transfer import check_url

@@ -25,8 +25,8 @@ from typing import Any
 from ._exceptions import InvalidDestination, UnsafeFile
 
 __all__ = ["CHECKPOINT_BYTES", "HashWorker", "check_ours", "claim", "claim_path", "disk_size", "free_disk", "fsync_path",
-           "hash_prefix", "inbox_path", "name_max", "open_partial", "partial_path_for", "partial_size", "release",
-           "truncate_partial", "unlink"]
+           "hash_prefix", "inbox_path", "name_max", "nearest_existing", "open_partial", "partial_path_for",
+           "partial_size", "release", "truncate_partial", "unlink"]
 
 HASH_BLOCK = 4 * 1024 * 1024
 
@@ -77,9 +77,14 @@ def open_partial(path: str | os.PathLike[str], *, read: bool = False) -> int:
     try:
         return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        pass
+        return _open_ours(path, flags)
+
+
+def _open_ours(path: str | os.PathLike[str], flags: int) -> int:
+    """Open an existing file never through a symbolic link, and only when ``fstat`` says
+    it is ours (:class:`UnsafeFile` otherwise)."""
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, flags | _NOFOLLOW)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             check_ours(path, os.lstat(path))
@@ -110,26 +115,30 @@ def fsync_path(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def free_disk(folder: str) -> int | None:
-    """Free bytes on the file system of ``folder`` (or its nearest existing ancestor)."""
-    path = Path(folder)
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (what a mkdir would have to write into)."""
     while not path.exists() and path != path.parent:
         path = path.parent
+    return path
+
+
+def _disk_usage(folder: str) -> Any:
     try:
-        return shutil.disk_usage(path).free
+        return shutil.disk_usage(nearest_existing(Path(folder)))
     except OSError:
         return None
+
+
+def free_disk(folder: str) -> int | None:
+    """Free bytes on the file system of ``folder`` (or its nearest existing ancestor)."""
+    usage = _disk_usage(folder)
+    return None if usage is None else int(usage.free)
 
 
 def disk_size(folder: str) -> int | None:
     """The total size of the file system of ``folder`` (or its nearest existing ancestor)."""
-    path = Path(folder)
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    try:
-        return shutil.disk_usage(path).total
-    except OSError:
-        return None
+    usage = _disk_usage(folder)
+    return None if usage is None else int(usage.total)
 
 
 def unlink(path: str | os.PathLike[str] | None) -> None:
@@ -169,12 +178,12 @@ def partial_path_for(destination: str | None, task_identifier: int, work_dir: Pa
 def _beside(destination: Path, suffix: str, token: str = "") -> Path:
     """A hidden file beside ``destination``: ``.<name>[.token]<suffix>``, with the name
     shortened when the result would pass the file system's limit."""
-    extra = len(f".{'.' + token if token else ''}{suffix}")
+    tail = f".{token}{suffix}" if token else suffix
     name = os.fsencode(destination.name)
-    room = name_max(destination.parent) - extra
+    room = name_max(destination.parent) - 1 - len(os.fsencode(tail))
     if len(name) > room:
         name = name[: room - 1] + b"~"
-    return destination.with_name(f".{os.fsdecode(name)}{'.' + token if token else ''}{suffix}")
+    return destination.with_name(f".{os.fsdecode(name)}{tail}")
 
 
 def claim_path(destination: str | os.PathLike[str]) -> Path:
@@ -187,11 +196,12 @@ def _claim_alive(owner: dict[str, Any]) -> bool:
     journal, identifier, task = owner.get("journal"), owner.get("identifier"), owner.get("task")
     if journal and identifier:
         from ._journal import read_journal
+        from ._states import TaskState
         try:
             tasks, _ = read_journal(Path(journal), str(identifier))
         except Exception:  # no journal (deleted, moved aside): nothing can continue that task
             return False
-        return any(t.task_identifier == task and t.state.value != "completed" for t in tasks)
+        return any(t.task_identifier == task and t.state is not TaskState.COMPLETED for t in tasks)
     pid = owner.get("pid")
     if owner.get("host") != socket.gethostname() or not isinstance(pid, int):
         return True  # another machine's process: assume it lives
@@ -296,12 +306,7 @@ def verify_prefix(path: str, length: int, marks: list[list[Any]] | None) -> tupl
     """Re-read the first ``length`` bytes of ``path`` and check them against ``marks``:
     ``(sha256 object, length)`` when they all agree, else ``(sha256 object, offset)`` of
     the last mark that still agrees (0 when none does). Blocking: run on a thread."""
-    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
-    try:
-        check_ours(path, os.fstat(fd))
-    except BaseException:
-        os.close(fd)
-        raise
+    fd = _open_ours(path, os.O_RDONLY)
     digest, at = hashlib.sha256(), 0
     good, good_at = digest.copy(), 0
     with open(fd, "rb") as f:
@@ -327,22 +332,7 @@ def _feed(f: Any, digest: Any, count: int) -> int:
 
 def hash_prefix(path: str, length: int) -> Any:
     """A sha256 object over the first ``length`` bytes of ``path`` (blocking: run on a thread)."""
-    digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
-    try:
-        check_ours(path, os.fstat(fd))
-    except BaseException:
-        os.close(fd)
-        raise
-    with open(fd, "rb") as f:
-        remaining = length
-        while remaining > 0:
-            block = f.read(min(remaining, HASH_BLOCK))
-            if not block:
-                break
-            digest.update(block)
-            remaining -= len(block)
-    return digest
+    return verify_prefix(path, length, None)[0]
 
 
 class HashWorker:

@@ -23,7 +23,7 @@ from ._config import Configuration
 from ._delegate import SessionDelegate
 from ._events import Event
 from ._exceptions import InvalidDestination, InvalidInput, InvalidResumeData, SessionInvalidated
-from ._files import name_max
+from ._files import name_max, nearest_existing
 from ._hosts.thread import ThreadHost
 from ._journal import TaskRecord
 from ._redact import add_secret_params
@@ -41,13 +41,6 @@ __all__ = ["Session", "check_destination"]
 _registry: dict[tuple[str, str], Host] = {}  # background identifier -> its host in this process
 _live: set[Host] = set()  # every open host, closed at interpreter exit
 _registry_lock = threading.RLock()
-
-
-def nearest_existing(path: Path) -> Path:
-    """``path`` or its nearest ancestor that exists (what a mkdir would have to write into)."""
-    while not path.exists():
-        path = path.parent
-    return path
 
 
 def check_destination(destination: str | os.PathLike[str], *, overwrite: bool) -> Path:
