@@ -65,7 +65,7 @@ class Nginx:
         """Bind the listening socket here and hand it to nginx (nginx inherits sockets named
         in its NGINX environment variable), so the port is known and accepting before
         nginx runs: no race for a free port and no polling for readiness."""
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"  # require_tool checked one exists
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(128)
@@ -122,12 +122,20 @@ http {{
         return f"{self.base_url}/{name}"
 
 
+def require_tool(name: str, *fallbacks: str, flag: str, package: str) -> str:
+    """The path of a system tool a test needs; without it the test is skipped, or fails
+    when CI set ``flag`` (so a missing package never passes silently there)."""
+    found = shutil.which(name) or next((p for p in fallbacks if Path(p).exists()), None)
+    if found is None:
+        if os.environ.get(flag):
+            pytest.fail(f"{name} is required ({flag} is set) but not installed")
+        pytest.skip(f"{name} is not installed (apt-get install {package}); .ci/run installs it")
+    return found
+
+
 @pytest.fixture
 def nginx(tmp_path: Path) -> Iterator[Nginx]:
-    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
-        if os.environ.get("BGDL_REQUIRE_NGINX"):
-            pytest.fail("nginx is required (BGDL_REQUIRE_NGINX is set) but not installed")
-        pytest.skip("nginx is not installed (apt-get install nginx-light); .ci/run installs it")
+    require_tool("nginx", "/usr/sbin/nginx", flag="BGDL_REQUIRE_NGINX", package="nginx-light")
     server = Nginx(tmp_path / "nginx")
     server.start()
     yield server
@@ -179,10 +187,7 @@ class Tinyproxy:
 
 @pytest.fixture
 def tinyproxy(tmp_path: Path) -> Iterator[Tinyproxy]:
-    if shutil.which("tinyproxy") is None:
-        if os.environ.get("BGDL_REQUIRE_PROXY"):
-            pytest.fail("tinyproxy is required (BGDL_REQUIRE_PROXY is set) but not installed")
-        pytest.skip("tinyproxy is not installed (apt-get install tinyproxy); .ci/run installs it")
+    require_tool("tinyproxy", "/usr/bin/tinyproxy", flag="BGDL_REQUIRE_PROXY", package="tinyproxy")
     proxy = Tinyproxy(tmp_path / "tinyproxy")
     proxy.start()
     yield proxy

@@ -94,11 +94,8 @@ def test_quickstart_panel_reaches_100_percent_in_chromium(jupyterlab):
 
 
 def _chromium_or_skip() -> str:
-    if CHROMIUM is None:
-        if os.environ.get("BGDL_REQUIRE_BROWSER"):
-            pytest.fail("Chromium is required (BGDL_REQUIRE_BROWSER is set) but not installed")
-        pytest.skip("Chromium is not installed (apt-get install chromium); .ci/run installs it")
-    return CHROMIUM
+    from conftest import require_tool
+    return require_tool("chromium", *(p for p in [CHROMIUM] if p), flag="BGDL_REQUIRE_BROWSER", package="chromium")
 
 
 CLICKS = '''import bgdl_nb as bg
