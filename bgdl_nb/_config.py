@@ -17,6 +17,7 @@ import ipaddress
 import os
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,11 @@ _IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 NETWORK_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ssl_cert_file", "ssl_cert_dir",
                      "netrc", "home")
 """Environment variables (any case) a Session copies into ``Configuration.environment``."""
+
+
+def network_environment(source: Mapping[str, str]) -> dict[str, str]:
+    """The network variables of ``source`` (proxies, certificates, netrc), names lowercased."""
+    return {name.lower(): value for name, value in source.items() if name.lower() in NETWORK_VARIABLES and value}
 
 
 def state_dir(override: str | os.PathLike[str] | None = None) -> Path:
@@ -315,11 +321,8 @@ class Configuration:
         """The copy a Session keeps; this object then warns when it is changed."""
         self.check_together()
         object.__setattr__(self, "_in_use", True)
-        environment = self.environment
-        if environment is None:
-            environment = {name: value for name, value in os.environ.items()
-                           if name.lower() in NETWORK_VARIABLES and value}
-        return dataclasses.replace(self, environment={k.lower(): v for k, v in environment.items()})
+        return dataclasses.replace(self, environment=network_environment(
+            os.environ if self.environment is None else self.environment))
 
     def resolved_state_dir(self) -> Path:
         return state_dir(self.state_directory)

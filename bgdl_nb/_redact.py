@@ -38,17 +38,25 @@ _patterns: list[str] = [p.lower() for p in SECRET_QUERY_PARAMS]
 _URL = re.compile(r"https?://[^\s'\"<>\]\)]+", re.IGNORECASE)
 
 
+def _compile(patterns: Iterable[str]) -> re.Pattern[str]:
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns))
+
+
+_matcher = _compile(_patterns)  # every pattern in one expression: one match per query parameter
+
+
 def add_secret_params(names: Iterable[str]) -> None:
     """Count more query parameter names as secrets, for this process (the set only grows)."""
+    global _matcher
     with _lock:
-        for name in names:
-            if name.lower() not in _patterns:
-                _patterns.append(name.lower())
+        new = [name.lower() for name in names if name.lower() not in _patterns]
+        if new:
+            _patterns.extend(new)
+            _matcher = _compile(_patterns)
 
 
 def _secret(name: str) -> bool:
-    lowered = name.lower()
-    return any(fnmatch.fnmatchcase(lowered, pattern) for pattern in _patterns)
+    return _matcher.match(name.lower()) is not None
 
 
 def redact_url(url: str) -> str:

@@ -27,11 +27,11 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import version as _version
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import aiohttp
 
-from ._config import NETWORK_VARIABLES, Configuration
+from ._config import Configuration, network_environment
 from ._exceptions import (
     BgdlError,
     BlockedDestination,
@@ -220,9 +220,8 @@ def new_client(config: Configuration) -> aiohttp.ClientSession:
 
 
 def _environment(config: Configuration) -> dict[str, str]:
-    if config.environment is not None:
-        return config.environment
-    return {k.lower(): v for k, v in os.environ.items() if k.lower() in NETWORK_VARIABLES and v}
+    """The session's copy of the network variables (this process's for a bare Configuration)."""
+    return config.environment if config.environment is not None else network_environment(os.environ)
 
 
 def tls_context(config: Configuration) -> ssl.SSLContext | bool:
@@ -231,18 +230,17 @@ def tls_context(config: Configuration) -> ssl.SSLContext | bool:
     if not config.verify_tls:
         return False
     env = _environment(config)
-    cafile = os.path.expanduser(config.ca_bundle) if config.ca_bundle else env.get("ssl_cert_file")
-    context = ssl.create_default_context(cafile=cafile, capath=None if config.ca_bundle else env.get("ssl_cert_dir"))
-    return context
+    if config.ca_bundle:
+        return ssl.create_default_context(cafile=os.path.expanduser(config.ca_bundle))
+    return ssl.create_default_context(cafile=env.get("ssl_cert_file"), capath=env.get("ssl_cert_dir"))
 
 
-def proxy_for(url: str, config: Configuration) -> str | None:
-    """The proxy for ``url``: ``config.proxy``, else the session's ``<scheme>_proxy`` or
-    ``all_proxy`` unless ``no_proxy`` names the host (urllib's rules, as pip's)."""
+def proxy_for(parts: SplitResult, config: Configuration) -> str | None:
+    """The proxy for the URL split in ``parts``: ``config.proxy``, else the session's
+    ``<scheme>_proxy`` or ``all_proxy`` unless ``no_proxy`` names the host (urllib's rules, as pip's)."""
     if config.proxy:
         return config.proxy
     env = _environment(config)
-    parts = urlsplit(url)
     proxy = env.get(f"{parts.scheme.lower()}_proxy") or env.get("all_proxy")
     if not proxy:
         return None
@@ -261,9 +259,9 @@ def _netrc(path: str, mtime_ns: int) -> netrc.netrc | None:
         return None
 
 
-def netrc_auth(url: str, config: Configuration) -> str | None:
-    """The ``Authorization`` value from ``.netrc`` for ``url``'s host (the session's
-    ``NETRC``, else ``~/.netrc``), or None; only ever for that host."""
+def netrc_auth(parts: SplitResult, config: Configuration) -> str | None:
+    """The ``Authorization`` value from ``.netrc`` for the host of the URL split in
+    ``parts`` (the session's ``NETRC``, else ``~/.netrc``), or None; only ever for that host."""
     env = _environment(config)
     path = env.get("netrc") or os.path.join(env.get("home") or os.path.expanduser("~"), ".netrc")
     try:
@@ -271,7 +269,7 @@ def netrc_auth(url: str, config: Configuration) -> str | None:
     except OSError:
         return None
     parsed = _netrc(path, stamp)
-    host = urlsplit(url).hostname
+    host = parts.hostname
     entry = parsed.authenticators(host) if parsed is not None and host else None
     if entry is None:
         return None
@@ -327,15 +325,15 @@ async def open_response(
         sent = {k: v for k, v in headers.items()
                 if _origin(current) == first_origin or k.lower() not in _CREDENTIAL_HEADERS}
         sent["Accept-Encoding"] = "identity"
-        host = urlsplit(current).hostname or ""
-        if config.block_private_networks and _is_ip(host):  # names are checked by the resolver
-            check_address(host, host, config)
+        parts = urlsplit(current)
+        if config.block_private_networks and _is_ip(parts.hostname or ""):  # names are checked by the resolver
+            check_address(parts.hostname or "", parts.hostname or "", config)
         with map_exceptions(current):
-            if "@" not in urlsplit(current).netloc and not any(k.lower() == "authorization" for k in sent):
-                auth = netrc_auth(current, config)
+            if "@" not in parts.netloc and not any(k.lower() == "authorization" for k in sent):
+                auth = netrc_auth(parts, config)
                 if auth is not None:
                     sent["Authorization"] = auth
-            response = await client.get(current, headers=sent, allow_redirects=False, proxy=proxy_for(current, config))
+            response = await client.get(current, headers=sent, allow_redirects=False, proxy=proxy_for(parts, config))
         if response.status in _REDIRECTS and "Location" in response.headers:
             target = urljoin(current, response.headers["Location"])
             response.release()
