@@ -445,9 +445,11 @@ class Engine(EngineBase):
                     self._emit(EventKind.RETRY, run, total_bytes_written=run.received,
                                error=f"{type(exc).__name__}: {exc}",
                                detail=f"attempt {run.failures + 1} in {delay:.2f} s")
-                    wait = RETRY if delay < 10 else Wait(WaitReason.RETRY, "retry backoff until " + time.strftime(
-                        "%H:%M:%S", time.localtime(time.time() + delay)) + (" (the server's Retry-After)" if asked else ""))
-                    self.scheduler.backoff(tid, time.time() + delay, wait)
+                    due = time.time() + delay
+                    wait = RETRY if delay < 10 else Wait(  # a long wait names its end
+                        WaitReason.RETRY, f"retry backoff until {time.strftime('%H:%M:%S', time.localtime(due))}"
+                                          + (" (the server's Retry-After)" if asked else ""))
+                    self.scheduler.backoff(tid, due, wait)
                     return
         except asyncio.CancelledError:
             raise

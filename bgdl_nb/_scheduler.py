@@ -274,10 +274,9 @@ class Scheduler:
                 continue
             plan.waiting[tid] = reason
         plan.start = [tid for tid, reason in self._changed.items() if reason is None and tid in self.running]
-        for tid, why in self._impossible.items():
-            plan.impossible[tid] = why
+        plan.impossible, self._impossible = self._impossible, {}
+        for tid in plan.impossible:
             self.remove(tid)
-        self._impossible = {}
         self._changed = {}
         return plan
 

@@ -232,6 +232,7 @@ class TaskPanel:
         self._hold_until = 0.0  # rows do not move before this time (the user is clicking)
         self.frozen = False  # the session closed: the final picture, no buttons
         self.waiting_cell = False  # the cell that showed the panel is still running
+        self._following = False  # the cell was interrupted: the panel refreshes itself
         self.rows_box = w.VBox([])
         self.hint = w.HTML()
         self.widget = w.VBox([self.header, self.overall, self.rows_box, self.summary, self.hint])
@@ -245,11 +246,11 @@ class TaskPanel:
 
     def _place(self, ranked: list[DownloadTask], now: float) -> list[DownloadTask]:
         """The tasks to show, row by row: a task keeps its row while it is shown."""
-        self._pinned = {tid for tid in self._pinned if any(
-            t.task_identifier == tid and t.state is not TaskState.COMPLETED for t in ranked)} if self._pinned else set()
-        first = [t for t in ranked if t.task_identifier in self._pinned]
+        present = {t.task_identifier: t for t in ranked}
+        self._pinned = {tid for tid in self._pinned
+                        if tid in present and present[tid].state is not TaskState.COMPLETED}
+        first = [present[tid] for tid in self._pinned]
         wanted = list({t.task_identifier: t for t in first + ranked}.values())[: self.max_rows]
-        present = {t.task_identifier for t in ranked}
         if now < self._hold_until:  # nothing moves while the user clicks; new tasks only below
             slots = [t for t in self._slots if t.task_identifier in present]
             placed = {t.task_identifier for t in slots}
@@ -365,8 +366,6 @@ class TaskPanel:
         return ["the cell was interrupted: the downloads go on in the background, and the buttons here "
                 "control them"] if self._following else []
 
-    _following = False
-
     def follow(self, when_done: Callable[[], None]) -> None:
         """Keep the panel live after the cell that showed it was interrupted: a timer
         thread refreshes it until every task is done, then calls ``when_done``."""
@@ -416,7 +415,7 @@ class SessionPanel(TaskPanel):
         return shown
 
     def _notes(self) -> list[str]:
-        notes = []
+        notes = super()._notes()
         if self._earlier:
             notes.append(f"{self._earlier} finished tasks of earlier runs under this identifier not shown "
                          "(<code>session.show(all_tasks=True)</code> shows them)")
