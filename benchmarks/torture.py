@@ -21,7 +21,6 @@ Prints a Markdown table (faults tried, files byte-identical, bytes re-fetched).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import random
 import signal
@@ -33,17 +32,10 @@ from collections import Counter
 from pathlib import Path
 
 from bgdl_nb._hosts.service.client import service_status, stop_service
+from bgdl_nb._manifest import sha256_file
 from bgdl_nb.demo.origin import Origin
 
 MIB = 1024 * 1024
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(4 * MIB):
-            h.update(block)
-    return h.hexdigest()
 
 
 def main() -> int:
@@ -124,7 +116,7 @@ def main() -> int:
 
         identical = older = corrupt = 0
         for name, size in files:
-            digest = _digest(out / name) if (out / name).is_file() else None
+            digest = sha256_file(out / name) if (out / name).is_file() else None
             if digest == origin.sha256(name, size):
                 identical += 1
             elif digest is not None and any(digest == origin.sha256(name, size, v) for v in range(origin.version(name))):
