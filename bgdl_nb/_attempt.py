@@ -35,7 +35,7 @@ from ._files import (
 )
 from ._finalise import Finaliser
 from ._resume import Outcome, Validator, accepts_ranges, decide, resume_headers, validator_from_headers
-from ._segments import MIN_SEGMENT, Segmented, SegmentsChanged
+from ._segments import MIN_SEGMENT, Segmented, SegmentsChanged, check_on_disk, compact
 from ._transfer import LowSpeed, open_response
 
 if TYPE_CHECKING:
@@ -285,10 +285,22 @@ class Attempt:
         def opener(headers: dict[str, str]) -> Any:
             return open_response(self.client, rec.url, {**rec.headers, **headers}, self.config, lambda *_: None)
 
+        segments, hasher, hashed = None, hashlib.sha256(), 0  # the digest follows the contiguous prefix
+        if first is None and rec.segments:
+            segments, hasher, hashed, changed = await asyncio.to_thread(
+                check_on_disk, rec.partial_path, rec.total, rec.segments, rec.marks)
+            if changed:
+                self.report.update(segments=compact(segments, hashed), offset=sum(g.pos - g.start for g in segments),
+                                   marks=[m for m in rec.marks or [] if m[0] <= hashed] or None)
+                ranges = ", ".join(f"{a}-{b - 1}" for a, b in changed)
+                self.report.emit(EventKind.RESTARTED, total_bytes_written=sum(g.pos - g.start for g in segments),
+                                 total_bytes_expected=rec.total,
+                                 detail=f"bytes of the partial file changed on disk since they were written "
+                                        f"(bytes {ranges}); those are fetched again, the rest continues")
         fd = await asyncio.to_thread(_open_at, rec.partial_path, None)
         try:
-            hasher = hashlib.sha256()  # follows the contiguous prefix, read back from the page cache
-            split = Segmented(run, self.report, self.config, fd, rec.total, rec.validator_value, opener, hasher)
+            split = Segmented(run, self.report, self.config, fd, rec.total, rec.validator_value, opener, hasher,
+                              segments=segments, hashed=hashed)
             if first is None:
                 self.report.emit(EventKind.RESUMED_AT_OFFSET, total_bytes_written=split.received(),
                                  total_bytes_expected=rec.total,

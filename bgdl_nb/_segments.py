@@ -15,6 +15,12 @@ after a crash every segment continues from its own offset. The sha256 of the who
 file follows the contiguous prefix as it grows (read back from the page cache on the
 hash thread) and is finished before the rename.
 
+Bytes altered on disk while no process held the file never reach a finished file: the
+digest of the prefix is journaled as a mark every few MiB (as for one connection), and
+every region beyond the last mark carries the CRC-32 of its written bytes. Before the
+segments continue, :func:`check_on_disk` re-reads both; a region that no longer agrees is
+fetched again, with the reason in the log.
+
 :func:`split` and :func:`steal` are the pure decisions; :class:`Segmented` runs them.
 """
 
@@ -24,20 +30,22 @@ import asyncio
 import os
 import re
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._events import EventKind
 from ._exceptions import NetworkError, TransferError
-from ._files import CHECKPOINT_BYTES, HASH_BLOCK
+from ._files import CHECKPOINT_BYTES, HASH_BLOCK, MARK_BYTES, verify_prefix
 from ._transfer import LowSpeed
 
 if TYPE_CHECKING:
     from ._attempt import Reporter, TaskRun
     from ._config import Configuration
 
-__all__ = ["MIN_SEGMENT", "Segment", "Segmented", "SegmentsChanged", "compact", "split", "steal", "take"]
+__all__ = ["MIN_SEGMENT", "Segment", "Segmented", "SegmentsChanged", "check_on_disk", "compact", "contiguous", "split",
+           "steal", "take"]
 
 MIB = 1024 * 1024
 MIN_SEGMENT = 2 * MIB
@@ -52,25 +60,29 @@ _SEGMENT_RETRIES = 4     # a segment's connection may fail this often before the
 @dataclass
 class Segment:
     """Bytes ``[start, end)`` of the file; ``pos`` is how far they are written; ``owned``
-    while a connection is writing them."""
+    while a connection is writing them; ``crc`` is the CRC-32 of bytes ``[start, pos)``
+    (``None``: the prefix's marks vouch for them instead)."""
 
     start: int
     end: int
     pos: int
     owned: bool = False
+    crc: int | None = 0
 
     @property
     def remaining(self) -> int:
         return max(0, self.end - self.pos)
 
     def as_list(self) -> list[int]:
-        return [self.start, self.end, self.pos]
+        return [self.start, self.end, self.pos] + ([] if self.crc is None else [self.crc])
 
 
 def split(total: int, segments: list[list[int]] | None) -> list[Segment]:
-    """The regions of a file of ``total`` bytes: the journaled ones, or one for all of it."""
+    """The regions of a file of ``total`` bytes: the journaled ones (``[start, end, pos]``,
+    and the CRC-32 of the written bytes when the marks do not cover them), or one for all."""
     if segments:
-        return sorted((Segment(int(s), int(e), int(p)) for s, e, p in segments), key=lambda g: g.start)
+        return sorted((Segment(int(g[0]), int(g[1]), int(g[2]), crc=int(g[3]) if len(g) > 3 else None)
+                       for g in segments), key=lambda g: g.start)
     return [Segment(0, total, 0)]
 
 
@@ -85,7 +97,7 @@ def take(segments: list[Segment], piece: int) -> Segment | None:
             return seg
         new = Segment(seg.pos, seg.pos + piece, seg.pos, owned=True)
         if seg.pos > seg.start:  # a journaled region with bytes done: keep them as a finished region
-            done = Segment(seg.start, seg.pos, seg.pos)
+            done = Segment(seg.start, seg.pos, seg.pos, crc=seg.crc)
             segments[i:i + 1] = [done, new]
             i += 1
         else:
@@ -108,15 +120,68 @@ def steal(segments: list[Segment], minimum: int = MIN_SEGMENT) -> Segment | None
     return new
 
 
-def compact(segments: list[Segment]) -> list[list[int]]:
-    """The journal's form: finished neighbours merged, every unfinished region as it is."""
+def compact(segments: list[Segment], marked: int = 0) -> list[list[int]]:
+    """The journal's form: finished regions below ``marked`` (where a journaled mark vouches
+    for every byte) merged without a CRC, every other region as it is, with its CRC."""
     out: list[list[int]] = []
     for seg in segments:
-        if out and out[-1][2] == out[-1][1] == seg.start and seg.pos == seg.end:
+        covered = seg.pos == seg.end <= marked
+        if covered and out and len(out[-1]) == 3 and out[-1][2] == out[-1][1] == seg.start:
             out[-1][1] = out[-1][2] = seg.end
         else:
-            out.append(seg.as_list())
+            out.append([seg.start, seg.end, seg.pos] if covered else seg.as_list())
     return out
+
+
+def contiguous(segments: list[Segment]) -> int:
+    """Bytes from 0 that are all written."""
+    end = 0
+    for s in sorted(segments, key=lambda s: s.start):
+        if s.start > end:
+            break
+        end = max(end, s.pos)
+        if s.pos < s.end:
+            break
+    return end
+
+
+def check_on_disk(path: str, total: int, journaled: list[list[int]],
+                  marks: list[list[Any]] | None) -> tuple[list[Segment], Any, int, list[tuple[int, int]]]:
+    """Re-read what the journal says is written and keep only what still agrees (blocking).
+
+    Returns the regions to continue (a region whose bytes changed is to be written again
+    from its start; the prefix from its last agreeing mark), the sha256 of the first
+    ``hashed`` bytes, ``hashed``, and the byte ranges found changed."""
+    segments = split(total, journaled)
+    vouched = max((int(m[0]) for m in marks or [] if int(m[0]) <= contiguous(segments)), default=0)
+    hasher, good = verify_prefix(path, vouched, marks)
+    changed = [(good, vouched)] if good < vouched else []
+    out: list[Segment] = []
+    with open(path, "rb") as f:
+        for seg in segments:
+            if seg.crc is None and seg.pos > good:  # the marks vouch for bytes up to ``good`` only
+                if seg.start < good:
+                    out.append(Segment(seg.start, good, good, crc=None))
+                begin = max(seg.start, good)
+                out.append(Segment(begin, seg.end, begin))
+                if seg.pos > vouched:  # a region journaled without a CRC and past every mark
+                    changed.append((max(begin, vouched), seg.pos))
+                continue
+            if seg.crc is not None and seg.pos > seg.start and _crc_of(f, seg.start, seg.pos) != seg.crc:
+                changed.append((seg.start, seg.pos))
+                seg = Segment(seg.start, seg.end, seg.start)
+            out.append(seg)
+    return out, hasher, good, changed
+
+
+def _crc_of(f: Any, start: int, end: int) -> int:
+    crc, f_at = 0, f.seek(start)
+    while f_at < end:
+        block = f.read(min(HASH_BLOCK, end - f_at))
+        if not block:
+            return -1
+        crc, f_at = zlib.crc32(block, crc), f_at + len(block)
+    return crc
 
 
 class SegmentsChanged(Exception):
@@ -134,16 +199,18 @@ class Segmented:
     """Downloads the rest of one file over several connections, piece by piece in order."""
 
     def __init__(self, run: TaskRun, report: Reporter, config: Configuration, fd: int, total: int,
-                 validator: str, opener: Opener, hasher: Any) -> None:
+                 validator: str, opener: Opener, hasher: Any, *, segments: list[Segment] | None = None,
+                 hashed: int = 0) -> None:
         self.run, self.report, self.config = run, report, config
         self.fd, self.total, self.validator = fd, total, validator
         self.opener = opener
         self.hasher = hasher
-        self.segments = split(total, run.record.segments)
+        self.segments = segments if segments is not None else split(total, run.record.segments)
         self.limit = config.connections_per_file or config.http_maximum_connections_per_host
         self.piece = max(MIN_SEGMENT, min(16 * 1024 * 1024, total // (self.limit * 8)))
-        self.hashed = 0  # the digest has seen (or is being fed) bytes [0, hashed)
-        self._hash_job: asyncio.Future[None] | None = None
+        self.hashed = hashed  # the digest has seen (or is being fed) bytes [0, hashed)
+        self.marked = hashed  # the newest journaled mark: the regions below it need no CRC
+        self._hash_job: asyncio.Future[str] | None = None
         self.workers: set[asyncio.Task[None]] = set()
         self.failures = 0
         self.error: BaseException | None = None
@@ -162,7 +229,7 @@ class Segmented:
         """Journal every region's offset once a checkpoint's worth of bytes is unjournaled,
         so a crash re-fetches at most that much per connection."""
         if force or self._unjournaled >= CHECKPOINT_BYTES:
-            self.report.update(segments=compact(self.segments), offset=self._received)
+            self.report.update(segments=compact(self.segments, self.marked), offset=self._received)
             self._unjournaled = 0
 
     # running ---------------------------------------------------------------------------------
@@ -322,6 +389,8 @@ class Segmented:
                 written = 0
                 while written < len(part):
                     written += os.pwrite(self.fd, part[written:], segment.pos + written)
+                if segment.crc is not None:
+                    segment.crc = zlib.crc32(part, segment.crc)
                 segment.pos += len(part)
                 self._received += len(part)
                 self._unjournaled += len(part)
@@ -342,17 +411,6 @@ class Segmented:
 
     # the digest ------------------------------------------------------------------------------
 
-    def _contiguous(self) -> int:
-        """Bytes from 0 that are all written."""
-        end = 0
-        for s in sorted(self.segments, key=lambda s: s.start):
-            if s.start > end:
-                break
-            end = max(end, s.pos)
-            if s.pos < s.end:
-                break
-        return end
-
     async def _follow(self) -> None:
         """Every quarter second: the digest follows the prefix; progress at its interval."""
         next_report = time.monotonic() + self.config.progress_interval
@@ -361,7 +419,7 @@ class Segmented:
             if time.monotonic() >= next_report:
                 self.progress()
                 next_report = time.monotonic() + self.config.progress_interval
-            await self._hash_to(self._contiguous())
+            await self._hash_to(contiguous(self.segments))
 
     def progress(self) -> None:
         """A ``progress`` event for the bytes written since the last one."""
@@ -373,17 +431,23 @@ class Segmented:
 
     async def _hash_to(self, end: int) -> None:
         """Feed the digest up to ``end``; one feeding at a time, and a cancelled waiter
-        never leaves a feeding half done behind the next one."""
+        never leaves a feeding half done behind the next one. Every ``MARK_BYTES`` the
+        digest so far is journaled as a mark (after the regions it covers)."""
         if self._hash_job is not None:
             await asyncio.shield(self._hash_job)
         if end > self.hashed:
             start, self.hashed = self.hashed, end
             self._hash_job = asyncio.ensure_future(asyncio.to_thread(_hash_range, self.hasher, self.fd, start, end))
-            await asyncio.shield(self._hash_job)
+            digest = await asyncio.shield(self._hash_job)
+            if end - self.marked >= MARK_BYTES or end == self.total:
+                self._checkpoint(force=True)  # the journal's regions reach ``end`` before its mark does
+                self.report.mark(end, digest)
+                self.marked = end
 
 
-def _hash_range(hasher: Any, fd: int, start: int, end: int) -> None:
-    """Feed bytes ``[start, end)`` of ``fd`` to ``hasher`` (blocking; page-cache reads)."""
+def _hash_range(hasher: Any, fd: int, start: int, end: int) -> str:
+    """Feed bytes ``[start, end)`` of ``fd`` to ``hasher`` and return the digest so far
+    (blocking; page-cache reads)."""
     position = start
     while position < end:
         block = os.pread(fd, min(HASH_BLOCK, end - position), position)
@@ -391,3 +455,4 @@ def _hash_range(hasher: Any, fd: int, start: int, end: int) -> None:
             raise NetworkError(f"the partial file ends at {position}, before {end}")
         hasher.update(block)
         position += len(block)
+    return str(hasher.copy().hexdigest())

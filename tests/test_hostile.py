@@ -401,3 +401,36 @@ def test_the_command_line_reads_an_unreadable_journal_as_a_person_would(state_di
     assert "cannot be read" in one.stderr and "moves it aside" in one.stderr
     listing = run_cli("list", env=env)
     assert listing.returncode == 0 and "journal unreadable" in listing.stdout
+
+
+def test_bytes_altered_in_a_split_file_while_no_process_held_it_are_fetched_again(origin, tmp_path):
+    """One byte is altered in every region a split download had written when its process
+    let go (the prefix its marks vouch for, and each region past it): the next run finds
+    each one, fetches those regions again, and the file is the origin's, byte for byte."""
+    from bgdl_nb._journal import read_journal
+
+    size = 32 * 1024 * 1024
+    url = origin.url("altered-split.bin", size, rate=2 * 1024 * 1024)
+    config = bg.Configuration.background("altered-split", use_service=False, connections_per_file=4)
+    with bg.Session(config) as session:
+        task = session.download_task(url, tmp_path / "altered-split.bin").resume()
+        wait_until(lambda: task._record.marks and task.count_of_bytes_received >= 12 * 1024 * 1024,
+                   timeout=60, what="12 MiB and a journaled mark")
+    [record], _ = read_journal(config.journal_path(), "altered-split")
+    written = [(s, p) for s, _e, p, *_crc in record.segments if p > s]
+    assert any(len(g) == 3 for g in record.segments) and len(written) >= 2  # a vouched prefix, and regions past it
+    with open(record.partial_path, "r+b") as f:
+        for start, pos in written:
+            f.seek(start + (pos - start) // 2)
+            byte = f.read(1)
+            f.seek(start + (pos - start) // 2)
+            f.write(bytes([byte[0] ^ 0xFF]))
+    served = origin.bytes_sent("altered-split.bin")
+    with bg.Session(config) as session:
+        [task] = session.all_tasks()
+        path = task.resume().wait(90)
+        restarted = session.events.query("event == 'restarted'")
+    assert sha256_of(path) == origin.sha256("altered-split.bin", size)
+    assert len(restarted) == 1 and "changed on disk" in restarted["detail"].iloc[0]
+    refetched = origin.bytes_sent("altered-split.bin") - served - (size - record.offset)
+    assert refetched <= sum(p - s for s, p in written) + 4 * 256 * 1024  # only the altered regions came again

@@ -30,7 +30,9 @@ def test_pieces_are_taken_in_file_order_and_the_tail_is_stolen():
     assert (first.start, first.end, second.start, second.end) == (0, 8 * MB, 8 * MB, 16 * MB)
     assert segments[-1].start == 16 * MB and not segments[-1].owned  # the rest waits, in order
     first.pos = first.end
-    assert compact(segments) == [[0, 8 * MB, 8 * MB], [8 * MB, 16 * MB, 8 * MB], [16 * MB, 100 * MB, 16 * MB]]
+    assert compact(segments) == [[0, 8 * MB, 8 * MB, 0], [8 * MB, 16 * MB, 8 * MB, 0], [16 * MB, 100 * MB, 16 * MB, 0]]
+    # below a journaled mark the regions merge and need no CRC: the mark vouches for them
+    assert compact(segments, 8 * MB)[0] == [0, 8 * MB, 8 * MB]
     while take(segments, 8 * MB) is not None:
         pass
     assert all(s.owned or s.pos == s.end for s in segments)
@@ -98,7 +100,7 @@ def test_sigkill_mid_split_download_resumes_every_segment(origin, tmp_path, monk
         except sqlite3.Error:  # the child is still creating the schema
             return False
         return bool(tasks) and bool(tasks[0].segments) and len(tasks[0].segments) == 4 \
-            and all(p - s >= 2 * MB for s, e, p in tasks[0].segments)
+            and all(g[2] - g[0] >= 2 * MB for g in tasks[0].segments)
 
     try:
         wait_until(split_and_under_way, timeout=60, what="four segments each 2 MiB along")
@@ -114,7 +116,7 @@ def test_sigkill_mid_split_download_resumes_every_segment(origin, tmp_path, monk
     assert sha256_of(out / "killsplit") == origin.sha256("killsplit", size)
     resumed = [r for r in origin.requests_for("killsplit") if r.time > killed_at and r.headers.get("Range")]
     starts = {int(r.headers["Range"].split("=")[1].split("-")[0]) for r in resumed}
-    for _start, end, durable in before:  # every unfinished segment continued from its own durable offset
+    for _start, end, durable, *_crc in before:  # every unfinished segment continued from its own durable offset
         if durable < end:
             assert durable in starts, (durable, sorted(starts))
     refetched = origin.bytes_sent("killsplit") - size
@@ -162,3 +164,39 @@ def test_files_without_ranges_or_a_strong_validator_are_not_split(origin, tmp_pa
     task.wait(60)
     assert len(origin.requests_for("whole")) == 1 and "segmented" not in [e.event for e in session.event_log()]
     session.close()
+
+
+def test_regions_that_changed_on_disk_are_found_and_only_they_are_fetched_again(tmp_path):
+    """The marks vouch for the merged prefix, a CRC-32 for each region past it: a byte
+    altered anywhere sends back exactly the region (or the stretch after the last good
+    mark) that holds it, and a journal without a CRC for a region past the marks (an
+    older bgdl_nb) cannot vouch for that region either."""
+    import hashlib
+    import random
+    import zlib
+
+    from bgdl_nb._segments import check_on_disk
+
+    data = random.Random(7).randbytes(12 * MB)
+    path = tmp_path / "partial"
+    marks = [[2 * MB, hashlib.sha256(data[:2 * MB]).hexdigest()], [4 * MB, hashlib.sha256(data[:4 * MB]).hexdigest()]]
+    journaled = [[0, 4 * MB, 4 * MB], [4 * MB, 8 * MB, 6 * MB, zlib.crc32(data[4 * MB:6 * MB])],
+                 [8 * MB, 12 * MB, 10 * MB, zlib.crc32(data[8 * MB:10 * MB])]]
+
+    def check(flip: int | None, regions=journaled):
+        body = bytearray(data)
+        if flip is not None:
+            body[flip] ^= 0xFF
+        path.write_bytes(bytes(body))
+        segments, hasher, hashed, changed = check_on_disk(str(path), 12 * MB, regions, marks)
+        assert hasher.hexdigest() == hashlib.sha256(data[:hashed]).hexdigest()
+        return [(s.start, s.end, s.pos) for s in segments], hashed, changed
+
+    untouched = [(0, 4 * MB, 4 * MB), (4 * MB, 8 * MB, 6 * MB), (8 * MB, 12 * MB, 10 * MB)]
+    assert check(None) == (untouched, 4 * MB, [])
+    assert check(3 * MB) == ([(0, 2 * MB, 2 * MB), (2 * MB, 4 * MB, 2 * MB), *untouched[1:]], 2 * MB,
+                             [(2 * MB, 4 * MB)])
+    assert check(9 * MB) == ([*untouched[:2], (8 * MB, 12 * MB, 8 * MB)], 4 * MB, [(8 * MB, 10 * MB)])
+    assert check(5 * MB)[2] == [(4 * MB, 6 * MB)]
+    older = [*journaled[:2], [8 * MB, 12 * MB, 10 * MB]]  # no CRC, and no mark reaches it
+    assert check(None, older) == ([*untouched[:2], (8 * MB, 12 * MB, 8 * MB)], 4 * MB, [(8 * MB, 10 * MB)])
