@@ -196,6 +196,14 @@ class Configuration:
     """Seconds a connection may stay below ``low_speed_limit`` before it is dropped and
     the download retried from its durable offset (curl's ``--speed-time``)."""
 
+    claim_lease: float = 120.0
+    """Seconds a destination's claim holds for other machines without being refreshed. A
+    claim names the task that will write the file; on the same machine bgdl_nb can see
+    whether that task can still run, from another machine (shared storage) it cannot, so
+    a running task refreshes its claim every quarter lease and a claim older than its
+    lease is taken over. Clocks of the machines sharing the storage must agree to well
+    within it (NTP does)."""
+
     def __setattr__(self, name: str, value: object) -> None:
         if name.startswith("_") or not self.__dict__.get("_ready"):
             object.__setattr__(self, name, value)  # the constructor, or private state
@@ -288,6 +296,8 @@ class Configuration:
         if not self.retry_after_cap > 0 or not self.low_speed_time > 0 or self.low_speed_limit < 0:
             raise InvalidConfiguration("retry_after_cap and low_speed_time must be positive seconds, "
                                        "low_speed_limit 0 (off) or more bytes per second")
+        if not self.claim_lease >= 1:
+            raise InvalidConfiguration("claim_lease must be at least 1 second (the default, 120, suits shared storage)")
         if self.max_retries < 0 or self.connect_retries < 0:
             raise InvalidConfiguration("max_retries and connect_retries must be 0 or more")
 

@@ -25,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 import random
+import secrets
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,14 +43,15 @@ from ._exceptions import (
     CannotConnect,
     DiskFull,
     HTTPStatusError,
+    InvalidDestination,
     NetworkError,
     TransferError,
     TransferTimeout,
 )
-from ._files import HashWorker, claim, disk_size, free_disk, inbox_path, partial_path_for, unlink
+from ._files import HashWorker, disk_size, free_disk, inbox_path, partial_path_for, unlink
 from ._finalise import Finaliser
 from ._journal import Store, TaskRecord
-from ._redact import add_secret_params, redact_url
+from ._redact import add_secret_params
 from ._resume import retry_delay
 from ._scheduler import LAUNCH, RETRY, Item, Scheduler, TokenBucket, Wait, WaitReason
 from ._states import TaskState
@@ -98,6 +101,9 @@ class Engine(EngineBase):
         self._pending = []
         self._flusher = None
         self._delivered = int(store.get_meta("delivered_seq") or 0) if store.durable else 0
+        self._nonce = secrets.token_hex(8)
+        self._claimed = {}
+        self._claims_refreshed = time.monotonic()
         store.group_commit = True
 
     # lifecycle ---------------------------------------------------------------------------
@@ -180,10 +186,9 @@ class Engine(EngineBase):
         record.state = TaskState.SUSPENDED
         if not record.partial_path:
             record.partial_path = str(partial_path_for(record.destination, record.task_identifier, self.work_dir))
-        if record.destination:  # one writer per destination, across sessions and processes
-            claim(record.destination, {**self._owner(record.task_identifier), "url": redact_url(record.url),
-                                       "service": str(self.config.resolved_state_dir())
-                                       if self.config.runs_in_service else None})
+        if record.destination:  # one writer per destination, across sessions, processes and machines
+            self._claim(record)
+            self._claimed[record.task_identifier] = time.monotonic()
         self.store.put_task(record)
         run = TaskRun(record, received=record.offset)
         self._runs[record.task_identifier] = run
@@ -387,9 +392,13 @@ class Engine(EngineBase):
         return job
 
     async def _tick(self) -> None:
-        """Publish live byte counts of transferring tasks while any transfers."""
+        """Publish live byte counts of transferring tasks while any transfers; refresh
+        their destinations' claims every quarter lease."""
         while self._jobs:
             await asyncio.sleep(_COUNTS_INTERVAL)
+            if time.monotonic() - self._claims_refreshed >= self.config.claim_lease / 4:
+                self._claims_refreshed = time.monotonic()
+                await self._refresh_claims([tid for tid in self._jobs if self._runs[tid].record.destination])
             counts = {}
             for tid in list(self._jobs):
                 received = self._runs[tid].received
@@ -398,6 +407,30 @@ class Engine(EngineBase):
                     self._seen[tid] = counts[tid] = received
             if counts:
                 self.sink.counts(counts)
+
+    async def _refresh_claims(self, tids: list[int]) -> None:
+        """Renew the claims of ``tids`` (one hand-off to a thread); a task whose claim
+        another task took over meanwhile stops, failing with the reason."""
+        def renew() -> dict[int, InvalidDestination]:
+            lost = {}
+            for tid in tids:
+                try:
+                    self._claim(self._runs[tid].record)
+                except InvalidDestination as exc:
+                    lost[tid] = exc
+            return lost
+
+        lost = await asyncio.to_thread(renew)
+        now = time.monotonic()
+        for tid in tids:
+            run = self._runs[tid]
+            if tid in lost:
+                if run.record.state is TaskState.RUNNING:
+                    self._stop_job(tid)
+                    self._fail(run, InvalidDestination(f"{lost[tid]} (this task's claim lapsed and was taken over)",
+                                                       url=run.record.url, task_identifier=tid))
+            elif run.record.state is not TaskState.COMPLETED:
+                self._claimed[tid] = now
 
     # running a task ----------------------------------------------------------------------
 
@@ -409,6 +442,9 @@ class Engine(EngineBase):
         try:
             if rec.location and self._recover_finalised(run):
                 return  # renamed into place by a finalisation that a suspend interrupted
+            if rec.destination and time.monotonic() - self._claimed.get(tid, -math.inf) > self.config.claim_lease / 2:
+                await asyncio.to_thread(self._claim, rec)  # its claim may have lapsed meanwhile: still ours?
+                self._claimed[tid] = time.monotonic()
             while True:
                 before = run.received
                 try:

@@ -21,9 +21,9 @@ from ._attempt import TaskRun
 from ._config import Configuration
 from ._events import Event, EventKind
 from ._exceptions import BgdlError, ChecksumMismatch, InvalidInput
-from ._files import add_mark, partial_size, release, truncate_partial, unlink
-from ._journal import Store
-from ._redact import redact_text
+from ._files import add_mark, claim, partial_size, release, truncate_partial, unlink
+from ._journal import Store, TaskRecord
+from ._redact import redact_text, redact_url
 from ._resume import ResumeState, Validator, encode_resume_data
 from ._scheduler import Scheduler, TokenBucket
 from ._states import TaskState, check_transition
@@ -124,6 +124,8 @@ class EngineBase:
     _pending: list[tuple[Event, Snapshot | None]]
     _flusher: asyncio.TimerHandle | None
     _delivered: int
+    _nonce: str  # tells apart the tasks of two sessions without a journal in one process
+    _claimed: dict[int, float]  # when (monotonic) this engine last claimed or refreshed a task's destination
 
     # reading -----------------------------------------------------------------------------
 
@@ -202,7 +204,16 @@ class EngineBase:
     def _owner(self, tid: int) -> dict[str, Any]:
         """What a destination's claim file says of the task that holds it."""
         journal = getattr(self.store, "path", None)
-        return {"journal": None if journal is None else str(journal), "identifier": self.identifier, "task": tid}
+        if journal is None:
+            return {"journal": None, "identifier": self.identifier, "task": tid, "engine": self._nonce}
+        return {"journal": str(journal), "identifier": self.identifier, "task": tid}
+
+    def _claim(self, rec: TaskRecord) -> None:
+        """Claim (or refresh the claim on) ``rec``'s destination (blocking: file I/O)."""
+        assert rec.destination
+        claim(rec.destination, {**self._owner(rec.task_identifier), "url": redact_url(rec.url),
+                                "service": str(self.config.resolved_state_dir()) if self.config.runs_in_service
+                                else None}, lease=self.config.claim_lease)
 
     def _fail(self, run: TaskRun, error: BgdlError) -> None:
         if not isinstance(error, ChecksumMismatch):
@@ -224,6 +235,7 @@ class EngineBase:
             del self._destinations[rec.destination]
         if rec.destination:
             release(rec.destination, self._owner(tid))
+            self._claimed.pop(tid, None)
         if not finished and error is None:
             rec.location = None
         changes = {"error": None if error is None else error.to_dict(), "finished_at": time.time()}

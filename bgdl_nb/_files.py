@@ -8,6 +8,7 @@ take milliseconds (fsync, re-hashing a partial file) is called through
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import errno
 import functools
 import hashlib
@@ -191,8 +192,19 @@ def claim_path(destination: str | os.PathLike[str]) -> Path:
     return _beside(Path(destination), ".bgdl-claim")
 
 
-def _claim_alive(owner: dict[str, Any]) -> bool:
-    """Whether the task a claim names may still write its destination."""
+CLAIM_LEASE = 120.0
+"""Seconds a claim written on another machine holds when its file does not say."""
+
+_TASK_KEYS = ("journal", "identifier", "task", "engine")
+
+
+def _claim_alive(owner: dict[str, Any], age: float) -> bool:
+    """Whether the task a claim names may still write its destination. On this machine
+    its journal (or process) tells; another machine's task is alive while its engine
+    keeps refreshing the claim (its age under the lease the claim states)."""
+    if owner.get("host") != socket.gethostname():
+        lease = owner.get("lease")
+        return age < (float(lease) if isinstance(lease, (int, float)) and lease > 0 else CLAIM_LEASE)
     journal, identifier, task = owner.get("journal"), owner.get("identifier"), owner.get("task")
     if journal and identifier:
         from ._journal import read_journal
@@ -203,8 +215,8 @@ def _claim_alive(owner: dict[str, Any]) -> bool:
             return False
         return any(t.task_identifier == task and t.state is not TaskState.COMPLETED for t in tasks)
     pid = owner.get("pid")
-    if owner.get("host") != socket.gethostname() or not isinstance(pid, int):
-        return True  # another machine's process: assume it lives
+    if not isinstance(pid, int):
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -214,12 +226,14 @@ def _claim_alive(owner: dict[str, Any]) -> bool:
     return True
 
 
-def claim(destination: str | os.PathLike[str], owner: dict[str, Any]) -> None:
-    """Claim ``destination`` for the task ``owner`` names, across sessions and processes:
-    :class:`InvalidDestination` while another live task holds it; a claim whose task can
-    no longer run (finished, journal gone, process dead) is taken over."""
+def claim(destination: str | os.PathLike[str], owner: dict[str, Any], lease: float = CLAIM_LEASE) -> None:
+    """Claim ``destination`` for the task ``owner`` names, across sessions, processes and
+    machines: :class:`InvalidDestination` while another live task holds it; a claim whose
+    task can no longer run (finished, journal gone, process dead, another machine's lease
+    lapsed) is taken over. The task's own claim is refreshed (its lease starts again)."""
     path = claim_path(destination)
-    body = json.dumps({**owner, "pid": os.getpid(), "host": socket.gethostname()}).encode()
+    host = socket.gethostname()
+    body = json.dumps({**owner, "pid": os.getpid(), "host": host, "lease": lease}).encode()
     for _ in range(5):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o600)
@@ -241,14 +255,20 @@ def claim(destination: str | os.PathLike[str], owner: dict[str, Any]) -> None:
         if other is None and age < 10:
             raise InvalidDestination(f"{destination} is being claimed by another process right now; wait for it or "
                                      "choose another destination")
+        if other and other.get("host") == host and all(other.get(k) == owner.get(k) for k in _TASK_KEYS):
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(path)  # our own claim: it holds for another lease
+            return
         if other and other.get("service") and other.get("service") == owner.get("service") \
-                and other.get("url") == owner.get("url") and _claim_alive(other):
+                and other.get("url") == owner.get("url") and _claim_alive(other, age):
             return  # the same file from the same transfer service: it shares the one transfer
-        if other and _claim_alive(other):
+        if other and _claim_alive(other, age):
             who = f"task {other.get('task')} of session {other.get('identifier') or '(not journaled)'}"
+            lapses = "" if other.get("host") == host else (
+                f"; its claim was refreshed {age:.0f} s ago and lapses if that machine stops refreshing it")
             raise InvalidDestination(
                 f"{destination} is claimed by {who} (pid {other.get('pid')} on {other.get('host')}), which "
-                "will write it; wait for it or cancel it, or choose another destination")
+                f"will write it{lapses}; wait for it or cancel it, or choose another destination")
         with _takeover_lock():  # two claimers of one stale claim: only one removes it
             try:
                 if path.read_bytes() == raw:  # still the stale claim judged above

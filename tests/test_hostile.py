@@ -434,3 +434,64 @@ def test_bytes_altered_in_a_split_file_while_no_process_held_it_are_fetched_agai
     assert len(restarted) == 1 and "changed on disk" in restarted["detail"].iloc[0]
     refetched = origin.bytes_sent("altered-split.bin") - served - (size - record.offset)
     assert refetched <= sum(p - s for s, p in written) + 4 * 256 * 1024  # only the altered regions came again
+
+
+def _claim_from_another_machine(dest: Path, age: float, lease: float = 120) -> None:
+    """A claim file as a task on another machine sharing this storage writes it, ``age``
+    seconds after its engine last refreshed it. Its journal path exists nowhere here."""
+    import json
+    import time
+
+    from bgdl_nb._files import claim_path
+
+    path = claim_path(dest)
+    path.write_text(json.dumps({"journal": "/home/shared/.local/state/bgdl_nb/sessions/job.sqlite3",
+                                "identifier": "job", "task": 7, "pid": 4242, "host": "node-b.cluster",
+                                "lease": lease}))
+    os.utime(path, (time.time() - age, time.time() - age))
+
+
+def test_a_claim_from_another_machine_holds_while_it_is_refreshed_and_is_taken_over_once_it_lapses(origin, tmp_path):
+    dest = tmp_path / "shared-storage.bin"
+    _claim_from_another_machine(dest, age=5)
+    with bg.Session() as session:
+        with pytest.raises(bg.InvalidDestination, match=r"on node-b\.cluster\).*refreshed 5 s ago"):
+            session.download_task(origin.url("shared-storage.bin", 1000), dest)
+        _claim_from_another_machine(dest, age=300)  # that machine stopped refreshing it: it died, or let go
+        assert session.download_task(origin.url("shared-storage.bin", 1000), dest).resume().wait(30) == dest
+    from bgdl_nb._files import claim_path
+    assert not claim_path(dest).exists()
+
+
+def test_a_running_task_keeps_its_claim_fresh_for_other_machines(origin, tmp_path):
+    import time
+
+    from bgdl_nb._files import claim_path
+
+    dest = tmp_path / "long.bin"
+    with bg.Session(bg.Configuration.default(claim_lease=2, connections_per_file=1)) as session:
+        task = session.download_task(origin.url("long.bin", 6 * 1024 * 1024, rate=1024 * 1024), dest).resume()
+        wait_for_bytes(task, 1)
+        os.utime(claim_path(dest), (time.time() - 60, time.time() - 60))  # as if its engine had stalled
+        wait_until(lambda: time.time() - claim_path(dest).stat().st_mtime < 2 or task.done(), timeout=10,
+                   what="the claim refreshed")
+        assert not task.done()
+        assert task.wait(60) == dest
+
+
+def test_a_task_whose_lapsed_claim_another_machine_took_over_stops_before_writing(origin, tmp_path):
+    """The transfer service stopped (its tasks' claims lapse); another machine took the
+    destination over; when the task is resumed here it finds that out and fails with the
+    reason, never writing over the other machine's file."""
+    dest = tmp_path / "taken.bin"
+    config = bg.Configuration.background("lapsed", use_service=False)
+    with bg.Session(config) as session:
+        session.download_task(origin.url("taken.bin", 4096), dest)  # claimed, not started
+    _claim_from_another_machine(dest, age=1)
+    dest.write_bytes(b"the other machine's file")
+    with bg.Session(config) as session:
+        [task] = session.all_tasks()
+        with pytest.raises(bg.InvalidDestination, match=r"node-b\.cluster"):
+            task.resume().wait(30)
+    assert dest.read_bytes() == b"the other machine's file"
+    assert origin.requests_for("taken.bin") == []
