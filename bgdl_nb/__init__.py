@@ -14,6 +14,7 @@ URLSession background downloads, in Python's naming::
     path = task.wait()          # or: path = await task
 """
 
+from ._cluster import ClusterJob, cluster_job
 from ._config import Configuration
 from ._delegate import SessionDelegate
 from ._events import Event, EventKind
@@ -55,6 +56,7 @@ __all__ = [
     "Cancelled",
     "CannotConnect",
     "ChecksumMismatch",
+    "ClusterJob",
     "Configuration",
     "DiskFull",
     "DownloadTask",
@@ -82,6 +84,7 @@ __all__ = [
     "UnsafeFile",
     "UnsupportedURL",
     "WaitReason",
+    "cluster_job",
     "fetch",
     "fetch_async",
     "service_status",

@@ -62,7 +62,7 @@ def _unique_names(urls: Sequence[str]) -> list[str]:
     return result
 
 
-def _expected(urls: Sequence[str], sha256: str | Mapping[str, str] | Sequence[str] | None) -> list[str | None]:
+def _expected(urls: Sequence[str], sha256: str | Mapping[str, str] | Sequence[str | None] | None) -> list[str | None]:
     if sha256 is None:
         return [None] * len(urls)
     if isinstance(sha256, str):
@@ -132,13 +132,14 @@ def fetch(
     dest: str | os.PathLike[str] = "data",
     *,
     identifier: str | None = None,
-    sha256: str | Mapping[str, str] | Sequence[str] | None = None,
+    sha256: str | Mapping[str, str] | Sequence[str | None] | None = None,
     progress: bool = True,
     overwrite: bool = False,
     configuration: Configuration | None = None,
     timeout: float | None = None,
     on_interrupt: str = "continue",
     wait: bool = True,
+    cluster: Any = None,
 ) -> list[Path]:
     """Download ``urls`` into directory ``dest`` and return the final paths, in order.
 
@@ -169,6 +170,11 @@ def fetch(
     wait
         ``False``: start the downloads in the transfer service and return their paths
         at once (``bgdl fetch --detach``).
+    cluster
+        A ``distributed.Client``: the job is split into shards run by the cluster's
+        workers (``dest`` must be storage they all write to); one panel shows the whole
+        job, and :func:`bgdl_nb.cluster_job` gives its event log. Needs the ``cluster``
+        extra.
 
     Raises
     ------
@@ -191,12 +197,16 @@ def fetch(
                 raise InvalidInput(f"{url} is given twice with different sha256 values")
         paths = fetch(order, dest, identifier=identifier, sha256=digests or None, progress=progress,
                       overwrite=overwrite, configuration=configuration, timeout=timeout,
-                      on_interrupt=on_interrupt, wait=wait)
+                      on_interrupt=on_interrupt, wait=wait, cluster=cluster)
         by_url = dict(zip(order, paths))
         return [by_url[url] for url in url_list]
     dest_dir = Path(dest).expanduser().absolute()
     _check_folder(dest_dir)
     names = _unique_names(url_list)
+    if cluster is not None:
+        return _fetch_on_cluster(cluster, url_list, dest_dir, names, expected, identifier=identifier,
+                                 overwrite=overwrite, configuration=configuration, progress=progress,
+                                 timeout=timeout, on_interrupt=on_interrupt, wait=wait)
     config = configuration or Configuration.background(identifier or default_identifier(dest_dir))
     if not config.is_background:
         raise InvalidInput("fetch() needs a background configuration (it journals its tasks)")
@@ -265,6 +275,29 @@ def fetch(
     finally:
         if not shared and not handed_off:
             session.close()
+
+
+def _fetch_on_cluster(client: Any, urls: list[str], dest_dir: Path, names: list[str], expected: list[str | None],
+                      *, identifier: str | None, overwrite: bool, configuration: Configuration | None,
+                      progress: bool, timeout: float | None, on_interrupt: str, wait: bool) -> list[Path]:
+    from ._cluster import _JOBS, fetch_on_cluster
+
+    name = identifier or (configuration.identifier if configuration is not None else None) \
+        or default_identifier(dest_dir)
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidDestination(f"cannot create the destination folder {dest_dir}: {exc.strerror or exc}") from None
+    try:
+        paths, _job = fetch_on_cluster(client, urls, dest_dir, names, expected, identifier=str(name),
+                                       overwrite=overwrite, configuration=configuration, progress=progress,
+                                       timeout=timeout, wait=wait)
+    except KeyboardInterrupt:
+        job = _JOBS.get(str(name))
+        if on_interrupt == "suspend" and job is not None:
+            job.pause()  # the command-line meaning: stop the transfers, resumable
+        raise
+    return paths
 
 
 def _tasks_for(session: Session, urls: list[str], names: list[str], expected: list[str | None],

@@ -15,6 +15,7 @@ import enum
 import hashlib
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,13 +62,15 @@ class Manifest:
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / MANIFEST_NAME
-        self.files: dict[str, ManifestEntry] = {}
+        self.files: dict[str, ManifestEntry] = self._read()
+        self._mine: set[str] = set()  # entries this instance wrote: they win when saving
+
+    def _read(self) -> dict[str, ManifestEntry]:
         try:
             data = json.loads(self.path.read_text())
-            for name, entry in data.get("files", {}).items():
-                self.files[name] = ManifestEntry(**entry)
+            return {name: ManifestEntry(**entry) for name, entry in data.get("files", {}).items()}
         except FileNotFoundError:
-            pass
+            return {}
         except (ValueError, TypeError) as exc:
             raise InvalidDestination(f"{self.path} is not a bgdl_nb manifest ({exc}); move it away") from None
 
@@ -78,6 +81,7 @@ class Manifest:
             headers = {k.lower(): v for k, v in response.headers.items()}
             validator = headers.get("etag") or headers.get("last-modified")
         st = path.stat()
+        self._mine.add(name)
         self.files[name] = ManifestEntry(
             url=redact_url(task.original_request.url), final_url=redact_url(task.current_request.url),
             validator=validator,
@@ -86,15 +90,24 @@ class Manifest:
 
     def adopt(self, name: str, url: str, path: Path, digest: str) -> None:
         st = path.stat()
+        self._mine.add(name)
         self.files[name] = ManifestEntry(redact_url(url), redact_url(url), None, st.st_size, digest,
                                          _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                                          st.st_mtime_ns)
 
     def save(self) -> None:
-        body = json.dumps({"version": 1, "files": {n: asdict(e) for n, e in sorted(self.files.items())}}, indent=1)
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(body)
-        os.replace(tmp, self.path)
+        """Write the manifest, merged with what other writers saved since it was read
+        (several fetches into one folder: the shards of a cluster job, say)."""
+        import filelock
+
+        with filelock.FileLock(str(self.path.with_name(self.path.name + ".lock")), timeout=60):
+            merged = self._read()
+            merged.update((n, self.files[n]) for n in self._mine)
+            self.files = merged
+            body = json.dumps({"version": 1, "files": {n: asdict(e) for n, e in sorted(merged.items())}}, indent=1)
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+            tmp.write_text(body)
+            os.replace(tmp, self.path)
 
 
 class FileAction(str, enum.Enum):

@@ -1,0 +1,530 @@
+"""One ``fetch()`` over a Dask cluster: shards on workers, one live panel, one event log.
+
+``fetch(urls, dest, cluster=client)`` splits the job into shards, one per worker. URLs are
+dealt to shards host by host (so each shard gets its share of every host, and the
+per-host connection limit, divided among the shards, holds for the whole cluster); URLs
+whose file names collide stay in one shard, so they are told apart exactly as on one
+machine. Each shard runs on a worker as an ordinary background session of bgdl_nb,
+``<identifier>.shard<k>``, whose journal and key live in ``dest/.bgdl-cluster/<identifier>/``:
+on the shared storage the cluster writes ``dest`` to, beside the partial files. That is
+what lets Dask run a shard again on another worker after the first one died: the journal
+(offsets, validators, segments, digest marks) and the partial files are all there, so
+finished files are skipped (the manifest and their sha256) and files in flight continue
+from their bytes. Re-running the cell after a kernel restart submits the same shards,
+which reattach to the same journals.
+
+Workers report through Dask's own channels: every shard sends its totals and its active
+files under the topic ``bgdl-<identifier>`` (``Worker.log_event``) a few times a second;
+the kernel subscribes (``Client.subscribe_topic``) and the panel shows the sum. Pause,
+resume and cancel reach every worker with ``Client.run``, and are written to the job's
+folder so a shard that starts later (a rerun) obeys them too. The event log of the job
+is read from the shard journals, with the worker that ran each stretch of a shard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ._config import Configuration
+from ._exceptions import BgdlError, FetchError, InvalidInput
+
+if TYPE_CHECKING:
+    import pandas
+    from matplotlib.axes import Axes
+
+__all__ = ["ClusterJob", "cluster_job"]
+
+JOB_FOLDER = ".bgdl-cluster"
+_REPORT_INTERVAL = 0.4  # seconds between a shard's reports: a few per second for the whole cluster
+_CONTROLS: dict[str, str] = {}  # job folder -> "pause" | "run" | "cancel", set on each worker by Client.run
+_JOBS: dict[str, ClusterJob] = {}  # the kernel's jobs by identifier: their futures stay held
+
+
+def _require_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise InvalidInput("fetch(..., cluster=client) needs Dask distributed: pip install 'bgdl_nb[cluster]'") from None
+    return distributed
+
+
+# the plan -----------------------------------------------------------------------------------
+
+
+def plan_shards(urls: Sequence[str], shards: int, spread: int | None = None) -> list[int]:
+    """The shard of each URL: each host's URLs dealt round-robin over ``spread`` shards
+    (all of them by default; fewer when the host allows fewer connections than there are
+    shards), each host starting where the previous one stopped; URLs sharing a file name
+    stay in one shard."""
+    from ._fetch import file_name_for
+
+    groups: dict[str, list[int]] = {}  # a file name -> the URLs that would write it
+    for i, url in enumerate(urls):
+        groups.setdefault(file_name_for(url), []).append(i)
+    by_host: dict[str, list[list[int]]] = {}
+    for members in groups.values():
+        by_host.setdefault(urlsplit(urls[members[0]]).netloc.lower(), []).append(members)
+    shard_of = [0] * len(urls)
+    width = max(1, min(shards, spread or shards))
+    start = 0
+    for host in sorted(by_host):
+        for turn, members in enumerate(by_host[host]):
+            for i in members:
+                shard_of[i] = (start + turn % width) % shards
+        start += len(by_host[host])
+    return shard_of
+
+
+@dataclass
+class ShardSpec:
+    """What a worker needs to run one shard (plain data: it travels to the worker)."""
+
+    job: str
+    shard: int
+    urls: list[str]
+    sha256: list[str | None]
+    dest: str
+    state_dir: str
+    per_host: int
+    connections_per_file: int | None
+    overwrite: bool
+    topic: str
+
+    @property
+    def identifier(self) -> str:
+        return f"{self.job}.shard{self.shard}"
+
+    def configuration(self) -> Configuration:
+        return Configuration.background(self.identifier, use_service=False, state_directory=self.state_dir,
+                                        http_maximum_connections_per_host=self.per_host,
+                                        connections_per_file=self.connections_per_file)
+
+
+# on a worker ---------------------------------------------------------------------------------
+
+
+def _set_control(folder: str, action: str) -> None:
+    """Run on every worker by ``Client.run``: the shards of that job obey ``action``."""
+    _CONTROLS[folder] = action
+
+
+def _append_json(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:  # one short append: whole lines, even from several hosts
+        f.write(json.dumps(row) + "\n")
+
+
+class _ShardReporter:
+    """Sends the shard's totals to the kernel through Dask, and applies pause/resume/cancel."""
+
+    def __init__(self, spec: ShardSpec, worker: Any, session: Any) -> None:
+        self.spec, self.worker, self.session = spec, worker, session
+        self.folder = str(Path(spec.state_dir))
+        self.applied = "run"
+        self.waiting = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"bgdl-shard{spec.shard}-report", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, state: str) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.send(state)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(_REPORT_INTERVAL):
+            with contextlib.suppress(Exception):  # a report that fails must not stop the shard
+                self._obey(_CONTROLS.get(self.folder, "run"))
+                self.send("paused" if self.applied == "pause" else "running")
+
+    def _obey(self, action: str) -> None:
+        if action == self.applied:
+            return
+        if action == "pause":
+            self.session.pause()
+        elif action == "run":
+            self.session.resume()
+        elif action == "cancel":
+            for task in self.session.all_tasks():
+                if not task.done():
+                    task.cancel()
+        self.applied = action
+
+    def send(self, state: str) -> None:
+        wanted = set(self.spec.urls)
+        latest = {}
+        for task in self.session.all_tasks():  # newest last: the newest task of each URL counts
+            if task.original_request.url in wanted:
+                latest[task.original_request.url] = task
+        received = expected = 0
+        finished = failed = 0
+        active = []
+        for task in latest.values():
+            got, size = task.count_of_bytes_received, task.count_of_bytes_expected_to_receive
+            received += got
+            expected += size or got
+            if task.done():
+                finished += task.succeeded
+                failed += not task.succeeded
+            elif got:
+                active.append([task.destination.name if task.destination else task.original_request.url, got, size])
+        skipped = len(wanted) - len(latest) if state == "finished" else 0  # already complete: no task was needed
+        active.sort(key=lambda a: -a[1])
+        self.worker.log_event(self.spec.topic, {
+            "shard": self.spec.shard, "worker": self.worker.address, "time": time.time(), "state": state,
+            "files": len(wanted), "finished": finished + skipped, "failed": failed, "received": received,
+            "expected": expected, "active": active[:4], "waiting": self.waiting})
+
+
+def run_shard(spec: ShardSpec) -> dict[str, Any]:
+    """Run one shard on this worker (a Dask task): a background session of its own whose
+    journal is in the job's folder; returns the errors by URL (empty when all is done)."""
+    import filelock
+    from distributed import get_worker
+
+    from ._fetch import fetch
+    from ._session import Session
+
+    worker = get_worker()
+    folder = Path(spec.state_dir)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config = spec.configuration()
+    _append_json(folder / "runs.jsonl", {"time": time.time(), "shard": spec.shard, "worker": worker.address})
+    # an earlier run of this shard may still hold its journal (a kernel restart leaves its shards
+    # running): wait for it to end, then this run finds its work done or continues it
+    with filelock.FileLock(str(folder / f"shard{spec.shard}.lock"), timeout=24 * 3600):
+        with Session(config) as session:
+            reporter = _ShardReporter(spec, worker, session)
+            control = folder / "control.json"
+            if control.exists():
+                with contextlib.suppress(OSError, ValueError):
+                    _CONTROLS.setdefault(str(folder), json.loads(control.read_text())["action"])
+            reporter.start()
+            state, errors = "finished", {}
+            try:
+                fetch(spec.urls, spec.dest, configuration=config, sha256=spec.sha256 if any(spec.sha256) else None,
+                      progress=False, overwrite=spec.overwrite, on_interrupt="suspend")
+            except FetchError as exc:
+                state, errors = "failed", {url: f"{type(e).__name__}: {e}" for url, e in exc.errors.items()}
+            except BgdlError as exc:
+                state, errors = "failed", {url: f"{type(exc).__name__}: {exc}" for url in spec.urls}
+            finally:
+                reporter.stop(state)
+    return {"shard": spec.shard, "worker": worker.address, "errors": errors}
+
+
+# in the kernel -------------------------------------------------------------------------------
+
+
+@dataclass
+class _ShardView:
+    """The newest report of one shard."""
+
+    worker: str = ""
+    state: str = "submitted"
+    files: int = 0
+    finished: int = 0
+    failed: int = 0
+    received: int = 0
+    expected: int = 0
+    active: list[list[Any]] = field(default_factory=list)
+    time: float = 0.0
+
+
+class ClusterJob:
+    """One fetch over a Dask cluster: its shards, their live totals, its event log.
+
+    Made by ``fetch(..., cluster=client)`` (and :func:`cluster_job` for a job that ran
+    earlier); ``progress`` holds the newest report of every shard."""
+
+    def __init__(self, client: Any, dest: str | os.PathLike[str], identifier: str) -> None:
+        self.client = client
+        self.dest = Path(dest).expanduser().absolute()
+        self.identifier = identifier
+        self.folder = self.dest / JOB_FOLDER / identifier
+        self.topic = f"bgdl-{identifier}"
+        self.shards: dict[int, _ShardView] = {}
+        self.specs: dict[int, ShardSpec] = {}  # what each shard runs
+        self.futures: list[Any] = []  # one per shard, in the order of ``specs``
+        self._lock = threading.Lock()
+        self.updates = 0
+
+    # reports from the workers ---------------------------------------------------------------
+
+    def _on_report(self, event: Any) -> None:
+        """Called by Dask on the client's thread for every report under the job's topic."""
+        _stamp, msg = event
+        with self._lock:
+            view = self.shards.setdefault(int(msg["shard"]), _ShardView())
+            if float(msg["time"]) < view.time:
+                return  # an older run's late report
+            view.worker, view.state, view.time = msg["worker"], msg["state"], float(msg["time"])
+            view.files, view.finished, view.failed = int(msg["files"]), int(msg["finished"]), int(msg["failed"])
+            view.received, view.expected, view.active = int(msg["received"]), int(msg["expected"]), msg["active"]
+            self.updates += 1
+
+    def totals(self) -> dict[str, Any]:
+        """Files and bytes over every shard, and per worker."""
+        with self._lock:
+            views = [(k, _ShardView(**vars(v))) for k, v in sorted(self.shards.items())]
+        workers: dict[str, dict[str, Any]] = {}
+        for _k, v in views:
+            row = workers.setdefault(v.worker or "(starting)", {"shards": 0, "files": 0, "finished": 0, "failed": 0,
+                                                               "received": 0, "expected": 0, "active": []})
+            row["shards"] += 1
+            for name in ("files", "finished", "failed", "received", "expected"):
+                row[name] += getattr(v, name)
+            row["active"] += v.active
+        keys = ("files", "finished", "failed", "received", "expected")
+        return {**{name: sum(getattr(v, name) for _k, v in views) for name in keys}, "workers": workers,
+                "states": [v.state for _k, v in views]}
+
+    # control --------------------------------------------------------------------------------
+
+    def _control(self, action: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.folder / "control.json").write_text(json.dumps({"action": action, "time": time.time()}))
+        self.client.run(_set_control, str(self.folder), action)
+
+    def pause(self) -> None:
+        """Stop every transfer of the job on every worker (partial files stay)."""
+        self._control("pause")
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`."""
+        self._control("run")
+
+    def cancel(self) -> None:
+        """Cancel every unfinished file of the job on every worker."""
+        self._control("cancel")
+
+    # the record -----------------------------------------------------------------------------
+
+    @property
+    def events(self) -> pandas.DataFrame:
+        """Every event of every shard, in time order, with the ``worker`` that ran the shard
+        at that time and the ``shard`` (read from the shard journals in the job's folder,
+        so it survives kernel restarts)."""
+        import pandas as pd
+
+        from ._journal import read_journal
+        from .notebook.frame import events_frame
+
+        runs: list[dict[str, Any]] = []
+        with contextlib.suppress(OSError):
+            for line in (self.folder / "runs.jsonl").read_text().splitlines():
+                with contextlib.suppress(ValueError):
+                    runs.append(json.loads(line))
+        frames = []
+        for journal in sorted((self.folder / "sessions").glob(f"{self.identifier}.shard*.sqlite3")):
+            shard = int(journal.stem.rsplit(".shard", 1)[1])
+            _tasks, events = read_journal(journal, journal.stem)
+            frame = events_frame(events)
+            starts = sorted((r["time"], r["worker"]) for r in runs if r.get("shard") == shard)
+            stamps = [t.timestamp() for t in frame["time"]]
+            frame["worker"] = pd.array([_worker_at(starts, t) for t in stamps], dtype="string")
+            frame["shard"] = pd.array([shard] * len(frame), dtype="Int64")
+            frames.append(frame)
+        if not frames:
+            return events_frame([]).assign(worker=pd.array([], dtype="string"), shard=pd.array([], dtype="Int64"))
+        merged = pd.concat(frames, ignore_index=True)
+        return merged.sort_values("time", kind="stable").reset_index(drop=True)
+
+    def plot_throughput(self, *, ax: Axes | None = None, bin_seconds: float | None = None) -> Axes:
+        """MB/s over time: the cluster's total and each worker's."""
+        return plot_cluster_throughput(self.events, ax=ax, bin_seconds=bin_seconds)
+
+    def __repr__(self) -> str:
+        t = self.totals()
+        return (f"<ClusterJob {self.identifier!r}: {t['finished']}/{t['files']} files, {len(self.shards)} shards "
+                f"reporting, {len(t['workers'])} workers>")
+
+
+def _worker_at(starts: list[tuple[float, str]], t: float) -> str | None:
+    """The worker whose run of a shard began last before ``t``."""
+    found = None
+    for at, worker in starts:
+        if at <= t + 1e-3:
+            found = worker
+        else:
+            break
+    return found
+
+
+def plot_cluster_throughput(events: pandas.DataFrame, *, ax: Axes | None = None,
+                            bin_seconds: float | None = None) -> Axes:
+    """The cluster's total MB/s and each worker's, from a cluster job's event log."""
+    import matplotlib.pyplot as plt
+
+    from .notebook.plots import _elapsed_label, throughput_frame
+
+    keyed = events.assign(task_identifier=events["shard"].astype("Int64") * 1_000_000 + events["task_identifier"])
+    frame = throughput_frame(keyed, bin_seconds)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 3.6), layout="constrained")
+    if frame.empty:
+        ax.text(0.5, 0.5, "no bytes transferred yet", ha="center", va="center", transform=ax.transAxes)
+        return ax
+    present = keyed[keyed["task_identifier"].notna()]
+    worker_of = dict(zip(present["task_identifier"].astype(int), present["worker"]))
+    t0 = frame.index[0]
+    x = (frame.index - t0).total_seconds()
+    ax.plot(x, frame["total"], color="0.3", linewidth=3, alpha=0.5, label="cluster", drawstyle="steps-post")
+    by_worker: dict[str, Any] = {}
+    for column in frame.columns:
+        if column != "total":
+            worker = worker_of.get(int(column)) or "?"
+            by_worker[worker] = by_worker.get(worker, 0) + frame[column]
+    for worker, series in sorted(by_worker.items()):
+        ax.plot(x, series, linewidth=1.2, label=worker, drawstyle="steps-post")
+    ax.set_ylabel("throughput (MB/s)")
+    ax.set_xlabel(_elapsed_label(t0))
+    ax.set_ylim(bottom=0)
+    ax.set_xlim(left=0)
+    ax.set_title("download throughput: the cluster and each worker")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", borderaxespad=0)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def cluster_job(identifier: str, dest: str | os.PathLike[str] | None = None, client: Any = None) -> ClusterJob:
+    """The cluster job ``identifier``: the one this kernel started, or (with ``dest``) the
+    one that wrote into ``dest`` earlier, for its event log after a kernel restart; with
+    ``client`` its pause, resume and cancel work too."""
+    job = _JOBS.get(identifier)
+    if job is not None and (dest is None or job.dest == Path(dest).expanduser().absolute()):
+        return job
+    if dest is None:
+        raise InvalidInput(f"no cluster job {identifier!r} started in this kernel; pass dest= (the folder it "
+                           "wrote into) to read its event log")
+    return ClusterJob(client, dest, identifier)
+
+
+# fetch(..., cluster=client) --------------------------------------------------------------------
+
+
+def fetch_on_cluster(client: Any, urls: list[str], dest_dir: Path, names: list[str], expected: list[str | None],
+                     *, identifier: str, overwrite: bool, configuration: Configuration | None, progress: bool,
+                     timeout: float | None, wait: bool) -> tuple[list[Path], ClusterJob]:
+    """Run the job on ``client``'s cluster and wait for it (see the module's text)."""
+    distributed = _require_distributed()
+    if not isinstance(client, distributed.Client):
+        raise InvalidInput(f"cluster= takes a distributed.Client, not {type(client).__name__}")
+    job = ClusterJob(client, dest_dir, identifier)
+    job.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    plan_path = job.folder / "plan.json"
+    known: dict[str, int] = {}
+    with contextlib.suppress(OSError, ValueError):
+        known = {str(u): int(s) for u, s in json.loads(plan_path.read_text())["shard_of"].items()}
+    workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+    shards = max(known.values(), default=-1) + 1 or min(workers, len(urls))
+    base = configuration or Configuration.background(identifier)
+    limit = base.http_maximum_connections_per_host  # for the whole cluster, per host
+    per_host = max(1, limit // shards)
+    fresh = [i for i, u in enumerate(urls) if u not in known]
+    for i, k in zip(fresh, plan_shards([urls[i] for i in fresh], shards, spread=limit)):
+        known[urls[i]] = k  # a URL keeps its shard across re-runs: its journal is there
+    plan_path.write_text(json.dumps({"identifier": identifier, "shards": shards, "shard_of": known}))
+    specs = []
+    for k in range(shards):
+        members = [i for i, u in enumerate(urls) if known[u] == k]
+        if members:
+            specs.append(ShardSpec(job=identifier, shard=k, urls=[urls[i] for i in members],
+                                   sha256=[expected[i] for i in members], dest=str(dest_dir),
+                                   state_dir=str(job.folder), per_host=per_host,
+                                   connections_per_file=base.connections_per_file, overwrite=overwrite,
+                                   topic=job.topic))
+    for spec in specs:
+        job.shards[spec.shard] = _ShardView(files=len(spec.urls))
+    running = _JOBS.get(identifier)
+    if running is not None and running.dest == job.dest and running.specs == {s.shard: s for s in specs} \
+            and any(not f.done() for f in running.futures):
+        job = running  # the same cell again while its shards run: wait for them, do not start more
+    else:
+        run = secrets.token_hex(4)  # a finished job's shards run afresh (a file may have been deleted since)
+        client.subscribe_topic(job.topic, job._on_report)
+        job.specs = {spec.shard: spec for spec in specs}
+        job.futures = [client.submit(run_shard, spec, key=f"bgdl-{identifier}-shard{spec.shard}-{run}", pure=False)
+                       for spec in specs]
+        _JOBS[identifier] = job  # its futures stay held (the shards go on) if the wait below is interrupted
+    paths = [dest_dir / n for n in names]
+    if not wait:
+        return paths, job
+    from ._progress import in_notebook
+    display: Any = None
+    if progress:
+        if in_notebook():
+            from .notebook.cluster import ClusterPanel
+            display = ClusterPanel(job)
+            display.display()
+        else:
+            display = _TextProgress(job)
+    errors: dict[str, BgdlError] = {}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    by_key = dict(zip((f.key for f in job.futures), job.specs.values()))
+    try:
+        pending = list(job.futures)
+        while pending:
+            try:
+                distributed.wait(pending, timeout=0.25, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                pass
+            for future in [f for f in pending if f.done()]:
+                pending.remove(future)
+                try:
+                    result = future.result()
+                except Exception as exc:  # the shard itself failed (a worker died too often, say)
+                    result = {"errors": {u: f"shard {by_key[future.key].shard} failed: {type(exc).__name__}: {exc}"
+                                         for u in by_key[future.key].urls}}
+                for url, message in result["errors"].items():
+                    errors[url] = BgdlError(message, url=url)
+            if display is not None:
+                display.refresh()
+            if deadline is not None and time.monotonic() >= deadline and pending:
+                for spec in specs:
+                    for url in spec.urls:
+                        errors.setdefault(url, BgdlError(f"still downloading after {timeout} s on the cluster; call "
+                                                         "fetch() again to wait for the rest", url=url))
+                break
+    finally:
+        if display is not None:
+            display.refresh(force=True)
+            display.close()
+    if errors:
+        from ._fetch import _without
+        lines = "\n".join(f"  {url}: {_without(str(err), url)}" for url, err in errors.items())
+        raise FetchError(f"{len(errors)} of {len(urls)} downloads did not complete on the cluster:\n{lines}",
+                         errors=errors)
+    return paths, job
+
+
+class _TextProgress:
+    """One line on a terminal, rewritten in place."""
+
+    def __init__(self, job: ClusterJob) -> None:
+        self.job = job
+        self.last = 0.0
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < 1.0:
+            return
+        self.last = now
+        from .notebook.widgets import format_bytes
+        t = self.job.totals()
+        print(f"\r{t['finished']}/{t['files']} files, {format_bytes(t['received'])} of "
+              f"{format_bytes(t['expected'])} on {len(t['workers'])} workers", end="", flush=True)
+
+    def close(self) -> None:
+        print(flush=True)
