@@ -164,3 +164,39 @@ def test_rerunning_the_cell_after_the_kernel_died_reattaches_to_the_running_job(
     for name, size in files:
         assert sha256_of(tmp_path / "data" / name) == origin.sha256(name, size)
         assert sum(r.bytes_sent for r in origin.requests_for(name)) == size, name  # nothing fetched twice
+
+
+def test_the_panel_buttons_pause_resume_and_cancel_the_job_on_every_worker(origin, cluster, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bgdl_nb.notebook.cluster import ClusterPanel
+
+    _local, client = cluster
+    files = [(f"p{i}.bin", 3 * 1024 * KIB + i) for i in range(8)]
+    urls = [origin.url(name, size, rate=1_000_000) for name, size in files]
+    pool = ThreadPoolExecutor(1)
+    running = pool.submit(bg.fetch, urls, tmp_path / "data", identifier="buttons", cluster=client, progress=False)
+    wait_until(lambda: "buttons" in bg._cluster._JOBS and len(bg.cluster_job("buttons").totals()["workers"]) == 2
+               and bg.cluster_job("buttons").totals()["received"] > 0, timeout=60, what="both shards under way")
+    job = bg.cluster_job("buttons")
+    panel = ClusterPanel(job)
+    panel.buttons["pause"].click()
+    wait_until(lambda: [v.state for v in job.shards.values()] == ["paused", "paused"], timeout=30,
+               what="both shards paused")
+    updates = job.updates
+    wait_until(lambda: job.updates >= updates + 4, timeout=30, what="two more reports from each shard")
+    served = sum(origin.bytes_sent(name) for name, _ in files)
+    updates = job.updates
+    wait_until(lambda: job.updates >= updates + 4, timeout=30, what="two more reports from each shard")
+    assert sum(origin.bytes_sent(name) for name, _ in files) == served  # paused: nothing moves on any worker
+    panel.buttons["resume"].click()
+    wait_until(lambda: sum(origin.bytes_sent(name) for name, _ in files) > served, timeout=30,
+               what="transfers to go on")
+    panel.buttons["cancel"].click()
+    with pytest.raises(bg.FetchError) as caught:
+        running.result(timeout=60)
+    pool.shutdown()
+    unfinished = [name for name, _ in files if not (tmp_path / "data" / name).exists()]
+    assert unfinished and len(caught.value.errors) == len(unfinished)
+    assert all("Cancelled" in str(e) for e in caught.value.errors.values())
+    assert "cancelled" in panel.header.value
