@@ -99,6 +99,7 @@ class ShardSpec:
     connections_per_file: int | None
     overwrite: bool
     topic: str
+    max_concurrent_tasks: int = 4
 
     @property
     def identifier(self) -> str:
@@ -107,7 +108,8 @@ class ShardSpec:
     def configuration(self) -> Configuration:
         return Configuration.background(self.identifier, use_service=False, state_directory=self.state_dir,
                                         http_maximum_connections_per_host=self.per_host,
-                                        connections_per_file=self.connections_per_file)
+                                        connections_per_file=self.connections_per_file,
+                                        max_concurrent_tasks=self.max_concurrent_tasks)
 
 
 # on a worker ---------------------------------------------------------------------------------
@@ -444,7 +446,7 @@ def fetch_on_cluster(client: Any, urls: list[str], dest_dir: Path, names: list[s
                                    sha256=[expected[i] for i in members], dest=str(dest_dir),
                                    state_dir=str(job.folder), per_host=per_host,
                                    connections_per_file=base.connections_per_file, overwrite=overwrite,
-                                   topic=job.topic))
+                                   topic=job.topic, max_concurrent_tasks=base.max_concurrent_tasks))
     for spec in specs:
         job.shards[spec.shard] = _ShardView(files=len(spec.urls))
     running = _JOBS.get(identifier)
