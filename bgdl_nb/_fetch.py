@@ -210,7 +210,8 @@ def fetch(
     config = configuration or Configuration.background(identifier or default_identifier(dest_dir))
     if not config.is_background:
         raise InvalidInput("fetch() needs a background configuration (it journals its tasks)")
-    manifest = Manifest(dest_dir)
+    lock = config.resolved_state_dir() / "locks" / f"manifest-{hashlib.sha256(str(dest_dir).encode()).hexdigest()[:16]}.lock"
+    manifest = Manifest(dest_dir, lock)
 
     done: dict[int, Path] = {}
     adopt: dict[int, str] = {}

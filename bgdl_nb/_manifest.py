@@ -10,6 +10,7 @@ then one pure function says skip, adopt, fetch or refuse.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import enum
 import hashlib
@@ -60,8 +61,9 @@ class ManifestEntry:
 class Manifest:
     """The record of completed files in one destination directory."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, lock: Path | None = None) -> None:
         self.path = directory / MANIFEST_NAME
+        self.lock = lock  # held while saving: writers sharing it never lose each other's entries
         self.files: dict[str, ManifestEntry] = self._read()
         self._mine: set[str] = set()  # entries this instance wrote: they win when saving
 
@@ -97,10 +99,13 @@ class Manifest:
 
     def save(self) -> None:
         """Write the manifest, merged with what other writers saved since it was read
-        (several fetches into one folder: the shards of a cluster job, say)."""
+        (several fetches into one folder: the shards of a cluster job, say). The lock lives
+        in the state directory, not beside the data: the folder holds only the user's files."""
         import filelock
 
-        with filelock.FileLock(str(self.path.with_name(self.path.name + ".lock")), timeout=60):
+        if self.lock is not None:
+            self.lock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with filelock.FileLock(str(self.lock), timeout=60) if self.lock is not None else contextlib.nullcontext():
             merged = self._read()
             merged.update((n, self.files[n]) for n in self._mine)
             self.files = merged
