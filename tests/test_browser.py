@@ -158,3 +158,62 @@ def test_buttons_in_a_blocking_fetch_act_on_the_task_named_on_their_row(jupyterl
             browser.close()
     for i in range(3):
         assert (root / "data" / "clicks" / f"big-{i}").stat().st_size == 40_000_000
+
+
+CLUSTER = '''import distributed, bgdl_nb as bg
+from bgdl_nb.demo import Origin
+
+origin = Origin()
+origin.start()
+cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None)
+client = distributed.Client(cluster)
+urls = [origin.url(f"part-{i}.bin", 6_000_000, rate=500_000) for i in range(8)]
+paths = bg.fetch(urls, dest="data/cluster", identifier="cluster-clicks", cluster=client)
+print("fetched", len(paths), "files on", len(client.scheduler_info()["workers"]), "workers")'''
+
+
+def test_the_cluster_panel_pauses_every_worker_and_reaches_100_percent(jupyterlab):
+    """A blocking ``fetch(..., cluster=client)`` on two worker processes: the panel shows a
+    row per worker; its pause button stops the bytes on both, resume finishes the job."""
+    import nbformat
+    from playwright.sync_api import expect, sync_playwright
+
+    chromium = _chromium_or_skip()
+    url, root = jupyterlab
+    kernel = {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}}
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(CLUSTER)], metadata=kernel),
+                   root / "cluster.ipynb")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{url}/lab/tree/cluster.ipynb?reset")
+            page.locator(".jp-Notebook").wait_for(timeout=90_000)
+            expect(page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle"))).to_be_visible(timeout=120_000)
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
+            header = page.locator(".widget-html-content", has_text="on a Dask cluster").first
+            expect(header).to_contain_text("2 workers", timeout=180_000)
+            panel = page.locator(".widget-vbox", has=header).first
+            expect(panel.locator("tr")).to_have_count(3, timeout=30_000)  # a heading and a row per worker
+            panel.get_by_role("button", name="pause").click()
+            expect(header).to_contain_text("paused", timeout=15_000)
+
+            def received() -> str:
+                return re.search(r"([\d.]+ \w+) of", header.inner_text()).group(1)
+
+            page.wait_for_timeout(2000)  # the workers stop within a report interval (0.4 s) of the click
+            before = received()
+            page.wait_for_timeout(2000)  # what still moved would show in the panel's next refreshes
+            assert received() == before, "bytes kept arriving while the job was paused"
+            panel.get_by_role("button", name="resume").click()
+            expect(page.get_by_text("fetched 8 files on 2 workers")).to_be_visible(timeout=180_000)
+            expect(header).to_contain_text("8/8 files", timeout=10_000)
+            panel.scroll_into_view_if_needed()
+            panel.screenshot(path=str(ARTIFACTS / "browser-cluster-panel.png"))
+        finally:
+            browser.close()
+    for i in range(8):
+        assert (root / "data" / "cluster" / f"part-{i}.bin").stat().st_size == 6_000_000

@@ -38,6 +38,7 @@ class ClusterPanel:
         self._lock = threading.Lock()
         self._speed = _Speed()
         self.state = "running"
+        self._started = time.monotonic()
         self.header = w.HTML()
         self.overall = w.FloatProgress(min=0.0, max=1.0, layout=w.Layout(width="100%"))
         self.workers = w.HTML()
@@ -81,13 +82,18 @@ class ClusterPanel:
         t = self.job.totals()
         speed = self._speed.update(now, t["received"])
         left = max(0, t["expected"] - t["received"])
-        eta = _format_eta(left / speed if speed > 0 and left else None)
+        ended = bool(t["states"]) and all(s in ("finished", "failed") for s in t["states"])
+        if ended:
+            pace = f"{format_bytes(t['received'] / max(1e-3, now - self._started))}/s on average"
+            state = "done" if not t["failed"] else "ended with failures"
+        else:
+            pace = f"{format_bytes(speed)}/s · ETA {_format_eta(left / speed if speed > 0 and left else None)}"
+            state = self.state
         failed = f", <b style='color:#c62828'>{t['failed']} failed</b>" if t["failed"] else ""
         self.header.value = (
             f"<b>bgdl_nb on a Dask cluster</b> · {html.escape(self.job.identifier)} · "
             f"{t['finished']}/{t['files']} files{failed} · {format_bytes(t['received'])} of "
-            f"{format_bytes(t['expected'])} · {format_bytes(speed)}/s · ETA {eta} · "
-            f"{len(t['workers'])} workers · {self.state}")
+            f"{format_bytes(t['expected'])} · {pace} · {len(t['workers'])} workers · {state}")
         self.overall.value = t["finished"] / t["files"] if t["files"] else 0.0
         rows = []
         for name, row in sorted(t["workers"].items()):
@@ -96,7 +102,8 @@ class ClusterPanel:
                         f"<td>{row['finished']}/{row['files']}</td><td>{format_bytes(row['received'])}</td>"
                         f"<td>{files}</td></tr>")
         self.workers.value = (
-            "<table><tr><th>worker</th><th>shards</th><th>files</th><th>received</th><th>active files</th></tr>"
+            "<table style='border-spacing: 14px 2px'><tr><th>worker</th><th>shards</th><th>files</th>"
+            "<th>received</th><th>active files</th></tr>"
             + "".join(rows) + "</table>") if rows else "<i>waiting for the workers' first report…</i>"
 
     def close(self) -> None:
