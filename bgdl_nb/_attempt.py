@@ -45,6 +45,9 @@ if TYPE_CHECKING:
     from ._journal import TaskRecord
     from ._scheduler import Wait
 
+INLINE_HASH_BYTES = 1024 * 1024
+"""Bodies up to this size are hashed on the event loop as they arrive, not on the hash thread."""
+
 __all__ = ["CHECKPOINT_BYTES", "Attempt", "Reporter", "RestartNeeded", "RetryableStatus", "TaskRun", "finalise"]
 
 
@@ -322,6 +325,9 @@ class Attempt:
         # creating a file can wait on the file system's journal for milliseconds while other
         # files are synced: it happens beside the loop, not on it
         fd = await asyncio.to_thread(_open_at, rec.partial_path, offset)
+        # a small body is hashed here as it arrives: a hand-off to the hash thread per chunk
+        # (two thread wake-ups) costs more than hashing a few hundred KiB on the loop
+        inline = rec.total is not None and rec.total - offset <= INLINE_HASH_BYTES
         position = journaled = reported = marked = offset
         interval = self.config.progress_interval
         next_report = time.monotonic() + interval
@@ -331,9 +337,12 @@ class Attempt:
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view):]
-                self.hashing.update(hasher, chunk)
-                if self.hashing.behind:  # bounded: wait for the hash instead of holding the bytes
-                    await asyncio.wrap_future(self.hashing.settled())
+                if inline:
+                    hasher.update(chunk)
+                else:
+                    self.hashing.update(hasher, chunk)
+                    if self.hashing.behind:  # bounded: wait for the hash instead of holding the bytes
+                        await asyncio.wrap_future(self.hashing.settled())
                 position += len(chunk)
                 run.received = position
                 pause = self.report.throttle(len(chunk))
@@ -357,8 +366,11 @@ class Attempt:
             if position != journaled:
                 self.report.checkpoint(position)
             if position > marked:
-                self._mark(hasher, position)
-            run.hasher, run.hashed, run.hashing = hasher, position, self.hashing.settled()
+                if inline:
+                    self.report.mark(position, hasher.copy().hexdigest())
+                else:
+                    self._mark(hasher, position)
+            run.hasher, run.hashed, run.hashing = hasher, position, None if inline else self.hashing.settled()
             if position > reported:
                 self._progress(position - reported)
 

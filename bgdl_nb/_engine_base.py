@@ -12,6 +12,7 @@ are in :mod:`bgdl_nb._engine`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -305,11 +306,15 @@ class EngineBase:
             self._flusher = None
         self.store.flush()  # journal first, notify second
         pending, self._pending = self._pending, []
-        for event, snapshot in pending:
-            try:
-                self.sink.event(event, snapshot)
-            except Exception:  # a display or a slow client must never break a transfer
-                log.exception("bgdl_nb event sink failed")
+        if not pending:
+            return
+        batch = getattr(self.sink, "batch", None)
+        with batch() if batch is not None else contextlib.nullcontext():  # one hand-over for the group
+            for event, snapshot in pending:
+                try:
+                    self.sink.event(event, snapshot)
+                except Exception:  # a display or a slow client must never break a transfer
+                    log.exception("bgdl_nb event sink failed")
 
     # a transfer shared with another session (the service links them) ---------------------
 

@@ -198,11 +198,16 @@ CLAIM_LEASE = 120.0
 _TASK_KEYS = ("journal", "identifier", "task", "engine")
 
 
+@functools.lru_cache(maxsize=1)
+def _hostname() -> str:
+    return socket.gethostname()
+
+
 def _claim_alive(owner: dict[str, Any], age: float) -> bool:
     """Whether the task a claim names may still write its destination. On this machine
     its journal (or process) tells; another machine's task is alive while its engine
     keeps refreshing the claim (its age under the lease the claim states)."""
-    if owner.get("host") != socket.gethostname():
+    if owner.get("host") != _hostname():
         lease = owner.get("lease")
         return age < (float(lease) if isinstance(lease, (int, float)) and lease > 0 else CLAIM_LEASE)
     journal, identifier, task = owner.get("journal"), owner.get("identifier"), owner.get("task")
@@ -232,7 +237,7 @@ def claim(destination: str | os.PathLike[str], owner: dict[str, Any], lease: flo
     task can no longer run (finished, journal gone, process dead, another machine's lease
     lapsed) is taken over. The task's own claim is refreshed (its lease starts again)."""
     path = claim_path(destination)
-    host = socket.gethostname()
+    host = _hostname()
     body = json.dumps({**owner, "pid": os.getpid(), "host": host, "lease": lease}).encode()
     for _ in range(5):
         try:

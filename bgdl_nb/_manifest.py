@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,6 +64,7 @@ class Manifest:
     def __init__(self, directory: Path, lock: Path | None = None) -> None:
         self.path = directory / MANIFEST_NAME
         self.lock = lock  # held while saving: writers sharing it never lose each other's entries
+        self._written = self._stamp()  # the file as read: if it is still so when saving, nobody else wrote
         self.files: dict[str, ManifestEntry] = self._read()
         self._mine: set[str] = set()  # entries this instance wrote: they win when saving
 
@@ -106,13 +107,23 @@ class Manifest:
         if self.lock is not None:
             self.lock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with filelock.FileLock(str(self.lock), timeout=60) if self.lock is not None else contextlib.nullcontext():
-            merged = self._read()
-            merged.update((n, self.files[n]) for n in self._mine)
-            self.files = merged
-            body = json.dumps({"version": 1, "files": {n: asdict(e) for n, e in sorted(merged.items())}}, indent=1)
+            if self._stamp() != self._written:  # another writer saved since: keep its entries too
+                merged = self._read()
+                merged.update((n, self.files[n]) for n in self._mine)
+                self.files = merged
+            # one entry per line, each encoded by json's C encoder (indent= would use the slow one)
+            lines = ",\n".join(f"{json.dumps(n)}: {json.dumps(vars(e))}" for n, e in sorted(self.files.items()))
             tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-            tmp.write_text(body)
+            tmp.write_text(f'{{"version": 1, "files": {{\n{lines}\n}}}}\n')
             os.replace(tmp, self.path)
+            self._written = self._stamp()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class FileAction(str, enum.Enum):

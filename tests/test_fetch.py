@@ -103,3 +103,22 @@ def test_a_file_finished_before_the_manifest_was_saved_is_recognised(origin, tmp
     assert bg.fetch(url, tmp_path, identifier="late", progress=False) == [tmp_path / "late.bin"]
     assert len(origin.log) == served
     assert "late.bin" in json.loads((tmp_path / ".bgdl-manifest.json").read_text())["files"]
+
+
+def test_two_writers_of_one_manifest_never_lose_each_others_entries(tmp_path):
+    """The shards of a cluster job (or two fetches into one folder) save one manifest: each
+    save merges what the others saved since it was read."""
+    from bgdl_nb._manifest import Manifest
+
+    lock = tmp_path / "state" / "manifest.lock"
+    for name in ("a.bin", "b.bin", "c.bin"):
+        (tmp_path / name).write_bytes(name.encode())
+    first, second = Manifest(tmp_path, lock), Manifest(tmp_path, lock)  # both read an empty folder
+    first.adopt("a.bin", "http://127.0.0.1:1/a.bin", tmp_path / "a.bin", "0" * 64)
+    first.save()
+    second.adopt("b.bin", "http://127.0.0.1:1/b.bin", tmp_path / "b.bin", "1" * 64)
+    second.save()
+    first.adopt("c.bin", "http://127.0.0.1:1/c.bin", tmp_path / "c.bin", "2" * 64)
+    first.save()
+    assert sorted(Manifest(tmp_path).files) == ["a.bin", "b.bin", "c.bin"]
+    assert not list(tmp_path.glob("*.lock"))  # the lock is kept with the state, not beside the data

@@ -312,8 +312,9 @@ def test_an_unexpected_exception_at_any_engine_step_ends_its_task_visibly(origin
 
     monkeypatch.setattr(owner, attribute, faulty)
     with bg.Session(bg.Configuration.default(connections_per_file=1, max_retries=1, retry_backoff=0.1)) as session:
-        first = session.download_task(origin.url("first.bin", 100_000), tmp_path / "first.bin").resume()
-        second = session.download_task(origin.url("second.bin", 100_000), tmp_path / "second.bin").resume()
+        # larger than INLINE_HASH_BYTES, so the chunks go through the hash thread
+        first = session.download_task(origin.url("first.bin", 2_000_000), tmp_path / "first.bin").resume()
+        second = session.download_task(origin.url("second.bin", 2_000_000), tmp_path / "second.bin").resume()
         outcomes = []
         for task in (first, second):
             try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Coroutine, Generator
@@ -119,6 +120,9 @@ class _Sink:
 
     def event(self, event: Event, snapshot: dict[str, Any] | None) -> None:
         self.core.on_event(event, snapshot)
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        return self.core.delivery.batch()
 
     def counts(self, counts: dict[int, int]) -> None:
         self.core.mirror.counts(counts)
