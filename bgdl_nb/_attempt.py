@@ -25,6 +25,7 @@ from ._exceptions import ChecksumMismatch, InvalidDestination, NetworkError, Tra
 from ._files import (
     CHECKPOINT_BYTES,
     MARK_BYTES,
+    WRITEBACK_BYTES,
     HashWorker,
     hash_prefix,
     open_partial,
@@ -328,7 +329,7 @@ class Attempt:
         # a small body is hashed here as it arrives: a hand-off to the hash thread per chunk
         # (two thread wake-ups) costs more than hashing a few hundred KiB on the loop
         inline = rec.total is not None and rec.total - offset <= INLINE_HASH_BYTES
-        position = journaled = reported = marked = offset
+        position = journaled = reported = marked = written_back = offset
         interval = self.config.progress_interval
         next_report = time.monotonic() + interval
         floor = LowSpeed(self.config.low_speed_limit, self.config.low_speed_time, rec.url, offset)
@@ -351,6 +352,9 @@ class Attempt:
                     floor.reset(position)  # our own bandwidth limit is not the server trickling
                 else:
                     floor.check(position)
+                if position - written_back >= WRITEBACK_BYTES:  # the fsync before the rename stays short
+                    self.hashing.writeback(fd, written_back, position)
+                    written_back = position
                 if position - journaled >= CHECKPOINT_BYTES:
                     self.report.checkpoint(position)  # the bytes are in the file first
                     journaled = position

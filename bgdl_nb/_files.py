@@ -116,6 +116,22 @@ def fsync_path(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+WRITEBACK_BYTES = 64 * 1024 * 1024
+"""A large download asks the kernel to start writing its bytes to disk every this many
+bytes, so the fsync before the rename waits for the last stretch only, not the whole file."""
+
+
+def start_writeback(fd: int, start: int, end: int) -> None:
+    """Start writing bytes ``[start, end)`` of ``fd`` to disk without waiting for it, and
+    let the page cache drop them once written (blocking only to submit: run beside the
+    loop). Linux does both for ``POSIX_FADV_DONTNEED``; elsewhere this does nothing. Only
+    bytes that were hashed already are passed: nothing reads them back."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is not None and end > start:
+        with contextlib.suppress(OSError):
+            advise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
+
+
 def nearest_existing(path: Path) -> Path:
     """``path`` or its nearest ancestor that exists (what a mkdir would have to write into)."""
     while not path.exists() and path != path.parent:
@@ -382,6 +398,12 @@ class HashWorker:
             hasher, chunk = item
             if isinstance(chunk, concurrent.futures.Future):  # a settled() or digest() marker
                 chunk.set_result(None if hasher is None else hasher.copy().hexdigest())
+            elif isinstance(chunk, tuple):  # a writeback marker: (a duplicate of the fd, start, end)
+                fd, start, end = chunk
+                try:
+                    start_writeback(fd, start, end)
+                finally:
+                    os.close(fd)
             else:
                 hasher.update(chunk)
                 self._hashed += len(chunk)
@@ -396,6 +418,15 @@ class HashWorker:
             self._thread.start()
         self._queued += len(chunk)
         self._queue.put((hasher, chunk))
+
+    def writeback(self, fd: int, start: int, end: int) -> None:
+        """Once the chunks handed over so far are hashed, start writing ``[start, end)``
+        of ``fd`` to disk (:func:`start_writeback`, on the hash thread, with its own
+        duplicate of ``fd``, so the caller may close its own at any time)."""
+        if self._thread is None:
+            start_writeback(fd, start, end)
+        else:
+            self._queue.put((None, (os.dup(fd), start, end)))
 
     def settled(self) -> concurrent.futures.Future[None]:
         done: concurrent.futures.Future[None] = concurrent.futures.Future()

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._events import EventKind
 from ._exceptions import NetworkError, TransferError
-from ._files import CHECKPOINT_BYTES, HASH_BLOCK, MARK_BYTES, verify_prefix
+from ._files import CHECKPOINT_BYTES, HASH_BLOCK, MARK_BYTES, start_writeback, verify_prefix
 from ._transfer import LowSpeed
 
 if TYPE_CHECKING:
@@ -455,4 +455,5 @@ def _hash_range(hasher: Any, fd: int, start: int, end: int) -> str:
             raise NetworkError(f"the partial file ends at {position}, before {end}")
         hasher.update(block)
         position += len(block)
+    start_writeback(fd, start, end)  # hashed: on to the disk now, so the final fsync stays short
     return str(hasher.copy().hexdigest())
