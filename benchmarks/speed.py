@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MIB = 1024 * 1024
+EVENT_LOGS = Path(tempfile.gettempdir()) / "bgdl-speed-events"  # each bgdl run's event log, kept
 RUN_TIMEOUT = 120  # seconds; curl --parallel has been seen to stall with thousands of URLs here
 
 AIOHTTP_ONE = """
@@ -182,6 +183,10 @@ def _run(tool: Tool, out: Path, base: Path) -> tuple[float, float, float]:
         code = None
     wall = time.perf_counter() - start
     after = _proc_stat(service_pid) if service_pid else (0.0, 0.0)
+    if tool.in_process or tool.service:  # bgdl's own record of the run, for an outlier to be explained
+        log = subprocess.run(["bgdl", "events", "--id", f"b-{out.name}"], env=env, capture_output=True, text=True)
+        EVENT_LOGS.mkdir(exist_ok=True)
+        (EVENT_LOGS / f"{out.name}-{time.strftime('%H%M%S')}-{wall:.0f}s.txt").write_text(log.stdout + log.stderr)
     if service_pid:
         subprocess.run(["bgdl", "service", "stop"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if code is None:

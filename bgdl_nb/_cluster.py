@@ -58,6 +58,15 @@ def _require_distributed() -> Any:
     return distributed
 
 
+def check_client(client: Any) -> Any:
+    """``client`` is a ``distributed.Client``; returns the ``distributed`` module."""
+    distributed = _require_distributed()
+    if not isinstance(client, distributed.Client):
+        raise InvalidInput(f"cluster= takes a distributed.Client (from distributed import Client; "
+                           f"client = Client(...)), not {type(client).__name__}")
+    return distributed
+
+
 # the plan -----------------------------------------------------------------------------------
 
 
@@ -420,9 +429,7 @@ def fetch_on_cluster(client: Any, urls: list[str], dest_dir: Path, names: list[s
                      *, identifier: str, overwrite: bool, configuration: Configuration | None, progress: bool,
                      timeout: float | None, wait: bool) -> tuple[list[Path], ClusterJob]:
     """Run the job on ``client``'s cluster and wait for it (see the module's text)."""
-    distributed = _require_distributed()
-    if not isinstance(client, distributed.Client):
-        raise InvalidInput(f"cluster= takes a distributed.Client, not {type(client).__name__}")
+    distributed = check_client(client)
     job = ClusterJob(client, dest_dir, identifier)
     job.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     plan_path = job.folder / "plan.json"

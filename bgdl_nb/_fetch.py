@@ -281,8 +281,9 @@ def fetch(
 def _fetch_on_cluster(client: Any, urls: list[str], dest_dir: Path, names: list[str], expected: list[str | None],
                       *, identifier: str | None, overwrite: bool, configuration: Configuration | None,
                       progress: bool, timeout: float | None, on_interrupt: str, wait: bool) -> list[Path]:
-    from ._cluster import _JOBS, fetch_on_cluster
+    from ._cluster import _JOBS, check_client, fetch_on_cluster
 
+    check_client(client)  # before any I/O
     name = identifier or (configuration.identifier if configuration is not None else None) \
         or default_identifier(dest_dir)
     try:

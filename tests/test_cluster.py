@@ -200,3 +200,9 @@ def test_the_panel_buttons_pause_resume_and_cancel_the_job_on_every_worker(origi
     assert unfinished and len(caught.value.errors) == len(unfinished)
     assert all("Cancelled" in str(e) for e in caught.value.errors.values())
     assert "cancelled" in panel.header.value
+
+
+def test_a_cluster_that_is_not_a_client_is_refused_before_any_io(tmp_path):
+    with pytest.raises(bg.InvalidInput, match=r"distributed\.Client"):
+        bg.fetch(["http://127.0.0.1:9/a.bin"], tmp_path / "never", cluster="tcp://127.0.0.1:8786")
+    assert not (tmp_path / "never").exists()
