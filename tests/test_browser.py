@@ -3,6 +3,7 @@ runs 01-quickstart and checks the progress panel rendered and reached 100%."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -61,10 +62,34 @@ def jupyterlab(tmp_path):
 
 
 def test_quickstart_panel_reaches_100_percent_in_chromium(jupyterlab):
+    from playwright.sync_api import expect
+
+    url, root = jupyterlab
+    with _lab_running(url, "01-quickstart.ipynb", width=1280) as page:
+        header = page.locator(".widget-html-content", has_text="bgdl_nb").first
+        expect(header).to_be_visible(timeout=120_000)
+        expect(header).to_contain_text("2 done", timeout=180_000)
+        panel = page.locator(".widget-vbox", has=header).first
+        bar = panel.locator(".widget-hprogress .progress-bar").first  # the overall bar
+        expect(bar).to_have_attribute("style", re.compile(r"width:\s*100%"), timeout=30_000)
+        panel.scroll_into_view_if_needed()
+        panel.screenshot(path=str(ARTIFACTS / "browser-panel.png"))
+        page.screenshot(path=str(ARTIFACTS / "browser-page.png"), full_page=False)
+    assert (root / "data" / "quickstart" / "measurements.parquet").stat().st_size == 40_000_000
+
+
+def _chromium_or_skip() -> str:
+    from conftest import require_tool
+    return require_tool("chromium", *(p for p in [CHROMIUM] if p), flag="BGDL_REQUIRE_BROWSER", package="chromium")
+
+
+@contextlib.contextmanager
+def _lab_running(url: str, notebook: str, width: int = 1400):
+    """Headless Chromium on ``notebook`` in JupyterLab (a fresh workspace: no tab of another
+    test), with Run All clicked once the kernel is idle (a Run All before it is dropped)."""
     chromium = _chromium_or_skip()
     from playwright.sync_api import expect, sync_playwright
 
-    url, root = jupyterlab
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
@@ -72,30 +97,21 @@ def test_quickstart_panel_reaches_100_percent_in_chromium(jupyterlab):
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{url}/lab/tree/01-quickstart.ipynb?reset")
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.goto(f"{url}/lab/tree/{notebook}?reset")
             page.locator(".jp-Notebook").wait_for(timeout=90_000)
-            # Run All before the kernel is connected is dropped silently: wait for an idle kernel.
             expect(page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle"))).to_be_visible(timeout=120_000)
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
-            header = page.locator(".widget-html-content", has_text="bgdl_nb").first
-            expect(header).to_be_visible(timeout=120_000)
-            expect(header).to_contain_text("2 done", timeout=180_000)
-            panel = page.locator(".widget-vbox", has=header).first
-            bar = panel.locator(".widget-hprogress .progress-bar").first  # the overall bar
-            expect(bar).to_have_attribute("style", re.compile(r"width:\s*100%"), timeout=30_000)
-            panel.scroll_into_view_if_needed()
-            panel.screenshot(path=str(ARTIFACTS / "browser-panel.png"))
-            page.screenshot(path=str(ARTIFACTS / "browser-page.png"), full_page=False)
+            yield page
         finally:
             browser.close()
-    assert (root / "data" / "quickstart" / "measurements.parquet").stat().st_size == 40_000_000
 
 
-def _chromium_or_skip() -> str:
-    from conftest import require_tool
-    return require_tool("chromium", *(p for p in [CHROMIUM] if p), flag="BGDL_REQUIRE_BROWSER", package="chromium")
+def _one_cell_notebook(path: Path, source: str) -> None:
+    import nbformat
+    kernel = {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}}
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)], metadata=kernel), path)
 
 
 CLICKS = '''import bgdl_nb as bg
@@ -111,51 +127,35 @@ print("fetched", len(paths), "files")'''
 def test_buttons_in_a_blocking_fetch_act_on_the_task_named_on_their_row(jupyterlab):
     """In the panel of a running ``bg.fetch()`` cell: pause the row named big-0, click the
     same spot again, and only big-0 is suspended; its resume button finishes the job."""
-    import nbformat
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    chromium = _chromium_or_skip()
     url, root = jupyterlab
-    kernel = {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}}
-    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(CLICKS)], metadata=kernel),
-                   root / "clicks.ipynb")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{url}/lab/tree/clicks.ipynb?reset")  # a fresh workspace: no tab of another test
-            page.locator(".jp-Notebook").wait_for(timeout=90_000)
-            expect(page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle"))).to_be_visible(timeout=120_000)
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
+    _one_cell_notebook(root / "clicks.ipynb", CLICKS)
+    with _lab_running(url, "clicks.ipynb") as page:
 
-            def row(name: str):
-                return page.locator(".bgdl-row", has=page.locator(".bgdl-name", has_text=re.compile(f"^{name}$")))
+        def row(name: str):
+            return page.locator(".bgdl-row", has=page.locator(".bgdl-name", has_text=re.compile(f"^{name}$")))
 
-            def state(name: str):
-                return row(name).locator(".bgdl-state")
+        def state(name: str):
+            return row(name).locator(".bgdl-state")
 
-            for name in ("big-0", "big-1", "big-2"):
-                expect(state(name)).to_contain_text(" of ", timeout=120_000)  # all three transferring
-            pause = row("big-0").locator("button[title='suspend']")
-            expect(pause).to_be_enabled()
-            box = pause.bounding_box()
-            assert box is not None
-            spot = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-            page.mouse.click(*spot)
-            expect(state("big-0")).to_contain_text("suspended at", timeout=15_000)
-            page.mouse.click(*spot)  # the same place again: a paused row's pause button is disabled
-            page.wait_for_timeout(1500)  # what a second click could change would show within the panel's refresh
-            for other in ("big-1", "big-2"):
-                expect(state(other)).not_to_contain_text("suspended", timeout=1)
-            assert row("big-0").locator("button[title='suspend']").bounding_box() == box  # the row did not move
-            page.locator(".jp-Notebook").screenshot(path=str(ARTIFACTS / "browser-clicks.png"))
-            row("big-0").locator("button[title='resume']").click()
-            expect(page.get_by_text("fetched 3 files")).to_be_visible(timeout=120_000)
-        finally:
-            browser.close()
+        for name in ("big-0", "big-1", "big-2"):
+            expect(state(name)).to_contain_text(" of ", timeout=120_000)  # all three transferring
+        pause = row("big-0").locator("button[title='suspend']")
+        expect(pause).to_be_enabled()
+        box = pause.bounding_box()
+        assert box is not None
+        spot = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.click(*spot)
+        expect(state("big-0")).to_contain_text("suspended at", timeout=15_000)
+        page.mouse.click(*spot)  # the same place again: a paused row's pause button is disabled
+        page.wait_for_timeout(1500)  # what a second click could change would show within the panel's refresh
+        for other in ("big-1", "big-2"):
+            expect(state(other)).not_to_contain_text("suspended", timeout=1)
+        assert row("big-0").locator("button[title='suspend']").bounding_box() == box  # the row did not move
+        page.locator(".jp-Notebook").screenshot(path=str(ARTIFACTS / "browser-clicks.png"))
+        row("big-0").locator("button[title='resume']").click()
+        expect(page.get_by_text("fetched 3 files")).to_be_visible(timeout=120_000)
     for i in range(3):
         assert (root / "data" / "clicks" / f"big-{i}").stat().st_size == 40_000_000
 
@@ -175,45 +175,29 @@ print("fetched", len(paths), "files on", len(client.scheduler_info()["workers"])
 def test_the_cluster_panel_pauses_every_worker_and_reaches_100_percent(jupyterlab):
     """A blocking ``fetch(..., cluster=client)`` on two worker processes: the panel shows a
     row per worker; its pause button stops the bytes on both, resume finishes the job."""
-    import nbformat
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    chromium = _chromium_or_skip()
     url, root = jupyterlab
-    kernel = {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}}
-    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(CLUSTER)], metadata=kernel),
-                   root / "cluster.ipynb")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{url}/lab/tree/cluster.ipynb?reset")
-            page.locator(".jp-Notebook").wait_for(timeout=90_000)
-            expect(page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle"))).to_be_visible(timeout=120_000)
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
-            header = page.locator(".widget-html-content", has_text="on a Dask cluster").first
-            expect(header).to_contain_text("2 workers", timeout=180_000)
-            panel = page.locator(".widget-vbox", has=header).first
-            expect(panel.locator("tr")).to_have_count(3, timeout=30_000)  # a heading and a row per worker
-            panel.get_by_role("button", name="pause").click()
-            expect(header).to_contain_text("paused", timeout=15_000)
+    _one_cell_notebook(root / "cluster.ipynb", CLUSTER)
+    with _lab_running(url, "cluster.ipynb") as page:
+        header = page.locator(".widget-html-content", has_text="on a Dask cluster").first
+        expect(header).to_contain_text("2 workers", timeout=180_000)
+        panel = page.locator(".widget-vbox", has=header).first
+        expect(panel.locator("tr")).to_have_count(3, timeout=30_000)  # a heading and a row per worker
+        panel.get_by_role("button", name="pause").click()
+        expect(header).to_contain_text("paused", timeout=15_000)
 
-            def received() -> str:
-                return re.search(r"([\d.]+ \w+) of", header.inner_text()).group(1)
+        def received() -> str:
+            return re.search(r"([\d.]+ \w+) of", header.inner_text()).group(1)
 
-            page.wait_for_timeout(2000)  # the workers stop within a report interval (0.4 s) of the click
-            before = received()
-            page.wait_for_timeout(2000)  # what still moved would show in the panel's next refreshes
-            assert received() == before, "bytes kept arriving while the job was paused"
-            panel.get_by_role("button", name="resume").click()
-            expect(page.get_by_text("fetched 8 files on 2 workers")).to_be_visible(timeout=180_000)
-            expect(header).to_contain_text("8/8 files", timeout=10_000)
-            panel.scroll_into_view_if_needed()
-            panel.screenshot(path=str(ARTIFACTS / "browser-cluster-panel.png"))
-        finally:
-            browser.close()
+        page.wait_for_timeout(2000)  # the workers stop within a report interval (0.4 s) of the click
+        before = received()
+        page.wait_for_timeout(2000)  # what still moved would show in the panel's next refreshes
+        assert received() == before, "bytes kept arriving while the job was paused"
+        panel.get_by_role("button", name="resume").click()
+        expect(page.get_by_text("fetched 8 files on 2 workers")).to_be_visible(timeout=180_000)
+        expect(header).to_contain_text("8/8 files", timeout=10_000)
+        panel.scroll_into_view_if_needed()
+        panel.screenshot(path=str(ARTIFACTS / "browser-cluster-panel.png"))
     for i in range(8):
         assert (root / "data" / "cluster" / f"part-{i}.bin").stat().st_size == 6_000_000
