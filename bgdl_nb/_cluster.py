@@ -130,7 +130,9 @@ def _set_control(folder: str, action: str) -> None:
 
 
 def _append_json(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:  # one short append: whole lines, even from several hosts
+    # one short O_APPEND write: whole lines from processes of one host; a line that appends
+    # from two hosts at once mangled (NFS) is skipped by the reader
+    with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
 
 
@@ -139,9 +141,7 @@ class _ShardReporter:
 
     def __init__(self, spec: ShardSpec, worker: Any, session: Any) -> None:
         self.spec, self.worker, self.session = spec, worker, session
-        self.folder = str(Path(spec.state_dir))
         self.applied = "run"
-        self.waiting = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"bgdl-shard{spec.shard}-report", daemon=True)
 
@@ -156,7 +156,7 @@ class _ShardReporter:
     def _loop(self) -> None:
         while not self._stop.wait(_REPORT_INTERVAL):
             with contextlib.suppress(Exception):  # a report that fails must not stop the shard
-                self._obey(_CONTROLS.get(self.folder, "run"))
+                self._obey(_CONTROLS.get(self.spec.state_dir, "run"))
                 self.send("paused" if self.applied == "pause" else "running")
 
     def _obey(self, action: str) -> None:
@@ -195,7 +195,7 @@ class _ShardReporter:
         self.worker.log_event(self.spec.topic, {
             "shard": self.spec.shard, "worker": self.worker.address, "time": time.time(), "state": state,
             "files": len(wanted), "finished": finished + skipped, "failed": failed, "received": received,
-            "expected": expected, "active": active[:4], "waiting": self.waiting})
+            "expected": expected, "active": active[:4]})
 
 
 def run_shard(spec: ShardSpec) -> dict[str, Any]:
@@ -238,6 +238,9 @@ def run_shard(spec: ShardSpec) -> dict[str, Any]:
 # in the kernel -------------------------------------------------------------------------------
 
 
+_COUNTS = ("files", "finished", "failed", "received", "expected")  # what a shard's report adds up
+
+
 @dataclass
 class _ShardView:
     """The newest report of one shard."""
@@ -257,7 +260,7 @@ class ClusterJob:
     """One fetch over a Dask cluster: its shards, their live totals, its event log.
 
     Made by ``fetch(..., cluster=client)`` (and :func:`cluster_job` for a job that ran
-    earlier); ``progress`` holds the newest report of every shard."""
+    earlier); ``shards`` holds the newest report of every shard, :meth:`totals` their sum."""
 
     def __init__(self, client: Any, dest: str | os.PathLike[str], identifier: str) -> None:
         self.client = client
@@ -291,14 +294,13 @@ class ClusterJob:
             views = [(k, _ShardView(**vars(v))) for k, v in sorted(self.shards.items())]
         workers: dict[str, dict[str, Any]] = {}
         for _k, v in views:
-            row = workers.setdefault(v.worker or "(starting)", {"shards": 0, "files": 0, "finished": 0, "failed": 0,
-                                                               "received": 0, "expected": 0, "active": []})
+            row = workers.setdefault(v.worker or "(starting)", {"shards": 0, "active": [],
+                                                               **dict.fromkeys(_COUNTS, 0)})
             row["shards"] += 1
-            for name in ("files", "finished", "failed", "received", "expected"):
+            for name in _COUNTS:
                 row[name] += getattr(v, name)
             row["active"] += v.active
-        keys = ("files", "finished", "failed", "received", "expected")
-        return {**{name: sum(getattr(v, name) for _k, v in views) for name in keys}, "workers": workers,
+        return {**{name: sum(getattr(v, name) for _k, v in views) for name in _COUNTS}, "workers": workers,
                 "states": [v.state for _k, v in views]}
 
     # control --------------------------------------------------------------------------------
@@ -376,37 +378,20 @@ def _worker_at(starts: list[tuple[float, str]], t: float) -> str | None:
 def plot_cluster_throughput(events: pandas.DataFrame, *, ax: Axes | None = None,
                             bin_seconds: float | None = None) -> Axes:
     """The cluster's total MB/s and each worker's, from a cluster job's event log."""
-    import matplotlib.pyplot as plt
+    from .notebook.plots import draw_throughput, throughput_frame
 
-    from .notebook.plots import _elapsed_label, throughput_frame
-
+    # a task is a shard's task: its bytes add up along one curve, whichever worker ran it
     keyed = events.assign(task_identifier=events["shard"].astype("Int64") * 1_000_000 + events["task_identifier"])
     frame = throughput_frame(keyed, bin_seconds)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(9, 3.6), layout="constrained")
-    if frame.empty:
-        ax.text(0.5, 0.5, "no bytes transferred yet", ha="center", va="center", transform=ax.transAxes)
-        return ax
     present = keyed[keyed["task_identifier"].notna()]
     worker_of = dict(zip(present["task_identifier"].astype(int), present["worker"]))
-    t0 = frame.index[0]
-    x = (frame.index - t0).total_seconds()
-    ax.plot(x, frame["total"], color="0.3", linewidth=3, alpha=0.5, label="cluster", drawstyle="steps-post")
     by_worker: dict[str, Any] = {}
     for column in frame.columns:
         if column != "total":
             worker = worker_of.get(int(column)) or "?"
             by_worker[worker] = by_worker.get(worker, 0) + frame[column]
-    for worker, series in sorted(by_worker.items()):
-        ax.plot(x, series, linewidth=1.2, label=worker, drawstyle="steps-post")
-    ax.set_ylabel("throughput (MB/s)")
-    ax.set_xlabel(_elapsed_label(t0))
-    ax.set_ylim(bottom=0)
-    ax.set_xlim(left=0)
-    ax.set_title("download throughput: the cluster and each worker")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", borderaxespad=0)
-    ax.grid(alpha=0.3)
-    return ax
+    return draw_throughput(frame, dict(sorted(by_worker.items())), ax=ax, total_label="cluster",
+                           title="download throughput: the cluster and each worker")
 
 
 def cluster_job(identifier: str, dest: str | os.PathLike[str] | None = None, client: Any = None) -> ClusterJob:
@@ -445,15 +430,14 @@ def fetch_on_cluster(client: Any, urls: list[str], dest_dir: Path, names: list[s
     for i, k in zip(fresh, plan_shards([urls[i] for i in fresh], shards, spread=limit)):
         known[urls[i]] = k  # a URL keeps its shard across re-runs: its journal is there
     plan_path.write_text(json.dumps({"identifier": identifier, "shards": shards, "shard_of": known}))
-    specs = []
-    for k in range(shards):
-        members = [i for i, u in enumerate(urls) if known[u] == k]
-        if members:
-            specs.append(ShardSpec(job=identifier, shard=k, urls=[urls[i] for i in members],
-                                   sha256=[expected[i] for i in members], dest=str(dest_dir),
-                                   state_dir=str(job.folder), per_host=per_host,
-                                   connections_per_file=base.connections_per_file, overwrite=overwrite,
-                                   topic=job.topic, max_concurrent_tasks=base.max_concurrent_tasks))
+    members: dict[int, list[int]] = {}
+    for i, url in enumerate(urls):
+        members.setdefault(known[url], []).append(i)
+    specs = [ShardSpec(job=identifier, shard=k, urls=[urls[i] for i in mine], sha256=[expected[i] for i in mine],
+                       dest=str(dest_dir), state_dir=str(job.folder), per_host=per_host,
+                       connections_per_file=base.connections_per_file, overwrite=overwrite, topic=job.topic,
+                       max_concurrent_tasks=base.max_concurrent_tasks)
+             for k, mine in sorted(members.items())]
     for spec in specs:
         job.shards[spec.shard] = _ShardView(files=len(spec.urls))
     running = _JOBS.get(identifier)
@@ -501,8 +485,8 @@ def fetch_on_cluster(client: Any, urls: list[str], dest_dir: Path, names: list[s
             if display is not None:
                 display.refresh()
             if deadline is not None and time.monotonic() >= deadline and pending:
-                for spec in specs:
-                    for url in spec.urls:
+                for future in pending:  # the shards still running; the others' files are done or failed
+                    for url in by_key[future.key].urls:
                         errors.setdefault(url, BgdlError(f"still downloading after {timeout} s on the cluster; call "
                                                          "fetch() again to wait for the rest", url=url))
                 break
@@ -530,10 +514,11 @@ class _TextProgress:
         if not force and now - self.last < 1.0:
             return
         self.last = now
-        from .notebook.widgets import format_bytes
+        from rich.filesize import decimal  # not the notebook's formatter: a terminal may lack ipywidgets
+
         t = self.job.totals()
-        print(f"\r{t['finished']}/{t['files']} files, {format_bytes(t['received'])} of "
-              f"{format_bytes(t['expected'])} on {len(t['workers'])} workers", end="", flush=True)
+        print(f"\r{t['finished']}/{t['files']} files, {decimal(t['received'])} of "
+              f"{decimal(t['expected'])} on {len(t['workers'])} workers", end="", flush=True)
 
     def close(self) -> None:
         print(flush=True)

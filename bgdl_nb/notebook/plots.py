@@ -96,32 +96,42 @@ def plot_throughput(events: pandas.DataFrame, *, ax: Axes | None = None, per_tas
 
     Kernel reattaches, retries and suspends are marked with vertical lines. Returns the Axes.
     """
+    frame = throughput_frame(events, bin_seconds)
+    tasks = [c for c in frame.columns if c != "total"]
+    if per_task is None:
+        per_task = 1 < len(tasks) <= 10
+    lines = {f"task {tid}": frame[tid] for tid in tasks} if per_task else {}
+    return draw_throughput(frame, lines, ax=ax, total_label="all tasks", title="download throughput",
+                           markers=events)
+
+
+def draw_throughput(frame: pandas.DataFrame, lines: dict[str, Any], *, ax: Axes | None, total_label: str,
+                    title: str, markers: pandas.DataFrame | None = None) -> Axes:
+    """Draw a :func:`throughput_frame`: its total as a wide grey line, ``lines`` (label ->
+    MB/s per bin) over it, the legend beside the plot; with ``markers``, the reattaches,
+    retries and suspends among those events as vertical lines."""
     require("matplotlib")
     import matplotlib.pyplot as plt
 
-    frame = throughput_frame(events, bin_seconds)
     if ax is None:
         _, ax = plt.subplots(figsize=(9, 3.6), layout="constrained")
     if frame.empty:
         ax.text(0.5, 0.5, "no bytes transferred yet", ha="center", va="center", transform=ax.transAxes)
         return ax
-    tasks = [c for c in frame.columns if c != "total"]
-    if per_task is None:
-        per_task = 1 < len(tasks) <= 10
     t0 = frame.index[0]
     x = (frame.index - t0).total_seconds()
-    ax.plot(x, frame["total"], color="0.3", linewidth=3, alpha=0.5, label="all tasks",
+    ax.plot(x, frame["total"], color="0.3", linewidth=3, alpha=0.5, label=total_label,
             drawstyle="steps-post", zorder=1)
-    if per_task:
-        for tid in tasks:
-            ax.plot(x, frame[tid], linewidth=1.2, label=f"task {tid}", drawstyle="steps-post", zorder=2)
-    _markers(ax, events[events["time"] >= t0], t0)
+    for label, series in lines.items():
+        ax.plot(x, series, linewidth=1.2, label=label, drawstyle="steps-post", zorder=2)
+    if markers is not None:
+        _markers(ax, markers[markers["time"] >= t0], t0)
     width = (frame.index[1] - frame.index[0]).total_seconds() if len(frame.index) > 1 else 0
     ax.set_ylabel("throughput (MB/s)")
     ax.set_xlabel(_elapsed_label(t0, f", {width:g} s bins" if width else ""))
     ax.set_ylim(bottom=0)
     ax.set_xlim(left=0)
-    ax.set_title("download throughput")
+    ax.set_title(title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", borderaxespad=0)  # beside, not over, the lines
     ax.grid(alpha=0.3)
     return ax
