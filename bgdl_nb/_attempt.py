@@ -294,10 +294,11 @@ class Attempt:
             segments, hasher, hashed, changed = await asyncio.to_thread(
                 check_on_disk, rec.partial_path, rec.total, rec.segments, rec.marks)
             if changed:
-                self.report.update(segments=compact(segments, hashed), offset=sum(g.pos - g.start for g in segments),
+                written = sum(g.pos - g.start for g in segments)
+                self.report.update(segments=compact(segments, hashed), offset=written,
                                    marks=[m for m in rec.marks or [] if m[0] <= hashed] or None)
                 ranges = ", ".join(f"{a}-{b - 1}" for a, b in changed)
-                self.report.emit(EventKind.RESTARTED, total_bytes_written=sum(g.pos - g.start for g in segments),
+                self.report.emit(EventKind.RESTARTED, total_bytes_written=written,
                                  total_bytes_expected=rec.total,
                                  detail=f"bytes of the partial file changed on disk since they were written "
                                         f"(bytes {ranges}); those are fetched again, the rest continues")

@@ -81,6 +81,11 @@ def open_partial(path: str | os.PathLike[str], *, read: bool = False) -> int:
         return _open_ours(path, flags)
 
 
+def read_partial(path: str | os.PathLike[str]) -> Any:
+    """An existing partial file of ours, opened to read (never through a symbolic link)."""
+    return open(_open_ours(path, os.O_RDONLY), "rb")
+
+
 def _open_ours(path: str | os.PathLike[str], flags: int) -> int:
     """Open an existing file never through a symbolic link, and only when ``fstat`` says
     it is ours (:class:`UnsafeFile` otherwise)."""
@@ -347,10 +352,9 @@ def verify_prefix(path: str, length: int, marks: list[list[Any]] | None) -> tupl
     """Re-read the first ``length`` bytes of ``path`` and check them against ``marks``:
     ``(sha256 object, length)`` when they all agree, else ``(sha256 object, offset)`` of
     the last mark that still agrees (0 when none does). Blocking: run on a thread."""
-    fd = _open_ours(path, os.O_RDONLY)
     digest, at = hashlib.sha256(), 0
     good, good_at = digest.copy(), 0
-    with open(fd, "rb") as f:
+    with read_partial(path) as f:
         for offset, expected in sorted(m for m in (marks or []) if m[0] <= length):
             at += _feed(f, digest, offset - at)
             if at != offset or digest.hexdigest() != expected:

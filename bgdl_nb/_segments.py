@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._events import EventKind
 from ._exceptions import NetworkError, TransferError
-from ._files import CHECKPOINT_BYTES, HASH_BLOCK, MARK_BYTES, start_writeback, verify_prefix
+from ._files import CHECKPOINT_BYTES, HASH_BLOCK, MARK_BYTES, read_partial, start_writeback, verify_prefix
 from ._transfer import LowSpeed
 
 if TYPE_CHECKING:
@@ -153,11 +153,12 @@ def check_on_disk(path: str, total: int, journaled: list[list[int]],
     from its start; the prefix from its last agreeing mark), the sha256 of the first
     ``hashed`` bytes, ``hashed``, and the byte ranges found changed."""
     segments = split(total, journaled)
-    vouched = max((int(m[0]) for m in marks or [] if int(m[0]) <= contiguous(segments)), default=0)
+    prefix = contiguous(segments)
+    vouched = max((int(m[0]) for m in marks or [] if int(m[0]) <= prefix), default=0)
     hasher, good = verify_prefix(path, vouched, marks)
     changed = [(good, vouched)] if good < vouched else []
     out: list[Segment] = []
-    with open(path, "rb") as f:
+    with read_partial(path) as f:
         for seg in segments:
             if seg.crc is None and seg.pos > good:  # the marks vouch for bytes up to ``good`` only
                 if seg.start < good:
