@@ -281,9 +281,12 @@ def claim(destination: str | os.PathLike[str], owner: dict[str, Any], lease: flo
         if other is None and age < 10:
             raise InvalidDestination(f"{destination} is being claimed by another process right now; wait for it or "
                                      "choose another destination")
-        if other and other.get("host") == host and all(other.get(k) == owner.get(k) for k in _TASK_KEYS):
+        if other and all(other.get(k) == owner.get(k) for k in _TASK_KEYS):
+            # our own claim, whichever host wrote it: a journaled task is known by its journal
+            # (this engine holds that journal's lock: a shard run again on another worker),
+            # an unjournaled one by its engine's nonce. It holds for another lease.
             with contextlib.suppress(FileNotFoundError):
-                os.utime(path)  # our own claim: it holds for another lease
+                os.utime(path)
             return
         if other and other.get("service") and other.get("service") == owner.get("service") \
                 and other.get("url") == owner.get("url") and _claim_alive(other, age):
