@@ -75,3 +75,47 @@ def test_sqlite_survives_reopen_and_reads_without_the_writer(tmp_path: Path) -> 
     assert again.load_tasks()[0].offset == 99
     again.close()
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_group_commit_gathers_writes_until_flush_and_coalesces_them(tmp_path: Path) -> None:
+    """With group commit on, nothing reaches the file before flush(); then every change
+    is there, the later value of a field winning, and a whole record replacing earlier changes."""
+    path = tmp_path / "j.sqlite3"
+    s = SqliteStore(path, "jid")
+    s.group_commit = True
+    s.put_task(TaskRecord(1, "http://h/a"))
+    s.put_task(TaskRecord(2, "http://h/b"))
+    s.update_task(1, state="running", status=200)
+    s.update_task(1, status=206, total=10)
+    s.set_offset(1, 4)
+    s.update_task(2, state="running")
+    s.put_task(TaskRecord(2, "http://h/b", state="completed"))  # supersedes the change before it
+    s.update_task(2, location="/d/b")  # and a change after a whole record still applies
+    first = s.append_event(_event("started", 1))
+    second = s.append_event(_event("progress", 1, bytes_written=4))
+    assert second.seq == first.seq + 1
+    assert read_journal(path, "jid") == ([], [])  # another reader sees nothing until the commit
+    assert [e.seq for e in s.events(0)] == [first.seq, second.seq]  # the writer reads its own writes
+    s.flush()
+    tasks, events = read_journal(path, "jid")
+    a, b = tasks
+    assert (a.state, a.status, a.total, a.offset) == ("running", 206, 10, 4)
+    assert (b.state, b.location) == ("completed", "/d/b")
+    assert [(e.seq, e.event, e.bytes_written) for e in events] == [(first.seq, "started", None),
+                                                                   (second.seq, "progress", 4)]
+    s.close()
+
+
+def test_event_numbers_continue_after_reopen_and_after_a_failed_block(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    s = SqliteStore(path, "jid")
+    last = s.append_event(_event("created")).seq
+    with pytest.raises(RuntimeError), s.atomic():  # a block that fails writes nothing
+        s.append_event(_event("resumed"))
+        raise RuntimeError("boom")
+    assert [e.event for e in s.events(0)] == ["created"]
+    assert s.append_event(_event("resumed")).seq == last + 1
+    s.close()
+    again = SqliteStore(path, "jid")
+    assert again.append_event(_event("started")).seq == last + 2
+    again.close()

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .._events import EVENT_COLUMNS, Event
+from .._events import Event
 from .._states import TaskState
 from .base import TASK_FIELDS, TaskRecord
 
@@ -39,6 +39,9 @@ SCHEMA_VERSION = 1
 _JSON_FIELDS = {"headers", "response_headers", "error", "segments", "marks"}
 _BOOL_FIELDS = {"overwrite", "accepts_ranges", "discretionary"}
 _TASK_COLUMNS = [f for f in TASK_FIELDS if f != "offset"]
+_TOTAL = _TASK_COLUMNS.index("total")
+_EVENT_INSERT = ("INSERT INTO events (seq, time, task_identifier, event, bytes_written, total_bytes_written, "
+                 "total_bytes_expected, status, error, detail, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS tasks ({", ".join(
@@ -156,39 +159,98 @@ class SqliteStore:
             self._conn.execute("ALTER TABLE events ADD COLUMN reason TEXT")
         self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._depth = 0
-        self._open = False  # a transaction is open (group commit)
+        self._open = False  # a transaction is open
         self.group_commit = False
-        """Keep one transaction open across writes until :meth:`flush` (set by the engine)."""
+        """Keep writes gathered across blocks until :meth:`flush` (set by the engine)."""
+        # writes not yet handed to SQLite: written together (one executemany per kind) when
+        # the group commits or before anything is read. A task's changes coalesce: a file
+        # that changes six fields in four steps within one window costs one UPDATE.
+        self._puts: dict[int, tuple[list[Any], int]] = {}  # (row, offset)
+        self._changes: dict[int, dict[str, Any]] = {}
+        self._offsets: dict[int, int] = {}
+        self._events: list[tuple[Any, ...]] = []
+        self._meta: dict[str, str] = {}
+        row = self._conn.execute("SELECT MAX(seq) FROM events").fetchone()
+        ever = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        self._seq = max(row[0] or 0, ever[0] if ever else 0)  # events are numbered here, never reusing one
 
     # tasks -------------------------------------------------------------------------------
 
     def load_tasks(self) -> list[TaskRecord]:
+        self._write()
         return _load_tasks(self._conn)
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[None]:
-        """Everything written inside commits together (nesting joins the outer
-        transaction). With :attr:`group_commit` on, the transaction stays open after the
-        block and :meth:`flush` commits it, with everything written since: one commit for
-        all the events of a short window instead of one per event."""
-        if self._depth == 0 and not self._open:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._open = True
+        """Everything written inside commits together (nesting joins the outer block).
+        With :attr:`group_commit` on, the writes stay gathered after the block and
+        :meth:`flush` commits them with everything written since: one commit (and one
+        statement per kind of write) for all the events of a short window."""
         self._depth += 1
         try:
             yield
         except BaseException:
             self._depth -= 1
             if self._depth == 0 and not self.group_commit:
-                self._conn.execute("ROLLBACK")
-                self._open = False
+                self._discard()
             raise
         self._depth -= 1
         if self._depth == 0 and not self.group_commit:
             self.flush()
 
+    def _discard(self) -> None:
+        self._puts.clear()
+        self._changes.clear()
+        self._offsets.clear()
+        self._seq -= len(self._events)  # their numbers were never stored: the next events take them
+        self._events.clear()
+        self._meta.clear()
+        if self._open:
+            self._conn.execute("ROLLBACK")
+            self._open = False
+
+    def _write(self) -> None:
+        """Hand the gathered writes to SQLite, inside the open transaction (not committed)."""
+        if not (self._puts or self._changes or self._offsets or self._events or self._meta):
+            return
+        conn = self._conn
+        if not self._open:
+            conn.execute("BEGIN IMMEDIATE")
+            self._open = True
+        if self._puts:
+            cols = ", ".join(_TASK_COLUMNS)
+            marks = ", ".join("?" for _ in _TASK_COLUMNS)
+            conn.executemany(f"INSERT OR REPLACE INTO tasks ({cols}) VALUES ({marks})",
+                             [row for row, _ in self._puts.values()])
+            conn.executemany('INSERT OR REPLACE INTO segments (task_identifier, idx, start, "end", offset) '
+                             "VALUES (?, 0, 0, ?, ?)",
+                             [(tid, row[_TOTAL], offset) for tid, (row, offset) in self._puts.items()])
+            self._puts.clear()
+        by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for tid, changes in self._changes.items():
+            by_columns.setdefault(tuple(changes), []).append((*changes.values(), tid))
+        for names, rows in by_columns.items():
+            assigns = ", ".join(f"{name} = ?" for name in names)
+            conn.executemany(f"UPDATE tasks SET {assigns} WHERE task_identifier = ?", rows)
+            if "total" in names:
+                at = names.index("total")
+                conn.executemany('UPDATE segments SET "end" = ? WHERE task_identifier = ? AND idx = 0',
+                                 [(row[at], row[-1]) for row in rows])
+        self._changes.clear()
+        if self._offsets:
+            conn.executemany("UPDATE segments SET offset = ? WHERE task_identifier = ? AND idx = 0",
+                             [(offset, tid) for tid, offset in self._offsets.items()])
+            self._offsets.clear()
+        if self._events:
+            conn.executemany(_EVENT_INSERT, self._events)
+            self._events.clear()
+        if self._meta:
+            conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", self._meta.items())
+            self._meta.clear()
+
     def flush(self) -> None:
-        """Commit what the open group holds (nothing to do when none is open)."""
+        """Write and commit everything gathered so far (nothing to do when nothing is)."""
+        self._write()
         if self._open:
             self._conn.execute("COMMIT")
             self._open = False
@@ -201,65 +263,59 @@ class SqliteStore:
         return value
 
     def put_task(self, record: TaskRecord) -> None:
-        cols = ", ".join(_TASK_COLUMNS)
-        marks = ", ".join("?" for _ in _TASK_COLUMNS)
         with self.atomic():
-            self._conn.execute(f"INSERT OR REPLACE INTO tasks ({cols}) VALUES ({marks})", _to_row(record))
-            self._conn.execute(
-                'INSERT OR REPLACE INTO segments (task_identifier, idx, start, "end", offset) VALUES (?, 0, 0, ?, ?)',
-                (record.task_identifier, record.total, record.offset),
-            )
+            tid = record.task_identifier
+            self._changes.pop(tid, None)  # the whole record supersedes its earlier changes
+            self._offsets.pop(tid, None)
+            self._puts[tid] = (_to_row(record), record.offset)
 
     def update_task(self, task_identifier: int, **changes: Any) -> None:
-        offset = changes.pop("offset", None)
         with self.atomic():
-            if changes:
-                assigns, values = [], []
-                for name, value in changes.items():
-                    if name in _JSON_FIELDS:
-                        value = None if value is None else json.dumps(value)
-                    elif name in _BOOL_FIELDS:
-                        value = int(bool(value))
-                    assigns.append(f"{name} = ?")
-                    values.append(value)
-                self._conn.execute(f"UPDATE tasks SET {', '.join(assigns)} WHERE task_identifier = ?",
-                                   (*values, task_identifier))
-                if "total" in changes:
-                    self._conn.execute('UPDATE segments SET "end" = ? WHERE task_identifier = ? AND idx = 0',
-                                       (changes["total"], task_identifier))
+            offset = changes.pop("offset", None)
             if offset is not None:
-                self._conn.execute("UPDATE segments SET offset = ? WHERE task_identifier = ? AND idx = 0",
-                                   (offset, task_identifier))
+                self._offsets[task_identifier] = offset
+            if not changes:
+                return
+            pending = self._changes.setdefault(task_identifier, {})
+            for name, value in changes.items():
+                if name in _JSON_FIELDS:
+                    value = None if value is None else json.dumps(value)
+                elif name in _BOOL_FIELDS:
+                    value = int(bool(value))
+                pending.pop(name, None)  # re-inserted last: rows with the same fields share a statement
+                pending[name] = value
 
     def set_offset(self, task_identifier: int, offset: int) -> None:
         with self.atomic():
-            self._conn.execute("UPDATE segments SET offset = ? WHERE task_identifier = ? AND idx = 0",
-                               (offset, task_identifier))
+            self._offsets[task_identifier] = offset
 
     # events ------------------------------------------------------------------------------
 
     def append_event(self, event: Event) -> Event:
         with self.atomic():
-            cur = self._conn.execute(
-            "INSERT INTO events (time, task_identifier, event, bytes_written, total_bytes_written, "
-                "total_bytes_expected, status, error, detail, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (event.time, event.task_identifier, event.event, event.bytes_written, event.total_bytes_written,
-                 event.total_bytes_expected, event.status, event.error, event.detail, event.reason),
-            )
-        return Event(cur.lastrowid or 0, *[getattr(event, c) for c in EVENT_COLUMNS[1:]])
+            self._seq += 1
+            e = event
+            self._events.append((self._seq, e.time, e.task_identifier, e.event, e.bytes_written,
+                                 e.total_bytes_written, e.total_bytes_expected, e.status, e.error, e.detail,
+                                 e.reason))
+        return Event(self._seq, e.time, e.identifier, e.task_identifier, e.event, e.bytes_written,
+                     e.total_bytes_written, e.total_bytes_expected, e.status, e.error, e.detail, e.reason)
 
     def events(self, since_seq: int = 0, task_identifier: int | None = None) -> list[Event]:
+        self._write()
         return _load_events(self._conn, self.identifier, since_seq, task_identifier)
 
     # meta --------------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:
+        if key in self._meta:
+            return self._meta[key]
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
 
     def set_meta(self, key: str, value: str) -> None:
         with self.atomic():
-            self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            self._meta[key] = value
 
     def close(self) -> None:
         self.flush()
