@@ -10,7 +10,7 @@ are listed in :class:`EventKind` with the circumstances that produce each.
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["EVENT_COLUMNS", "Event", "EventKind"]
@@ -92,4 +92,4 @@ class Event:
     reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in EVENT_COLUMNS}  # every field is a plain value

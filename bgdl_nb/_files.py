@@ -266,8 +266,10 @@ def claim(destination: str | os.PathLike[str], owner: dict[str, Any], lease: flo
         except FileExistsError:
             pass
         else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(body)
+            try:
+                os.write(fd, body)  # a few hundred bytes: one write
+            finally:
+                os.close(fd)
             return
         try:
             raw = path.read_bytes()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
 import logging
@@ -24,6 +25,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +59,11 @@ class _Client:
         self.pid: object = None  # the client process, as it said when it attached
 
     def send(self, message: dict[str, Any]) -> None:
+        self.send_frames(encode(message))
+
+    def send_frames(self, data: bytes) -> None:
         if not self.writer.is_closing():
-            self.writer.write(encode(message))
+            self.writer.write(data)
 
 
 class _Hosted:
@@ -74,10 +79,23 @@ class _Hosted:
         self._last: tuple[float, int] | None = None
         self.launches = 0  # since an interactive client last attached
         self.launched: Any = None  # the running launch_command process
+        self.frames: list[bytes] | None = None  # the events of a batch under way, encoded
         engine.sink = self
 
     def event(self, event: Event, snapshot: Snapshot | None) -> None:
         self.service._broadcast(self, event, snapshot)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """The events of one journal commit reach each client in one write, not one each."""
+        self.frames = []
+        try:
+            yield
+        finally:
+            data, self.frames = b"".join(self.frames), None
+            if data:
+                for client in self.clients:
+                    client.send_frames(data)
 
     def counts(self, counts: dict[int, int]) -> None:
         message = {"type": "progress", "identifier": self.identifier, "counts": {str(k): v for k, v in counts.items()}}
@@ -218,9 +236,12 @@ class Service:
         self.hosted.pop(hosted.identifier, None)
 
     def _broadcast(self, hosted: _Hosted, event: Event, snapshot: Snapshot | None) -> None:
-        message = {"type": "event", "identifier": hosted.identifier, "event": event.as_dict(), "task": snapshot}
-        for client in hosted.clients:
-            client.send(message)
+        frame = encode({"type": "event", "identifier": hosted.identifier, "event": event.as_dict(), "task": snapshot})
+        if hosted.frames is not None:
+            hosted.frames.append(frame)
+        else:
+            for client in hosted.clients:
+                client.send_frames(frame)
         if snapshot is not None:
             self.sharing.relay(hosted, event, snapshot)
         if event.event in (EventKind.FINISHED.value, EventKind.COMPLETED.value, EventKind.FAILED.value) \
