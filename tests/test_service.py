@@ -277,3 +277,21 @@ def test_two_identifiers_share_one_transfer_of_the_same_file(origin, tmp_path, s
     assert "progress" in kinds and kinds[-2:] == ["finished", "completed"]
     a.close()
     b.close()
+
+
+def test_events_carry_only_the_fields_that_changed_since_the_task_was_last_sent():
+    from bgdl_nb._hosts.service.server import _changed
+
+    shown: dict = {}
+    record = {"task_identifier": 3, "state": "running", "destination": "/d/x", "url": "http://h/x",
+              "status": None, "response_headers": None}
+    first = {"record": dict(record), "received": 0, "version": 1}
+    assert _changed(shown, first) is first  # a task's first event carries the whole record
+    second = {"record": {**record, "status": 200, "response_headers": {"ETag": '"e"'}}, "received": 5, "version": 2}
+    sent = _changed(shown, second)
+    assert sent["record"] == {"task_identifier": 3, "state": "running", "destination": "/d/x", "status": 200,
+                              "response_headers": {"ETag": '"e"'}}
+    assert (sent["received"], sent["version"]) == (5, 2)
+    done = {"record": {**second["record"], "state": "completed"}, "received": 5, "version": 3}
+    assert _changed(shown, done)["record"] == {"task_identifier": 3, "state": "completed", "destination": "/d/x"}
+    assert shown == {}  # nothing is kept of a finished task

@@ -80,6 +80,7 @@ class _Hosted:
         self.launches = 0  # since an interactive client last attached
         self.launched: Any = None  # the running launch_command process
         self.frames: list[bytes] | None = None  # the events of a batch under way, encoded
+        self.shown: dict[int, dict[str, Any]] = {}  # each unfinished task's record as its clients last got it
         engine.sink = self
 
     def event(self, event: Event, snapshot: Snapshot | None) -> None:
@@ -102,6 +103,27 @@ class _Hosted:
         for client in self.clients:
             client.send(message)
         self.service.sharing.progress(self, counts)
+
+
+_ALWAYS_SENT = ("task_identifier", "state", "destination")  # what a client's mirror reads of every update
+_ABSENT = object()
+
+
+def _changed(shown: dict[int, dict[str, Any]], snapshot: Snapshot) -> Snapshot:
+    """``snapshot`` with only the record's fields that changed since its task was last sent
+    (every client got that one: the whole record comes with a task's first event and with
+    the snapshots a client attaches with). Most events change a field or two of thirty."""
+    record = snapshot["record"]
+    tid = record["task_identifier"]
+    before = shown.get(tid)
+    if record["state"] == TaskState.COMPLETED:
+        shown.pop(tid, None)
+    else:
+        shown[tid] = record
+    if before is None:
+        return snapshot
+    delta = {k: v for k, v in record.items() if k in _ALWAYS_SENT or before.get(k, _ABSENT) != v}
+    return {**snapshot, "record": delta}
 
 
 class Service:
@@ -236,7 +258,8 @@ class Service:
         self.hosted.pop(hosted.identifier, None)
 
     def _broadcast(self, hosted: _Hosted, event: Event, snapshot: Snapshot | None) -> None:
-        frame = encode({"type": "event", "identifier": hosted.identifier, "event": event.as_dict(), "task": snapshot})
+        frame = encode({"type": "event", "identifier": hosted.identifier, "event": event.as_dict(),
+                        "task": None if snapshot is None else _changed(hosted.shown, snapshot)})
         if hosted.frames is not None:
             hosted.frames.append(frame)
         else:
