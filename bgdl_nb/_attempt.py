@@ -69,6 +69,7 @@ class TaskRun:
     restarts: int = 0
     version: int = 0          # snapshots taken: a host keeps the newest it has seen
     resumed_once: bool = False  # resume() was called in this engine's life
+    claim_released: bool = False  # its file is in place and its destination's claim gone
 
     @property
     def task_identifier(self) -> int:
@@ -108,6 +109,13 @@ class Reporter(Protocol):
 
     def learned_total(self, total: int) -> None:
         """The resource's length became known (the disk preflight uses it)."""
+
+    def release_claim(self) -> None:
+        """The file is in place: give up its destination's claim (blocking; beside the loop)."""
+
+    def transferred(self) -> None:
+        """Every byte is in and the connection is back in the pool: another task may
+        transfer while this one's file is verified, made durable and renamed."""
 
     def throttle(self, nbytes: int) -> float:
         """Seconds to pause after ``nbytes`` to honour the bandwidth limit."""
@@ -259,6 +267,7 @@ class Attempt:
             raise NetworkError(f"connection closed after {run.received} of {rec.total} bytes", url=rec.url)
         if rec.total is None:
             self.report.update(total=run.received)
+        self.report.transferred()  # the connection is back in the pool
         await finalise(run, self.report, self.target, self.finaliser)
         return True
 
@@ -317,6 +326,7 @@ class Attempt:
                 raise RestartNeeded() from None
         finally:
             os.close(fd)
+        self.report.transferred()  # the connection is back in the pool
         await finalise(run, self.report, self.target, self.finaliser)
         return True
 
@@ -400,7 +410,8 @@ async def finalise(run: TaskRun, report: Reporter, target: Path, finaliser: Fina
         raise InvalidDestination(
             f"{target} appeared while the download ran; it was left untouched. Remove it, or pass "
             "overwrite=True; the download can continue from the error's resume_data")
-    await finaliser.finalise(rec.partial_path, target, lambda: report.update(digest=digest, location=str(target)))
+    await finaliser.finalise(rec.partial_path, target, lambda: report.update(digest=digest, location=str(target)),
+                             report.release_claim)
     run.hasher, run.hashed, run.hashing = None, -1, None
     report.emit(EventKind.FINISHED, total_bytes_written=rec.offset, total_bytes_expected=rec.total,
                 detail=str(target))

@@ -76,7 +76,8 @@ class Configuration:
 
     max_concurrent_tasks: int = 4
     """How many tasks transfer at once; waiting tasks start as soon as a slot frees
-    (the "N downloads in parallel" of a download manager)."""
+    (the "N downloads in parallel" of a download manager). A slot frees with a task's
+    last byte: putting its file in place (digest, fsync, rename) needs no connection."""
 
     http_maximum_connections_per_host: int = 6
     """Upper bound on simultaneous connections to one host (URLSession's name)."""

@@ -414,6 +414,8 @@ class Engine(EngineBase):
         def renew() -> dict[int, InvalidDestination]:
             lost = {}
             for tid in tids:
+                if self._runs[tid].claim_released:
+                    continue  # its file is in place: renewing would bring the claim back
                 try:
                     self._claim(self._runs[tid].record)
                 except InvalidDestination as exc:

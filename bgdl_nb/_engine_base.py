@@ -98,6 +98,16 @@ class _Report:
     def learned_total(self, total: int) -> None:
         self.engine.scheduler.update_remaining(self.run.task_identifier, total)
 
+    def transferred(self) -> None:
+        self.engine.scheduler.release_slot(self.run.task_identifier)
+        asyncio.get_running_loop().call_soon(self.engine._schedule)  # the next task starts now, not after the rename
+
+    def release_claim(self) -> None:
+        rec = self.run.record
+        if rec.destination:
+            release(rec.destination, self.engine._owner(rec.task_identifier))
+            self.run.claim_released = True  # read on the loop once the rename's future is done
+
     def throttle(self, nbytes: int) -> float:
         return self.engine.bucket.reserve(nbytes, time.monotonic())
 
@@ -168,6 +178,10 @@ class EngineBase:
     def bandwidth_limit(self) -> float | None:
         return self.bucket.rate
 
+    def _schedule(self) -> None:
+        """Start what the scheduler's plan says (:class:`~bgdl_nb._engine.Engine` does)."""
+        raise NotImplementedError
+
     def ack(self, seq: int, finished_path: str | None = None) -> None:
         """A delegate has seen every event up to ``seq``; a finished file it was handed
         without a destination is now removed from the inbox (seed semantics)."""
@@ -235,7 +249,8 @@ class EngineBase:
         if rec.destination and self._destinations.get(rec.destination) == tid:
             del self._destinations[rec.destination]
         if rec.destination:
-            release(rec.destination, self._owner(tid))
+            if not run.claim_released:  # the rename releases a finished file's claim
+                release(rec.destination, self._owner(tid))
             self._claimed.pop(tid, None)
         if not finished and error is None:
             rec.location = None

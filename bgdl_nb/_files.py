@@ -210,6 +210,11 @@ def _beside(destination: Path, suffix: str, token: str = "") -> Path:
 
 def claim_path(destination: str | os.PathLike[str]) -> Path:
     """The claim file of a destination: it names the task that will write it."""
+    return _claim_path(os.fspath(destination))
+
+
+@functools.lru_cache(maxsize=4096)  # asked when a task claims its destination and when it lets it go
+def _claim_path(destination: str) -> Path:
     return _beside(Path(destination), ".bgdl-claim")
 
 

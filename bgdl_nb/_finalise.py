@@ -75,23 +75,28 @@ def current_umask() -> int:
     return mask
 
 
-def _rename_all(moves: list[tuple[str, Path]]) -> list[Exception | None]:
-    """Rename each partial file into place, then sync each directory once (blocking).
+def _rename_all(moves: list[tuple[str, Path, Callable[[], None] | None]]) -> list[Exception | None]:
+    """Rename each partial file into place (and call its ``then``), then sync each
+    directory once (blocking).
 
     Partial files are private (0600) while they are incomplete; a finished file gets the
     mode any new file of the user would get (0666 less the umask), as wget and curl do."""
     results: list[Exception | None] = []
     folders: set[Path] = set()
     mode = 0o666 & ~current_umask()
-    for partial, target in moves:
+    for partial, target, then in moves:
         try:
             check_ours(partial, os.lstat(partial))  # never rename a link (or another user's file) into place
             os.chmod(partial, mode)
             os.replace(partial, target)
-            folders.add(target.parent)
-            results.append(None)
         except (OSError, UnsafeFile) as exc:
             results.append(exc)
+            continue
+        folders.add(target.parent)
+        results.append(None)
+        if then is not None:
+            with contextlib.suppress(OSError):  # the file is in place: what follows only tidies up
+                then()
     for folder in folders:
         with contextlib.suppress(OSError):  # the rename happened; a failed directory sync only weakens it
             fsync_path(folder)
@@ -103,6 +108,7 @@ class _Item:
     partial: str
     target: Path
     record_intent: Callable[[], None]
+    then: Callable[[], None] | None
     done: asyncio.Future[None]
 
 
@@ -114,11 +120,14 @@ class Finaliser:
         self._batch: list[_Item] = []
         self._worker: asyncio.Task[None] | None = None
 
-    async def finalise(self, partial: str, target: Path, record_intent: Callable[[], None]) -> None:
+    async def finalise(self, partial: str, target: Path, record_intent: Callable[[], None],
+                       then: Callable[[], None] | None = None) -> None:
         """Make ``partial`` durable, call ``record_intent`` (which journals the digest and
-        the location), commit, and rename it to ``target``; raises what the rename raised."""
+        the location), commit, and rename it to ``target``; raises what the rename raised.
+        ``then`` (blocking: a claim file to remove, say) runs beside the loop right after
+        the rename, in the same hand-off."""
         loop = asyncio.get_running_loop()
-        item = _Item(partial, target, record_intent, loop.create_future())
+        item = _Item(partial, target, record_intent, then, loop.create_future())
         self._batch.append(item)
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._drain())
@@ -147,7 +156,8 @@ class Finaliser:
         for item in live:
             item.record_intent()  # intent first: a crash after this is recoverable
         self._commit()
-        results = await asyncio.shield(asyncio.to_thread(_rename_all, [(i.partial, i.target) for i in live]))
+        moves = [(i.partial, i.target, i.then) for i in live]
+        results = await asyncio.shield(asyncio.to_thread(_rename_all, moves))
         for item, error in zip(live, results):
             if error is None:
                 item.done.set_result(None)

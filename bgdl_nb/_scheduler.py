@@ -196,6 +196,13 @@ class Scheduler:
         if self.reason.pop(tid, None) is not None:
             self._changed[tid] = None
 
+    def release_slot(self, tid: int) -> None:
+        """A running task's transfer is over (its file is being put in place): its slot,
+        and its host's connection, go to the next task. It stays an item until removed."""
+        item = self.running.get(tid)
+        if item is not None:
+            self._release(item)
+
     def backoff(self, tid: int, until: float, reason: Wait = RETRY) -> None:
         """A running task must wait until ``until`` (retry backoff, launch delay)."""
         item = self.items.get(tid)

@@ -63,7 +63,7 @@ def test_a_partial_file_replaced_after_the_bytes_arrived_is_never_renamed_into_p
     victim.chmod(0o600)
     link = tmp_path / ".d.bin.0000.bgdl-part"
     link.symlink_to(victim)
-    [error] = _rename_all([(str(link), tmp_path / "d.bin")])
+    [error] = _rename_all([(str(link), tmp_path / "d.bin", None)])
     assert isinstance(error, bg.UnsafeFile)
     assert not (tmp_path / "d.bin").exists() and victim.stat().st_mode & 0o777 == 0o600
 
