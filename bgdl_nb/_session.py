@@ -205,7 +205,7 @@ class Session:
                      count_of_bytes_client_expects_to_receive: int | None = None, sha256: str | None = None,
                      overwrite: bool = False, is_discretionary: bool | None = None) -> TaskRecord:
         """Validate a task's arguments (before any I/O) and build its record."""
-        req = request if isinstance(request, Request) else Request(check_url(request))
+        req = request if isinstance(request, Request) else Request(request)
         check_url(req.url)
         check_headers(req.url, req.headers)
         if not 0.0 <= float(priority) <= 1.0:

@@ -19,6 +19,7 @@ import functools
 import ipaddress
 import netrc
 import os
+import re
 import socket
 import ssl
 import time
@@ -51,6 +52,9 @@ READ_SIZE = 256 * 1024
 USER_AGENT = f"bgdl_nb/{_version('bgdl_nb')} aiohttp/{aiohttp.__version__}"
 
 
+_UNSAFE_CHARACTERS = re.compile(r"[\s\x00-\x1f]")  # whitespace (any script's) and control characters
+
+
 def check_url(url: object, *, what: str = "URL") -> str:
     """Return ``url`` if it is an absolute http(s) URL, else raise UnsupportedURL."""
     if not isinstance(url, str):
@@ -67,7 +71,7 @@ def check_url(url: object, *, what: str = "URL") -> str:
             f"{what} {url!r} uses {shown}; only http:// and https:// URLs can be downloaded", url=url)
     if not parts.hostname:
         raise UnsupportedURL(f"{what} {url!r} has no host name", url=url)
-    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+    if _UNSAFE_CHARACTERS.search(url):
         raise UnsupportedURL(f"{what} {url!r} contains whitespace or control characters; "
                              "percent-encode them", url=url)
     return url
