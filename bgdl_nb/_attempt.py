@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from ._files import (
 )
 from ._finalise import Finaliser
 from ._resume import Outcome, Validator, accepts_ranges, decide, resume_headers, validator_from_headers
-from ._segments import MIN_SEGMENT, Segmented, SegmentsChanged, check_on_disk, compact
+from ._segments import MIN_SEGMENT, Segment, Segmented, SegmentsChanged, check_on_disk, compact
 from ._transfer import LowSpeed, open_response
 
 if TYPE_CHECKING:
@@ -48,6 +49,19 @@ if TYPE_CHECKING:
 
 INLINE_HASH_BYTES = 1024 * 1024
 """Bodies up to this size are hashed on the event loop as they arrive, not on the hash thread."""
+
+SPLIT_BELOW = 200_000_000
+"""Bytes a second under which one connection is deemed held back (by the server, a CDN's
+per-connection cap or a long path), so that an automatically split file adds connections.
+A faster connection keeps the file to itself: split, a file's digest must read its bytes
+back from the page cache and every region keeps a CRC, which on a machine of few cores
+costs more than a second connection could add."""
+
+SPLIT_WARMUP = 0.25
+"""Seconds of a new connection (slow start, the first bytes) not counted in its speed."""
+
+SPLIT_WINDOW = 0.25
+"""Seconds over which one connection's speed is measured before a split is decided."""
 
 __all__ = ["CHECKPOINT_BYTES", "Attempt", "Reporter", "RestartNeeded", "RetryableStatus", "TaskRun", "finalise"]
 
@@ -250,6 +264,7 @@ class Attempt:
                 if not decision.use_body:
                     raise RestartNeeded()
                 offset = 0
+            split_if_slow = False
             if offset == 0:
                 found = validator_from_headers(resp.headers)
                 self.report.update(total=decision.total, accepts_ranges=accepts_ranges(resp.headers),
@@ -258,11 +273,19 @@ class Attempt:
                 if decision.total is not None:
                     self.report.learned_total(decision.total)
                 if self._splittable():
-                    return await self._segmented(resp)
+                    if self.config.connections_per_file is not None:
+                        return await self._segmented(resp)  # a fixed count: split at once, like aria2c -x
+                    split_if_slow = self.config.bandwidth_limit is None  # our own limit is no reason to split
             else:
                 self.report.emit(EventKind.RESUMED_AT_OFFSET, total_bytes_written=offset,
                                  total_bytes_expected=rec.total)
-            await self._receive(resp, offset)
+            if await self._receive(resp, offset, split_if_slow=split_if_slow):
+                return await self._segmented(resp, at=run.received)  # the same body goes on from there
+        return await self._finish()
+
+    async def _finish(self) -> bool:
+        """The body ended: check its length, then put the file in place."""
+        run, rec = self.run, self.run.record
         if rec.total is not None and run.received != rec.total:
             raise NetworkError(f"connection closed after {run.received} of {rec.total} bytes", url=rec.url)
         if rec.total is None:
@@ -290,21 +313,28 @@ class Attempt:
             return False
         return True
 
-    async def _segmented(self, first: Any | None) -> bool:
-        """Finish the file over several connections; True once it is in place."""
+    async def _segmented(self, first: Any | None, at: int = 0) -> bool:
+        """Finish the file over several connections; True once it is in place. ``first``
+        is the open response from byte ``at`` (the bytes before it written and hashed by
+        one connection, which found itself slow), or None to continue journaled segments."""
         run, rec = self.run, self.run.record
         assert rec.total is not None and rec.validator_value is not None
 
         def opener(headers: dict[str, str]) -> Any:
             return open_response(self.client, rec.url, {**rec.headers, **headers}, self.config, lambda *_: None)
 
-        segments, hasher, hashed = None, hashlib.sha256(), 0  # the digest follows the contiguous prefix
+        segments: list[Segment] | None = None
+        hasher, hashed = hashlib.sha256(), 0  # the digest follows the contiguous prefix
+        if at:  # the prefix is hashed already; its mark vouches for it
+            segments = [Segment(0, at, at, crc=None), Segment(at, rec.total, at)]
+            hasher, hashed = await _hasher_at(run, at), at
         if first is None and rec.segments:
-            segments, hasher, hashed, changed = await asyncio.to_thread(
+            found, hasher, hashed, changed = await asyncio.to_thread(
                 check_on_disk, rec.partial_path, rec.total, rec.segments, rec.marks)
+            segments = found
             if changed:
-                written = sum(g.pos - g.start for g in segments)
-                self.report.update(segments=compact(segments, hashed), offset=written,
+                written = sum(g.pos - g.start for g in found)
+                self.report.update(segments=compact(found, hashed), offset=written,
                                    marks=[m for m in rec.marks or [] if m[0] <= hashed] or None)
                 ranges = ", ".join(f"{a}-{b - 1}" for a, b in changed)
                 self.report.emit(EventKind.RESTARTED, total_bytes_written=written,
@@ -330,7 +360,11 @@ class Attempt:
         await finalise(run, self.report, self.target, self.finaliser)
         return True
 
-    async def _receive(self, resp: Any, offset: int) -> None:
+    async def _receive(self, resp: Any, offset: int, *, split_if_slow: bool = False) -> bool:
+        """Write the body from ``offset`` to its end, hashing it; True when it stopped early
+        because ``split_if_slow`` and this one connection proved slow (:data:`SPLIT_BELOW`):
+        the bytes so far are written, journaled and handed to the hasher, and the rest of
+        the body is for :meth:`_segmented`."""
         run, rec = self.run, self.run.record
         hasher = await _hasher_at(run, offset)
         run.hasher, run.hashed, run.hashing = None, -1, None  # until this attempt's bytes are handed over
@@ -344,6 +378,9 @@ class Attempt:
         interval = self.config.progress_interval
         next_report = time.monotonic() + interval
         floor = LowSpeed(self.config.low_speed_limit, self.config.low_speed_time, rec.url, offset)
+        split_check = time.monotonic() + SPLIT_WARMUP if split_if_slow else math.inf
+        measured_from: tuple[float, int] | None = None
+        slow = False
         try:
             async for chunk in resp.chunks():
                 view = memoryview(chunk)
@@ -376,6 +413,18 @@ class Attempt:
                 if now >= next_report:
                     self._progress(position - reported)
                     reported, next_report = position, now + interval
+                if now >= split_check:
+                    if measured_from is None:  # warmed up: measure from here
+                        measured_from, split_check = (now, position), now + SPLIT_WINDOW
+                    else:
+                        rate = (position - measured_from[1]) / (now - measured_from[0])
+                        split_check = math.inf  # decided, once
+                        slow = rate < SPLIT_BELOW and rec.total is not None and rec.total - position >= 2 * MIN_SEGMENT
+                        if slow:
+                            self.report.emit(EventKind.SEGMENTED, total_bytes_written=position, detail=(
+                                f"one connection gave {rate / 1e6:.0f} MB/s: connections are added while the "
+                                "file's throughput grows"))
+                            break  # the rest of this body goes to the first of several connections
         finally:
             os.close(fd)
             if position != journaled:
@@ -388,6 +437,7 @@ class Attempt:
             run.hasher, run.hashed, run.hashing = hasher, position, None if inline else self.hashing.settled()
             if position > reported:
                 self._progress(position - reported)
+        return slow
 
     def _progress(self, written: int) -> None:
         self.report.emit(EventKind.PROGRESS, bytes_written=written, total_bytes_written=self.run.received,

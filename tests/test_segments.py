@@ -83,6 +83,31 @@ def test_automatic_connections_grow_against_a_capped_nginx(nginx, tmp_path):
     session.close()
 
 
+@pytest.mark.parametrize("where", ["limited", "plain"])
+def test_automatic_splitting_happens_only_when_one_connection_is_slow(nginx, tmp_path, monkeypatch, where):
+    """Automatic: the file starts on one connection; if that proves slower than
+    SPLIT_BELOW, the same body goes on as the first of several pieces (nothing fetched
+    twice); a fast connection keeps the file to itself (no digest read-back, no CRCs)."""
+    import bgdl_nb._attempt as attempt
+    monkeypatch.setattr(attempt, "SPLIT_BELOW", 8 * MB)  # between nginx's 4 MB/s cap and loopback's pace
+    data = os.urandom(3 * MB) * 8
+    nginx.publish("big.bin", data)
+    with bg.Session(bg.Configuration.default()) as session:
+        task = session.download_task(f"{nginx.base_url}/{where}/big.bin".replace("/plain/", "/"),
+                                     tmp_path / "big.bin").resume()
+        task.wait(60)
+        log = session.event_log()
+    assert (tmp_path / "big.bin").read_bytes() == data
+    lines = [line for line in (nginx.prefix / "logs" / "access.log").read_text().splitlines() if "big.bin" in line]
+    sent = sum(int(line.split('" ')[1].split()[1]) for line in lines)  # the body bytes of each response
+    segmented = [e for e in log if e.event == "segmented"]
+    if where == "plain":
+        assert len(lines) == 1 and " 200 " in lines[0] and not segmented
+    else:
+        assert sum(" 200 " in line for line in lines) == 1 and sum(" 206 " in line for line in lines) >= 2
+        assert segmented and sent <= len(data) + 2 * MB  # the first body was cut short, not fetched again
+
+
 def test_sigkill_mid_split_download_resumes_every_segment(origin, tmp_path, monkeypatch):
     monkeypatch.setenv("BGDL_IN_PROCESS", "1")
     size = 48 * MB
