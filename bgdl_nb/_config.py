@@ -171,9 +171,11 @@ class Configuration:
 
     connections_per_file: int | None = None
     """Connections one file may use (segmented download, like ``aria2c -x``): ``None``
-    adds connections while the file's throughput still grows, up to
-    ``http_maximum_connections_per_host``; 1 never splits a file. Only files whose server
-    gives a strong validator, byte ranges and a length are split."""
+    starts on one connection and, if that one is slow (under 200 MB/s: a server's
+    per-connection cap, a long path), adds connections while the file's throughput still
+    grows, up to ``http_maximum_connections_per_host``; a number splits the file at once
+    over that many; 1 never splits a file. Only files whose server gives a strong
+    validator, byte ranges and a length are split."""
 
     delegate_close_timeout: float = 10.0
     """Seconds ``session.close()`` waits for delegate callbacks still queued or running;

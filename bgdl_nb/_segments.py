@@ -8,9 +8,10 @@ connection whose segment is done. Every segment request carries ``If-Range``; a 
 to it, another validator or another total means the resource changed, and the whole
 file starts again from byte 0: bytes of two versions are never mixed.
 
-How many connections: ``connections_per_file`` fixes it; ``None`` doubles it every quarter
-second while the file's throughput still grows (by 8 % or more), up to the per-host
-limit. The journal keeps each segment's durable offset (``TaskRecord.segments``), so
+How many connections: ``connections_per_file`` fixes it; ``None`` lets one connection
+show its speed first (:data:`bgdl_nb._attempt.SPLIT_BELOW`) and, when it is slow, doubles
+the count every quarter second while the file's throughput still grows (by 8 % or more),
+up to the per-host limit. The journal keeps each segment's durable offset (``TaskRecord.segments``), so
 after a crash every segment continues from its own offset. The sha256 of the whole
 file follows the contiguous prefix as it grows (read back from the page cache on the
 hash thread) and is finished before the rename.

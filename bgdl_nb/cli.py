@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", help="background session identifier (default: derived from DIR)")
     p.add_argument("--sha256", action="append", metavar="HEX", help="expected digest, once per URL in order")
     p.add_argument("--connections", type=int, metavar="N",
-                   help="connections per file, like aria2c -x (default: grow while throughput grows)")
+                   help="connections per file, like aria2c -x (default: one, more while a slow file's "
+                        "throughput grows)")
     p.add_argument("--max-concurrent", type=int, metavar="N", help="files downloaded at once")
     p.add_argument("--overwrite", action="store_true", help="replace existing files not downloaded by bgdl")
     p.add_argument("--retries", type=int, metavar="N", help="retries per file (default: 8, and 2 when the server "
