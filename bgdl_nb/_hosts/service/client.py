@@ -38,7 +38,15 @@ from ..._states import TaskState
 from ..._task import DownloadTask
 from ..base import HostCore
 from ..thread import Call
-from .protocol import PROTOCOL_VERSION, ServiceUnavailable, ensure_private_dir, read_frame, runtime_dir, write_frame
+from .protocol import (
+    PROTOCOL_VERSION,
+    FrameReader,
+    ServiceUnavailable,
+    ensure_private_dir,
+    read_frame,
+    runtime_dir,
+    write_frame,
+)
 
 __all__ = ["ServiceHost", "service_status", "start_service", "stop_service"]
 
@@ -185,28 +193,33 @@ class ServiceHost:
             self.core.delivery.finish_events()
 
     def _read_loop(self, sock: socket.socket) -> None:
+        reader = FrameReader(sock)
         while True:
             try:
-                message = read_frame(sock)
+                messages = reader.messages()
             except (OSError, ValueError):
-                message = None
-            if message is None:
+                messages = None
+            if messages is None:
                 break
-            if "id" in message and message.get("type") is None:
-                call = self._pending.pop(message["id"], None)
-                if call is None:
-                    if not message.get("ok"):  # refused before any request (another uid)
-                        log.error("transfer service: %s", message.get("error", {}).get("message"))
-                    continue
-                if message.get("ok"):
-                    call.set_result(message.get("result"))
-                else:
-                    call.set_exception(BgdlError.from_dict(message["error"]))
-            elif message.get("type") == "event":
-                self.core.on_event(Event(**message["event"]), message.get("task"))
-            elif message.get("type") == "progress":
-                self.core.mirror.counts({int(tid): received for tid, received in message["counts"].items()})
+            with self.core.delivery.batch():  # the delegate thread wakes once for what arrived together
+                for message in messages:
+                    self._handle(message)
         self._lost(sock)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        if "id" in message and message.get("type") is None:
+            call = self._pending.pop(message["id"], None)
+            if call is None:
+                if not message.get("ok"):  # refused before any request (another uid)
+                    log.error("transfer service: %s", message.get("error", {}).get("message"))
+            elif message.get("ok"):
+                call.set_result(message.get("result"))
+            else:
+                call.set_exception(BgdlError.from_dict(message["error"]))
+        elif message.get("type") == "event":
+            self.core.on_event(Event(**message["event"]), message.get("task"))
+        elif message.get("type") == "progress":
+            self.core.mirror.counts({int(tid): received for tid, received in message["counts"].items()})
 
     def _lost(self, sock: socket.socket) -> None:
         for call in list(self._pending.values()):
@@ -290,7 +303,7 @@ class ServiceHost:
 
     def create_many(self, records: list[TaskRecord], resume: bool) -> list[DownloadTask]:
         snaps = self._request("create_many", identifier=self.identifier, resume=resume,
-                              records=[dataclasses.asdict(r) for r in records])
+                              records=[dict(vars(r)) for r in records])  # plain values: encoded at once
         return [self.core.mirror.view(snap) for snap in snaps]
 
     def control(self, name: str, *args: Any) -> None:

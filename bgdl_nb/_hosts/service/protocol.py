@@ -28,7 +28,8 @@ from typing import Any
 
 from ..._exceptions import SessionError
 
-__all__ = ["PROTOCOL_VERSION", "ServiceUnavailable", "peer_uid", "read_frame", "runtime_dir", "write_frame"]
+__all__ = ["PROTOCOL_VERSION", "FrameReader", "ServiceUnavailable", "peer_uid", "read_frame", "runtime_dir",
+           "write_frame"]
 
 PROTOCOL_VERSION = 2
 MAX_FRAME = 64 * 1024 * 1024
@@ -66,7 +67,7 @@ def encode(message: dict[str, Any]) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def decode_length(header: bytes) -> int:
+def decode_length(header: bytes | bytearray) -> int:
     (length,) = _HEADER.unpack(header)
     if length > MAX_FRAME:
         raise ValueError(f"frame of {length} bytes is larger than {MAX_FRAME}")
@@ -86,6 +87,38 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
         chunks.append(chunk)
         n -= len(chunk)
     return b"".join(chunks)
+
+
+class FrameReader:
+    """The messages arriving on a socket, read in large pieces: one ``recv`` brings every
+    frame the service wrote at once (the events of a journal commit), not two per frame."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = bytearray()
+        self._at = 0  # where the next frame starts in the buffer
+
+    def messages(self) -> list[dict[str, Any]] | None:
+        """Every whole message received so far (waiting for one); None once the peer closed."""
+        while True:
+            out = []
+            buffer = self._buffer
+            while len(buffer) - self._at >= _HEADER.size:
+                length = decode_length(buffer[self._at:self._at + _HEADER.size])
+                end = self._at + _HEADER.size + length
+                if len(buffer) < end:
+                    break
+                out.append(json.loads(buffer[self._at + _HEADER.size:end]))
+                self._at = end
+            if self._at:  # drop what was read: the buffer holds at most a frame and a piece
+                del buffer[:self._at]
+                self._at = 0
+            if out:
+                return out
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                return None
+            buffer += chunk
 
 
 def read_frame(sock: socket.socket) -> dict[str, Any] | None:
