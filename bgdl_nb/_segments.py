@@ -395,9 +395,9 @@ class Segmented:
                     segment.crc = zlib.crc32(part, segment.crc)
                 segment.pos += len(part)
                 self._received += len(part)
+                self.run.received = self._received  # also when the piece ends inside this chunk
                 self._unjournaled += len(part)
                 data = data[len(part):]
-            self.run.received = self._received
             got += len(chunk)
             pause = self.report.throttle(len(chunk))
             if pause > 0:
