@@ -28,12 +28,19 @@ def _dead_port() -> int:
         return s.getsockname()[1]
 
 
+def _as_from_a_terminal() -> None:
+    """Ctrl-C reaches the command as it does from a terminal: a test run started in the
+    background of a script (no job control) ignores SIGINT, and its children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_suspends_the_downloads_and_a_rerun_continues(origin, tmp_path, sig):
     url = origin.url("ctrlc", 24 * MB, rate=4 * MB)
     out = tmp_path / "out"
     child = subprocess.Popen([sys.executable, "-m", "bgdl_nb.cli", "fetch", url, "-o", str(out), "--id", "ctl",
-                              "--connections", "1"], stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+                              "--connections", "1"], stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+                             preexec_fn=_as_from_a_terminal)
     journal = bg.Configuration.background("ctl").journal_path()
     try:
         wait_until(lambda: journaled_bytes(journal, "ctl") >= 2 * MB, timeout=60, what="2 MiB journaled")
