@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -62,6 +61,24 @@ SPLIT_WARMUP = 0.25
 
 SPLIT_WINDOW = 0.25
 """Seconds over which one connection's speed is measured before a split is decided."""
+
+
+class _SpeedProbe:
+    """One connection's speed, measured once: its bytes over :data:`SPLIT_WINDOW` seconds
+    after :data:`SPLIT_WARMUP`."""
+
+    def __init__(self) -> None:
+        self.due = time.monotonic() + SPLIT_WARMUP
+        self.start: tuple[float, int] | None = None
+
+    def rate(self, now: float, position: int) -> float | None:
+        """Bytes a second once the window is over (asked with every chunk), else None."""
+        if now < self.due:
+            return None
+        if self.start is None:  # warmed up: measure from here
+            self.start, self.due = (now, position), now + SPLIT_WINDOW
+            return None
+        return (position - self.start[1]) / (now - self.start[0])
 
 __all__ = ["CHECKPOINT_BYTES", "Attempt", "Reporter", "RestartNeeded", "RetryableStatus", "TaskRun", "finalise"]
 
@@ -378,8 +395,7 @@ class Attempt:
         interval = self.config.progress_interval
         next_report = time.monotonic() + interval
         floor = LowSpeed(self.config.low_speed_limit, self.config.low_speed_time, rec.url, offset)
-        split_check = time.monotonic() + SPLIT_WARMUP if split_if_slow else math.inf
-        measured_from: tuple[float, int] | None = None
+        probe = _SpeedProbe() if split_if_slow else None
         slow = False
         try:
             async for chunk in resp.chunks():
@@ -413,18 +429,14 @@ class Attempt:
                 if now >= next_report:
                     self._progress(position - reported)
                     reported, next_report = position, now + interval
-                if now >= split_check:
-                    if measured_from is None:  # warmed up: measure from here
-                        measured_from, split_check = (now, position), now + SPLIT_WINDOW
-                    else:
-                        rate = (position - measured_from[1]) / (now - measured_from[0])
-                        split_check = math.inf  # decided, once
-                        slow = rate < SPLIT_BELOW and rec.total is not None and rec.total - position >= 2 * MIN_SEGMENT
-                        if slow:
-                            self.report.emit(EventKind.SEGMENTED, total_bytes_written=position, detail=(
-                                f"one connection gave {rate / 1e6:.0f} MB/s: connections are added while the "
-                                "file's throughput grows"))
-                            break  # the rest of this body goes to the first of several connections
+                if probe is not None and (rate := probe.rate(now, position)) is not None:
+                    probe = None  # decided, once
+                    if rate < SPLIT_BELOW and rec.total is not None and rec.total - position >= 2 * MIN_SEGMENT:
+                        self.report.emit(EventKind.SEGMENTED, total_bytes_written=position, detail=(
+                            f"one connection gave {rate / 1e6:.0f} MB/s: connections are added while the "
+                            "file's throughput grows"))
+                        slow = True
+                        break  # the rest of this body goes to the first of several connections
         finally:
             os.close(fd)
             if position != journaled:
