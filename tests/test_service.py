@@ -196,6 +196,8 @@ def _refuse_nobody(state_dir):
             sock.sendall(struct.pack(">I", len(body)) + body)
             reply = read_frame(sock)
             os.write(write_fd, json.dumps(reply).encode())
+        except BaseException as exc:  # said to the parent, so a failure names its cause
+            os.write(write_fd, json.dumps({"child failed": repr(exc)}).encode())
         finally:
             os._exit(0)
     os.close(write_fd)
