@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from ._checks import check_url
 from ._config import Configuration
 from ._exceptions import BgdlError, FetchError, InvalidDestination, InvalidInput
 from ._files import nearest_existing
@@ -34,7 +35,6 @@ from ._redact import redact_url
 from ._session import Session, _registry, _registry_lock
 from ._states import TaskState
 from ._task import DownloadTask
-from ._transfer import check_url
 
 __all__ = ["fetch", "fetch_async", "file_name_for"]
 

@@ -19,17 +19,16 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._checks import check_headers, check_url
 from ._config import Configuration
 from ._delegate import SessionDelegate
 from ._events import Event
 from ._exceptions import InvalidDestination, InvalidInput, InvalidResumeData, SessionInvalidated
 from ._files import name_max, nearest_existing
-from ._hosts.thread import ThreadHost
 from ._journal import TaskRecord
 from ._redact import add_secret_params
 from ._resume import decode_resume_data, load_key
 from ._task import DownloadTask, Request
-from ._transfer import check_headers, check_url
 
 if TYPE_CHECKING:
     import pandas
@@ -68,6 +67,7 @@ def _new_host(config: Configuration, session: Session, delegate: SessionDelegate
     if config.runs_in_service:
         from ._hosts.service.client import ServiceHost
         return ServiceHost(config, session, delegate)
+    from ._hosts.thread import ThreadHost  # the engine and aiohttp load only where the engine runs
     return ThreadHost(config, session, delegate)
 
 
@@ -116,6 +116,7 @@ class Session:
                 _live.add(host)
             self._host = host
         else:
+            from ._hosts.thread import ThreadHost
             self._host = ThreadHost(config, self, delegate)
             with _registry_lock:
                 _live.add(self._host)

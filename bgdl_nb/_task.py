@@ -26,8 +26,7 @@ from ._redact import redact_headers, redact_url
 from ._states import TaskState
 
 if TYPE_CHECKING:
-    from ._hosts.base import Host
-    from ._hosts.thread import Call
+    from ._hosts.base import Call, Host
     from ._journal import TaskRecord
 
 __all__ = ["DownloadTask", "Progress", "Request", "Response", "TaskState"]

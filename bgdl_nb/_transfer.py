@@ -19,12 +19,11 @@ import functools
 import ipaddress
 import netrc
 import os
-import re
 import socket
 import ssl
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import version as _version
 from typing import Any
@@ -32,49 +31,23 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 
 import aiohttp
 
+from ._checks import check_url
 from ._config import Configuration, network_environment
 from ._exceptions import (
     BgdlError,
     BlockedDestination,
     CannotConnect,
-    InvalidInput,
     NetworkError,
     TransferTimeout,
     UnsupportedURL,
 )
-from ._redact import redact_url
 
-__all__ = ["Opened", "check_url", "map_exceptions", "new_client", "open_response"]
+__all__ = ["Opened", "map_exceptions", "new_client", "open_response"]
 
 _CREDENTIAL_HEADERS = {"authorization", "cookie", "proxy-authorization"}
 _REDIRECTS = {301, 302, 303, 307, 308}
 READ_SIZE = 256 * 1024
 USER_AGENT = f"bgdl_nb/{_version('bgdl_nb')} aiohttp/{aiohttp.__version__}"
-
-
-_UNSAFE_CHARACTERS = re.compile(r"[\s\x00-\x1f]")  # whitespace (any script's) and control characters
-
-
-def check_url(url: object, *, what: str = "URL") -> str:
-    """Return ``url`` if it is an absolute http(s) URL, else raise UnsupportedURL."""
-    if not isinstance(url, str):
-        raise UnsupportedURL(f"{what} must be a string, not {type(url).__name__}")
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises ValueError for a bad port
-    except ValueError as exc:
-        raise UnsupportedURL(f"{what} {url!r} is malformed ({exc})", url=url) from None
-    del port
-    if parts.scheme.lower() not in ("http", "https"):
-        shown = parts.scheme or "no scheme"
-        raise UnsupportedURL(
-            f"{what} {url!r} uses {shown}; only http:// and https:// URLs can be downloaded", url=url)
-    if not parts.hostname:
-        raise UnsupportedURL(f"{what} {url!r} has no host name", url=url)
-    if _UNSAFE_CHARACTERS.search(url):
-        raise UnsupportedURL(f"{what} {url!r} contains whitespace or control characters; "
-                             "percent-encode them", url=url)
-    return url
 
 
 class LowSpeed:
@@ -103,23 +76,6 @@ class LowSpeed:
                 f"{self.url} trickled at {rate:,.0f} bytes/s for {spent:.0f} s, below low_speed_limit "
                 f"({self.limit:,.0f} bytes/s); retrying from the last durable offset", url=self.url)
         self.since, self.mark = now, received
-
-
-_OWN_HEADERS = {"range": "Range", "if-range": "If-Range", "accept-encoding": "Accept-Encoding"}
-
-
-def check_headers(url: str, headers: Mapping[str, str]) -> None:
-    """Refuse request headers that would make the result wrong, before any I/O."""
-    for name in headers:
-        own = _OWN_HEADERS.get(name.lower())
-        if own is not None:
-            raise InvalidInput(
-                f"a {own} header cannot be set on a download task: bgdl_nb sets it itself to continue "
-                "interrupted downloads and to keep the bytes as the server stores them. Download the whole "
-                "file (and slice it afterwards), or use a plain HTTP client for a byte range")
-        if name.lower() == "authorization" and "@" in urlsplit(url).netloc:
-            raise InvalidInput(f"{redact_url(url)} carries credentials (user:password@) and the request has an "
-                               "Authorization header too: keep one of them")
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -25,6 +25,14 @@ def test_import_loads_no_optional_layer():
     assert out.strip() == "[]"
 
 
+def test_the_command_line_loads_no_http_library_until_an_engine_runs_here():
+    # a command handed to the transfer service checks its input and never needs aiohttp (a third of a second)
+    code = ("import sys, bgdl_nb.cli, bgdl_nb._checks as c; c.check_url('http://127.0.0.1/x'); "
+            "c.check_headers('http://127.0.0.1/x', {'Accept': '*/*'}); print('aiohttp' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_errors_pickle_with_their_context():
     error = bg.ChecksumMismatch("bad", expected="a", actual="b", url="http://h/x", task_identifier=3,
                                 resume_data=b"rd")

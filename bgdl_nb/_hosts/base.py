@@ -19,15 +19,16 @@ So the two hosts cannot disagree about what an event means to a task or a delega
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import inspect
 import logging
 import queue
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from .._delegate import SessionDelegate
 from .._events import Event, EventKind
@@ -35,10 +36,7 @@ from .._journal import TaskRecord
 from .._states import TaskState
 from .._task import DownloadTask
 
-if TYPE_CHECKING:
-    from .thread import Call
-
-__all__ = ["CONTROLS", "Delivery", "Host", "HostCore", "TaskMirror"]
+__all__ = ["CONTROLS", "Call", "Delivery", "Host", "HostCore", "TaskMirror"]
 
 log = logging.getLogger("bgdl_nb")
 
@@ -50,6 +48,14 @@ Ack = Callable[[int, "str | None"], None]
 
 ACK_DELAY = 0.05
 """Seconds of quiet after which delivered events are acknowledged (one ack covers many)."""
+
+
+class Call(concurrent.futures.Future):  # type: ignore[type-arg]
+    """A pending result that works both ways: ``call.result(timeout)`` from sync code,
+    ``await call`` from async code (on any event loop)."""
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return asyncio.wrap_future(self).__await__()
 
 
 class Host(Protocol):

@@ -12,11 +12,10 @@ transfer, because transfers do not run on the cell's thread.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,7 +25,7 @@ from .._engine import Engine
 from .._exceptions import SessionBusy
 from .._journal import MemoryStore, SqliteStore
 from .._resume import load_key
-from .base import CONTROLS, HostCore
+from .base import CONTROLS, Call, HostCore
 
 if TYPE_CHECKING:
     from .._config import Configuration
@@ -36,14 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["CONTROLS", "Call", "EngineThread", "ThreadHost", "engine_thread"]
 
 T = TypeVar("T")
-
-
-class Call(concurrent.futures.Future):  # type: ignore[type-arg]
-    """A pending result that works both ways: ``call.result(timeout)`` from sync code,
-    ``await call`` from async code (on any event loop)."""
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return asyncio.wrap_future(self).__await__()
 
 
 class EngineThread:

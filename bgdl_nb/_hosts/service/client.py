@@ -36,8 +36,7 @@ from ..._exceptions import BgdlError, SessionBusy
 from ..._journal import TaskRecord
 from ..._states import TaskState
 from ..._task import DownloadTask
-from ..base import HostCore
-from ..thread import Call
+from ..base import Call, HostCore
 from .protocol import (
     PROTOCOL_VERSION,
     FrameReader,
