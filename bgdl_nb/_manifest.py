@@ -14,12 +14,13 @@ import contextlib
 import datetime as _dt
 import enum
 import hashlib
-import json
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import orjson
 
 from ._exceptions import InvalidDestination
 from ._redact import redact_url
@@ -67,10 +68,11 @@ class Manifest:
         self._written = self._stamp()  # the file as read: if it is still so when saving, nobody else wrote
         self.files: dict[str, ManifestEntry] = self._read()
         self._mine: set[str] = set()  # entries this instance wrote: they win when saving
+        self._lines: dict[str, tuple[ManifestEntry, bytes]] = {}  # each entry's line, encoded once
 
     def _read(self) -> dict[str, ManifestEntry]:
         try:
-            data = json.loads(self.path.read_text())
+            data = orjson.loads(self.path.read_bytes())
             return {name: ManifestEntry(**entry) for name, entry in data.get("files", {}).items()}
         except FileNotFoundError:
             return {}
@@ -111,12 +113,19 @@ class Manifest:
                 merged = self._read()
                 merged.update((n, self.files[n]) for n in self._mine)
                 self.files = merged
-            # one entry per line, each encoded by json's C encoder (indent= would use the slow one)
-            lines = ",\n".join(f"{json.dumps(n)}: {json.dumps(vars(e))}" for n, e in sorted(self.files.items()))
+            # one entry per line, encoded once: saved twice a second while thousands of files
+            # finish, the manifest costs a sort and a join, not a re-encoding of every entry
+            lines = b",\n".join(self._line(n, e) for n, e in sorted(self.files.items()))
             tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-            tmp.write_text(f'{{"version": 1, "files": {{\n{lines}\n}}}}\n')
+            tmp.write_bytes(b'{"version": 1, "files": {\n' + lines + b"\n}}\n")
             os.replace(tmp, self.path)
             self._written = self._stamp()
+
+    def _line(self, name: str, entry: ManifestEntry) -> bytes:
+        cached = self._lines.get(name)
+        if cached is None or cached[0] is not entry:
+            cached = self._lines[name] = (entry, orjson.dumps(name) + b": " + orjson.dumps(vars(entry)))
+        return cached[1]
 
     def _stamp(self) -> tuple[int, int, int] | None:
         try:

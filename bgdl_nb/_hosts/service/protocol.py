@@ -18,13 +18,14 @@ The socket lives in a 0700 directory, and the service also checks the peer's uid
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import struct
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from ..._exceptions import SessionError
 
@@ -63,8 +64,14 @@ def ensure_private_dir(path: Path) -> None:
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    body = json.dumps(message, separators=(",", ":")).encode()
+    # orjson: a frame per event, tens of thousands a minute with many small files (a tenth of json's cost)
+    body = orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS)
     return _HEADER.pack(len(body)) + body
+
+
+def decode(body: bytes | bytearray | memoryview) -> Any:
+    """A frame's message (``ValueError`` when it is not JSON)."""
+    return orjson.loads(body)
 
 
 def decode_length(header: bytes | bytearray) -> int:
@@ -108,7 +115,7 @@ class FrameReader:
                 end = self._at + _HEADER.size + length
                 if len(buffer) < end:
                     break
-                out.append(json.loads(buffer[self._at + _HEADER.size:end]))
+                out.append(decode(buffer[self._at + _HEADER.size:end]))
                 self._at = end
             if self._at:  # drop what was read: the buffer holds at most a frame and a piece
                 del buffer[:self._at]
@@ -129,7 +136,7 @@ def read_frame(sock: socket.socket) -> dict[str, Any] | None:
     body = _recv_exactly(sock, decode_length(header))
     if body is None:
         return None
-    message: dict[str, Any] = json.loads(body)
+    message: dict[str, Any] = decode(body)
     return message
 
 

@@ -39,7 +39,16 @@ from ..._journal import SqliteStore, TaskRecord, read_journal
 from ..._resume import load_key
 from ..._states import TaskState
 from ..base import CONTROLS
-from .protocol import PROTOCOL_VERSION, decode_length, encode, ensure_private_dir, peer_allowed, peer_uid, runtime_dir
+from .protocol import (
+    PROTOCOL_VERSION,
+    decode,
+    decode_length,
+    encode,
+    ensure_private_dir,
+    peer_allowed,
+    peer_uid,
+    runtime_dir,
+)
 from .sharing import Sharing
 
 __all__ = ["Service"]
@@ -200,8 +209,7 @@ class Service:
                 if hosted._last is not None and now > hosted._last[0]:
                     hosted.rate = max(0.0, (moved - hosted._last[1]) / (now - hosted._last[0]))
                 hosted._last = (now, moved)
-            busy = any(h.engine.busy for h in self.hosted.values())
-            if self.clients or busy:
+            if self.clients or any(h.engine.busy for h in self.hosted.values()):  # a scan only without clients
                 idle_since = None
             elif idle_since is None:
                 idle_since = now
@@ -314,7 +322,7 @@ class Service:
                     body = await reader.readexactly(decode_length(header))
                 except (asyncio.IncompleteReadError, ConnectionError, ValueError):
                     return  # the client left
-                request = json.loads(body)
+                request = decode(body)
                 reply = await self._handle(client, request)
                 client.send(reply)
                 await writer.drain()
