@@ -18,7 +18,6 @@ Schema (``PRAGMA user_version`` = 1)::
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sqlite3
@@ -26,6 +25,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from .._events import Event
 from .._states import TaskState
@@ -74,12 +75,17 @@ def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
+def _json(value: Any) -> str | None:
+    """A JSON column's text (orjson: a record's headers and regions, written per change)."""
+    return None if value is None else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 def _to_row(record: TaskRecord) -> list[Any]:
     row = []
     for name in _TASK_COLUMNS:
         value = getattr(record, name)
         if name in _JSON_FIELDS:
-            value = None if value is None else json.dumps(value)
+            value = _json(value)
         elif name in _BOOL_FIELDS:
             value = int(bool(value))
         row.append(value)
@@ -91,7 +97,7 @@ def _from_row(names: list[str], row: tuple[Any, ...]) -> TaskRecord:
     values["state"] = TaskState(values.get("state") or TaskState.SUSPENDED.value)
     for name in _JSON_FIELDS:
         if values.get(name) is not None:
-            values[name] = json.loads(values[name])
+            values[name] = orjson.loads(values[name])
     for name in _BOOL_FIELDS:
         values[name] = bool(values.get(name))
     if values.get("headers") is None:
@@ -279,7 +285,7 @@ class SqliteStore:
             pending = self._changes.setdefault(task_identifier, {})
             for name, value in changes.items():
                 if name in _JSON_FIELDS:
-                    value = None if value is None else json.dumps(value)
+                    value = _json(value)
                 elif name in _BOOL_FIELDS:
                     value = int(bool(value))
                 pending.pop(name, None)  # re-inserted last: rows with the same fields share a statement
