@@ -51,6 +51,8 @@ __all__ = ["MIN_SEGMENT", "Segment", "Segmented", "SegmentsChanged", "check_on_d
 MIB = 1024 * 1024
 MIN_SEGMENT = 2 * MIB
 """A segment is never split below this size: a new connection costs a round trip."""
+FOLLOW_BYTES = 8 * MIB
+"""The digest hashes as soon as this much of the contiguous prefix waits for it."""
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+)\s*$", re.IGNORECASE)
 _WINDOW = 0.25           # seconds between decisions about adding a connection
@@ -414,10 +416,14 @@ class Segmented:
     # the digest ------------------------------------------------------------------------------
 
     async def _follow(self) -> None:
-        """Every quarter second: the digest follows the prefix; progress at its interval."""
+        """The digest follows the prefix as it grows, pausing a quarter second whenever it
+        is within :data:`FOLLOW_BYTES` of it (so what is left to hash after the last byte
+        is the last pieces, not a quarter second's worth of the whole file); progress at
+        its interval."""
         next_report = time.monotonic() + self.config.progress_interval
         while True:
-            await asyncio.sleep(0.25)
+            if contiguous(self.segments) - self.hashed < FOLLOW_BYTES:
+                await asyncio.sleep(0.25)
             if time.monotonic() >= next_report:
                 self.progress()
                 next_report = time.monotonic() + self.config.progress_interval
