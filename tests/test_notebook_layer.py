@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -126,6 +128,23 @@ def test_panel_with_ten_thousand_tasks_shows_a_summary(tmp_path):
     sent = panel.updates_sent
     panel.refresh(force=True)
     assert panel.updates_sent - sent <= 2  # nothing changed: almost nothing is sent
+    session.invalidate_and_cancel()
+
+
+def test_a_panel_over_many_tasks_refreshes_less_often_than_its_rate(tmp_path):
+    session = bg.Session(bg.Configuration.default())
+    tasks = [session.download_task(f"http://127.0.0.1:9/f{i}", tmp_path / f"f{i}") for i in range(10_000)]
+    panel = TaskPanel(tasks, rate=4.0)  # a refresh over 10,000 tasks takes milliseconds
+    assert panel._cost > 0
+    panel._cost = 1.0  # as if the last refresh had taken a second
+    for age, expected in ((0.3, False), (49.0, False), (51.0, True)):  # the rate alone allows one after 0.25 s
+        panel._last_refresh = time.monotonic() - age
+        before = panel._last_refresh
+        panel.refresh()
+        assert (panel._last_refresh != before) is expected, age  # at most 2 % of the time refreshing
+    panel._last_refresh = before = time.monotonic()
+    panel.refresh(force=True)  # a click still refreshes at once
+    assert panel._last_refresh != before
     session.invalidate_and_cancel()
 
 

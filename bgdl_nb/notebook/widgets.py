@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 __all__ = ["SessionPanel", "TaskPanel", "format_bytes"]
 
 HOLD_SECONDS = 3.0  # rows stay in place this long after a click
+REFRESH_SHARE = 0.02
+"""A panel spends at most this share of the time refreshing: with thousands of tasks a
+refresh takes milliseconds, and it then comes less often than ``rate`` a second, so the
+panel never slows the downloads it shows (the engine shares the interpreter with it)."""
 
 
 def format_bytes(n: float | None) -> str:
@@ -221,6 +225,7 @@ class TaskPanel:
         self.title = title
         self.updates_sent = 0
         self._last_refresh = 0.0
+        self._cost = 0.0  # seconds the last refresh took
         self._lock = threading.Lock()
         self._speed = _Speed()
         self.header = w.HTML()
@@ -286,10 +291,11 @@ class TaskPanel:
         if not self._lock.acquire(blocking=False):
             return  # another thread is refreshing right now
         try:
-            if not force and now - self._last_refresh < self.min_interval:
+            if not force and now - self._last_refresh < max(self.min_interval, self._cost / REFRESH_SHARE):
                 return
             self._last_refresh = now
             self.updates_sent += self._refresh(now)
+            self._cost = time.monotonic() - now
         finally:
             self._lock.release()
 
