@@ -193,8 +193,11 @@ def _refuse_nobody(state_dir):
             sock = socket.socket(socket.AF_UNIX)
             sock.connect(path)
             body = json.dumps({"id": 1, "op": "hello", "protocol": PROTOCOL_VERSION}).encode()
-            sock.sendall(struct.pack(">I", len(body)) + body)
-            reply = read_frame(sock)
+            try:
+                sock.sendall(struct.pack(">I", len(body)) + body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the service refuses before reading anything, and may have closed already
+            reply = read_frame(sock)  # its refusal waits in our socket either way
             os.write(write_fd, json.dumps(reply).encode())
         except BaseException as exc:  # said to the parent, so a failure names its cause
             os.write(write_fd, json.dumps({"child failed": repr(exc)}).encode())
