@@ -62,6 +62,8 @@ SPLIT_WARMUP = 0.25
 SPLIT_WINDOW = 0.25
 """Seconds over which one connection's speed is measured before a split is decided."""
 
+__all__ = ["CHECKPOINT_BYTES", "Attempt", "Reporter", "RestartNeeded", "RetryableStatus", "TaskRun", "finalise"]
+
 
 class _SpeedProbe:
     """One connection's speed, measured once: its bytes over :data:`SPLIT_WINDOW` seconds
@@ -79,9 +81,6 @@ class _SpeedProbe:
             self.start, self.due = (now, position), now + SPLIT_WINDOW
             return None
         return (position - self.start[1]) / (now - self.start[0])
-
-__all__ = ["CHECKPOINT_BYTES", "Attempt", "Reporter", "RestartNeeded", "RetryableStatus", "TaskRun", "finalise"]
-
 
 
 @dataclass(eq=False)

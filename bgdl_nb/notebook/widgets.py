@@ -42,8 +42,8 @@ __all__ = ["SessionPanel", "TaskPanel", "format_bytes"]
 HOLD_SECONDS = 3.0  # rows stay in place this long after a click
 REFRESH_SHARE = 0.02
 """A panel spends at most this share of the time refreshing: with thousands of tasks a
-refresh takes milliseconds, and it then comes less often than ``rate`` a second, so the
-panel never slows the downloads it shows (the engine shares the interpreter with it)."""
+refresh takes milliseconds, and it then comes less often than ``rate`` a second (the
+engine shares the interpreter with it; ``benchmarks/ui_cost.py`` measures the cost)."""
 
 
 def format_bytes(n: float | None) -> str:
@@ -286,7 +286,8 @@ class TaskPanel:
             self.display()
 
     def refresh(self, force: bool = False) -> None:
-        """Bring the widgets up to date (at most ``rate`` times a second unless forced)."""
+        """Bring the widgets up to date: at most ``rate`` times a second, and at most
+        :data:`REFRESH_SHARE` of the time; ``force`` (a click) refreshes at once."""
         now = time.monotonic()
         if not self._lock.acquire(blocking=False):
             return  # another thread is refreshing right now
