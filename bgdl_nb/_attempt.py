@@ -200,14 +200,16 @@ class Attempt:
     def check_partial(self) -> int:
         """Reconcile the partial file with the journaled offset; return where to continue."""
         rec = self.run.record
+        if rec.offset == 0:
+            return 0  # nothing to reconcile: opening the partial file empties it (and refuses a link)
         size = self._partial_size()
-        if rec.offset > 0 and size < rec.offset:
+        if size < rec.offset:
             what = "is missing" if size < 0 else f"has {size} bytes, fewer than the {rec.offset} journaled"
             self.report.restart(f"partial file {what}")
             return 0
         if size > rec.offset:
             truncate_partial(rec.partial_path, rec.offset)  # bytes past the journaled offset are not vouched for
-        if rec.offset > 0 and (rec.validator_kind is None or not rec.accepts_ranges):
+        if rec.validator_kind is None or not rec.accepts_ranges:
             why = "no validator (ETag or Last-Modified)" if rec.validator_kind is None else "no byte-range support"
             self.report.restart(f"server gave {why}, so the partial file cannot be continued safely")
             return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from pathlib import Path
@@ -227,8 +228,13 @@ class EngineBase:
         """Claim (or refresh the claim on) ``rec``'s destination (blocking: file I/O)."""
         assert rec.destination
         claim(rec.destination, {**self._owner(rec.task_identifier), "url": redact_url(rec.url),
-                                "service": str(self.config.resolved_state_dir()) if self.config.runs_in_service
-                                else None}, lease=self.config.claim_lease)
+                                "service": self._service_dir}, lease=self.config.claim_lease)
+
+    @functools.cached_property
+    def _service_dir(self) -> str | None:
+        """The state folder of the service running this engine, named in its claims
+        (resolved once: resolving a path costs a system call per component)."""
+        return str(self.config.resolved_state_dir()) if self.config.runs_in_service else None
 
     def _fail(self, run: TaskRun, error: BgdlError) -> None:
         if not isinstance(error, ChecksumMismatch):
