@@ -30,7 +30,7 @@ import random
 import secrets
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ._attempt import CHECKPOINT_BYTES, Attempt, RestartNeeded, RetryableStatus, TaskRun
@@ -187,7 +187,10 @@ class Engine(EngineBase):
         if not record.partial_path:
             record.partial_path = str(partial_path_for(record.destination, record.task_identifier, self.work_dir))
         if record.destination:  # one writer per destination, across sessions, processes and machines
-            self._claim(record)
+            try:
+                self._claim(record)
+            except OSError as exc:  # nothing is journaled yet: the task does not exist
+                raise _write_error(exc, record.destination, "run the same command again", url=record.url) from None
             self._claimed[record.task_identifier] = time.monotonic()
         self.store.put_task(record)
         run = TaskRun(record, received=record.offset)
@@ -496,15 +499,19 @@ class Engine(EngineBase):
             exc.task_identifier = tid
             self._fail(run, exc)
         except OSError as exc:
-            where = rec.destination or rec.partial_path
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                self._fail(run, DiskFull(f"no space left for {where}; free some space and resume from the "
-                                         "error's resume_data", url=rec.url, task_identifier=tid))
-            else:
-                self._fail(run, TransferError(f"writing {where} failed: {exc}", url=rec.url, task_identifier=tid))
+            self._fail(run, _write_error(exc, rec.destination or rec.partial_path, "resume from the error's "
+                                         "resume_data", url=rec.url, task_identifier=tid))
         except Exception as exc:  # a bug must end the task visibly, never leave it RUNNING
             self._internal_error(run, exc)
         finally:
             if self._jobs.get(tid) is asyncio.current_task():
                 del self._jobs[tid]
             self._schedule()
+
+
+def _write_error(exc: OSError, where: str, then: str, **fields: Any) -> BgdlError:
+    """What a failed write in the destination's folder means to the user: a full disk
+    (with what to do ``then``, once space is freed) or the system's own reason."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(f"no space left for {where}; free some space and {then}", **fields)
+    return TransferError(f"writing {where} failed: {exc.strerror or exc}; {then} once that is fixed", **fields)

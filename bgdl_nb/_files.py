@@ -273,8 +273,11 @@ def claim(destination: str | os.PathLike[str], owner: dict[str, Any], lease: flo
         else:
             try:
                 os.write(fd, body)  # a few hundred bytes: one write
-            finally:
+            except BaseException:  # a full disk, say: an empty claim must not block the next try
                 os.close(fd)
+                unlink(path)
+                raise
+            os.close(fd)
             return
         try:
             raw = path.read_bytes()

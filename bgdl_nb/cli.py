@@ -292,9 +292,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_CLI_WORDS = (
+    ("overwrite=True", "--overwrite"),
+    ("pass --overwrite", "use --overwrite"),
+    ("the download can continue from the error's resume_data", "run the same command again to continue it"),
+    ("resume from the error's resume_data", "run the same command again"),
+    ("continue from the error's resume_data", "run the same command again to continue"),
+)
+
+
 def _cli_words(message: str) -> str:
-    """Error messages name Python arguments; on the command line they are options."""
-    return message.replace("overwrite=True", "--overwrite").replace("pass --overwrite", "use --overwrite")
+    """Error messages name Python arguments and objects; on the command line they are
+    options, and continuing a failed download is running the same command again."""
+    for python, command_line in _CLI_WORDS:
+        message = message.replace(python, command_line)
+    return message
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -311,10 +323,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bgdl: error: {_cli_words(str(exc))}", file=sys.stderr)
         return 2
     except FetchError as exc:
-        print(f"bgdl: {exc}", file=sys.stderr)
+        print(f"bgdl: {_cli_words(str(exc))}", file=sys.stderr)
         return 1
     except BgdlError as exc:
-        print(f"bgdl: error: {exc}", file=sys.stderr)
+        print(f"bgdl: error: {_cli_words(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("bgdl: interrupted; the downloads are suspended with their partial bytes: run the same command "

@@ -219,6 +219,57 @@ def test_a_file_larger_than_its_whole_disk_fails_at_once_instead_of_waiting_for_
     assert not origin.requests_for("huge.bin")
 
 
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real file system with no byte left: a 64 KiB tmpfs, filled (needs root, as CI has)."""
+    import subprocess
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        filler = folder / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            with pytest.raises(OSError, match="No space left"):
+                for _ in range(100):  # bounded: 64 KiB are full after sixteen writes
+                    os.write(fd, b"\0" * 4096)
+        finally:
+            os.close(fd)
+        yield folder, filler
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("use_service", [False, True], ids=["in-process", "service"])
+def test_a_full_disk_at_the_start_is_one_line_and_a_rerun_after_freeing_space_completes(origin, tmp_path, full_disk,
+                                                                                       use_service):
+    """Not even the destination's claim file fits: the command says so in one line, leaves
+    nothing behind that would block the next run, and the same command works once there
+    is space."""
+    from conftest import run_cli
+
+    folder, filler = full_disk
+    url = origin.url("nospace.bin", 1000)
+    env = {"BGDL_IN_PROCESS": "0" if use_service else "1"}
+    args = ("fetch", url, "-o", str(folder), "--id", f"full-{use_service}", "-q")
+    try:
+        first = run_cli(*args, env=env)
+        assert first.returncode == 1, first.stderr
+        assert first.stderr.strip().splitlines() == [
+            f"bgdl: error: no space left for {folder / 'nospace.bin'}; free some space and run the same command again"]
+        assert sorted(p.name for p in folder.iterdir()) == ["filler"]  # no empty claim to block the rerun
+        assert not origin.requests_for("nospace.bin")
+        filler.unlink()
+        again = run_cli(*args, env=env)
+        assert again.returncode == 0, again.stderr
+        assert (folder / "nospace.bin").stat().st_size == 1000
+    finally:
+        if use_service:
+            run_cli("service", "stop")
+
+
 def test_one_destination_has_one_writer_across_sessions_and_processes(origin, tmp_path):
     """An in-process session and the transfer service (another process) cannot both write
     one file: the second is refused, naming the first, until the first is done."""
