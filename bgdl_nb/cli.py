@@ -234,7 +234,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="bgdl", description="Resumable background downloads for notebooks.")
+    parser.add_argument("--version", action="version", version=f"bgdl_nb {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("fetch", help="download URLs into a directory (re-run to resume)")

@@ -122,6 +122,8 @@ def test_cli_words_list_without_id_and_user_agent(origin, tmp_path):
     assert sessions.returncode == 0 and "words2" in sessions.stdout and str(tmp_path / "ok") in sessions.stdout
     agent = origin.requests_for("w")[-1].headers["User-Agent"]
     assert agent.startswith(f"bgdl_nb/{bg.__version__} ")
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout == f"bgdl_nb {bg.__version__}\n"
 
 
 def test_detach_hands_the_job_to_the_service_and_returns(origin, tmp_path):
