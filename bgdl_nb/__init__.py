@@ -14,7 +14,8 @@ URLSession background downloads, in Python's naming::
     path = task.wait()          # or: path = await task
 """
 
-from ._cluster import ClusterJob, cluster_job
+from typing import TYPE_CHECKING, Any
+
 from ._config import Configuration
 from ._delegate import SessionDelegate
 from ._events import Event, EventKind
@@ -49,6 +50,18 @@ from ._states import TaskState
 from ._task import DownloadTask, Progress, Request, Response
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from ._cluster import ClusterJob, cluster_job
+
+
+def __getattr__(name: str) -> Any:
+    """The cluster API is loaded when first used: a command or a kernel that never runs a
+    cluster job does not pay for importing it."""
+    if name in ("ClusterJob", "cluster_job"):
+        from . import _cluster
+        return getattr(_cluster, name)
+    raise AttributeError(f"module 'bgdl_nb' has no attribute {name!r}")
 
 __all__ = [
     "BgdlError",

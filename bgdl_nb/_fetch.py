@@ -14,7 +14,6 @@ while files complete, so thousands of small files cost linear work.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import os
@@ -381,4 +380,6 @@ def _without(message: str, url: str) -> str:
 async def fetch_async(urls: str | Iterable[str], dest: str | os.PathLike[str] = "data",
                       **kwargs: object) -> list[Path]:
     """``await``-able :func:`fetch`: the same call, run without blocking your event loop."""
+    import asyncio  # here, not at the top: a command in service mode never loads asyncio
+
     return await asyncio.to_thread(fetch, urls, dest, **kwargs)  # type: ignore[arg-type]

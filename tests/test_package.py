@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -31,6 +32,22 @@ def test_the_command_line_loads_no_http_library_until_an_engine_runs_here():
             "c.check_headers('http://127.0.0.1/x', {'Accept': '*/*'}); print('aiohttp' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_download_handed_to_the_service_loads_no_event_loop_and_no_cluster_code(origin, tmp_path):
+    # what a command through the transfer service never needs, each a few tens of milliseconds of its start
+    code = ("import atexit, sys; from bgdl_nb.cli import main; "
+            "atexit.register(lambda: print([m for m in ('aiohttp', 'asyncio', 'bgdl_nb._cluster') "
+            "if m in sys.modules], file=sys.stderr)); sys.exit(main(sys.argv[1:]))")
+    url = origin.url("lean.bin", 5000)
+    try:
+        done = subprocess.run([sys.executable, "-c", code, "fetch", url, "-o", str(tmp_path), "-q"], capture_output=True,
+                              text=True, env={**os.environ, "BGDL_IN_PROCESS": "0"}, timeout=120)
+    finally:
+        subprocess.run([sys.executable, "-m", "bgdl_nb.cli", "service", "stop"], capture_output=True, timeout=60)
+    assert done.returncode == 0 and (tmp_path / "lean.bin").stat().st_size == 5000, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "[]"
+    assert bg.cluster_job.__module__ == "bgdl_nb._cluster"  # loaded when first used
 
 
 def test_errors_pickle_with_their_context():

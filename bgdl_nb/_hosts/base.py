@@ -18,7 +18,6 @@ So the two hosts cannot disagree about what an event means to a task or a delega
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import inspect
@@ -28,13 +27,16 @@ import threading
 import warnings
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._delegate import SessionDelegate
 from .._events import Event, EventKind
 from .._journal import TaskRecord
 from .._states import TaskState
 from .._task import DownloadTask
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["CONTROLS", "Call", "Delivery", "Host", "HostCore", "TaskMirror"]
 
@@ -55,6 +57,8 @@ class Call(concurrent.futures.Future):  # type: ignore[type-arg]
     ``await call`` from async code (on any event loop)."""
 
     def __await__(self) -> Generator[Any, None, Any]:
+        import asyncio  # loaded already by whoever awaits
+
         return asyncio.wrap_future(self).__await__()
 
 
@@ -217,6 +221,7 @@ class Delivery:
         self._delivered = 0
         self._current: str | None = None  # the callback running now, for a stuck close
         self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # for async def callbacks, on this thread only
         self._thread = threading.Thread(target=self._main, name="bgdl-delegate", daemon=True)
         self._thread.start()
 
@@ -243,7 +248,6 @@ class Delivery:
         self.put(Event(0, 0.0, None, None, EventKind.FINISHED_EVENTS.value), journaled=False)
 
     def _main(self) -> None:
-        loop = asyncio.new_event_loop()  # for async def callbacks; it runs only on this thread
         unacked = 0  # the newest delivered event not acknowledged yet
         try:
             while True:
@@ -258,7 +262,7 @@ class Delivery:
                     if journaled and event.seq <= self._delivered:
                         continue  # seen before a reconnect
                     task = self._tasks.get(event.task_identifier) if event.task_identifier is not None else None
-                    finished = self._deliver(loop, event, task)
+                    finished = self._deliver(event, task)
                     if journaled:
                         self._delivered = unacked = event.seq
                         path = event.detail if finished and task is not None and task.destination is None else None
@@ -266,7 +270,8 @@ class Delivery:
                             unacked = self._send_ack(event.seq, path)
             self._send_ack(unacked, None)
         finally:
-            loop.close()
+            if self._loop is not None:
+                self._loop.close()
 
     def _send_ack(self, seq: int, path: str | None) -> int:
         if seq:
@@ -276,7 +281,16 @@ class Delivery:
                 log.debug("acknowledging event %s failed", seq, exc_info=True)
         return 0
 
-    def _deliver(self, loop: asyncio.AbstractEventLoop, event: Event, task: DownloadTask | None) -> bool:
+    def _run_coroutine(self, awaitable: Any) -> None:
+        """Run an ``async def`` callback to its end on this thread's own event loop (made
+        at the first such callback: a delegate of plain methods never needs one)."""
+        if self._loop is None:
+            import asyncio
+
+            self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(awaitable)
+
+    def _deliver(self, event: Event, task: DownloadTask | None) -> bool:
         """Run the event's callbacks; True when a ``did_finish_downloading_to`` ran."""
         delegate, finished = self.delegate, False
         if delegate is None:
@@ -289,7 +303,7 @@ class Delivery:
             try:
                 result = method(*args)
                 if inspect.isawaitable(result):
-                    loop.run_until_complete(result)
+                    self._run_coroutine(result)
             except Exception:
                 log.exception("bgdl_nb delegate method %s raised", name)
             finally:
