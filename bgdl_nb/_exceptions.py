@@ -29,6 +29,9 @@ The tree::
     │                                 (raised by fetch() and task.wait(); the delegate
     │                                 reads it from task.response, as in the seeds)
     └── FetchError                    fetch() could not complete every file
+
+and one warning, ``SettingsKept``: the transfer service already runs a session of this
+identifier with other settings, for downloads under way or another attached process.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ __all__ = [
     "SessionBusy",
     "SessionError",
     "SessionInvalidated",
+    "SettingsKept",
     "TransferError",
     "TransferTimeout",
     "UnexpectedResponse",
@@ -232,6 +236,11 @@ class FetchError(BgdlError):
         frames of bgdl_nb's waiting loop (a person needs the URLs, not our internals)."""
         return [f"FetchError: {self.message}",
                 "(.errors maps each URL to its error; running the same fetch() again retries only these)"]
+
+
+class SettingsKept(UserWarning):
+    """A session opened with settings other than those the transfer service runs it with
+    (while it has downloads under way or another process attached); they stay until it is idle."""
 
 
 _TYPES: dict[str, type[BgdlError]] = {

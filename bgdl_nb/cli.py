@@ -16,8 +16,10 @@ import datetime as _dt
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from ._config import Configuration
 from ._exceptions import BgdlError, FetchError, InvalidInput
@@ -301,6 +303,7 @@ _CLI_WORDS = (
     ("the download can continue from the error's resume_data", "run the same command again to continue it"),
     ("resume from the error's resume_data", "run the same command again"),
     ("continue from the error's resume_data", "run the same command again to continue"),
+    ("Choose another identifier", "Give another --id"),
 )
 
 
@@ -312,6 +315,12 @@ def _cli_words(message: str) -> str:
     return message
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """A warning is one line of the command's own, not a Python source location."""
+    print(f"bgdl: warning: {_cli_words(str(message))}", file=sys.stderr)
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM means stop, as Ctrl-C does
 
@@ -321,7 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "fetch":
         signal.signal(signal.SIGTERM, _terminate)
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():  # restored after: main() may run inside another program
+            warnings.showwarning = _show_warning
+            return int(args.func(args))
     except InvalidInput as exc:
         print(f"bgdl: error: {_cli_words(str(exc))}", file=sys.stderr)
         return 2
@@ -335,6 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bgdl: interrupted; the downloads are suspended with their partial bytes: run the same command "
               "again to continue", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bgdl events | head`: the reader had enough, as with any Unix tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
 
 
 if __name__ == "__main__":

@@ -193,3 +193,15 @@ def test_bgdl_demo_kills_resumes_verifies_and_says_what_it_left(tmp_path):
     assert any(f"rm -rf {work}" in line for line in lines), done.stdout  # the whole path on one line
     assert sorted(p.name for p in (work / "data").iterdir() if not p.name.startswith(".")) == [
         "satellite-tiles.tar", "taxi-trips.parquet", "weather-2026.csv.gz"]
+
+
+def test_a_listing_into_a_closed_pipe_ends_quietly_as_unix_tools_do(origin, tmp_path):
+    assert run_cli("fetch", origin.url("p", 100), "-o", str(tmp_path), "--id", "piped", "-q").returncode == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before a line is written (`bgdl events | head -0`)
+    try:
+        done = subprocess.run([sys.executable, "-m", "bgdl_nb.cli", "events", "--id", "piped"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")

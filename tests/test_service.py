@@ -300,3 +300,26 @@ def test_events_carry_only_the_fields_that_changed_since_the_task_was_last_sent(
     done = {"record": {**second["record"], "state": "completed"}, "received": 5, "version": 3}
     assert _changed(shown, done)["record"] == {"task_identifier": 3, "state": "completed", "destination": "/d/x"}
     assert shown == {}  # nothing is kept of a finished task
+
+
+def test_a_session_opened_again_with_other_settings_runs_with_them_and_a_busy_one_says_it_keeps_its_own(
+        origin, tmp_path, state_dir):
+    first = bg.Session(bg.Configuration.background("resettle"))  # connections: automatic
+    first.download_task(origin.url("one", 1000), tmp_path / "one").resume().wait(30)
+    first.close()  # the service keeps the session loaded, idle, with nobody attached
+    second = bg.Session(bg.Configuration.background("resettle", connections_per_file=1))
+    task = second.download_task(origin.url("slow", 12 * MB, rate=6 * MB), tmp_path / "slow").resume()
+    wait_for_bytes(task, 4 * MB)  # automatic connections would have split this slow file by now
+    # another process asks for other settings while the file downloads: it is told they wait
+    busy = run_cli("fetch", origin.url("two", 1000), "-o", str(tmp_path / "cli"), "--id", "resettle",
+                   "--connections", "3", "-q", env={"BGDL_IN_PROCESS": "0"})
+    assert busy.returncode == 0, busy.stderr
+    [warning] = busy.stderr.splitlines()
+    assert warning.startswith("bgdl: warning: the transfer service is running session 'resettle' with other "
+                              "settings (connections_per_file) for downloads under way")
+    assert warning.endswith("Give another --id to download with these settings now")
+    assert task.wait(60) == tmp_path / "slow"
+    events = second.events
+    second.close()
+    assert "segmented" not in set(events[events["task_identifier"] == task.task_identifier]["event"])
+    assert len(origin.requests_for("slow")) == 1  # one connection, as this session asked

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 from ..._config import Configuration
 from ..._delegate import SessionDelegate
 from ..._events import Event
-from ..._exceptions import BgdlError, SessionBusy
+from ..._exceptions import BgdlError, SessionBusy, SettingsKept
 from ..._journal import TaskRecord
 from ..._states import TaskState
 from ..._task import DownloadTask
@@ -184,6 +185,12 @@ class ServiceHost:
         reply = self._request("attach", identifier=self.identifier, config=fields, pid=os.getpid(),
                               interactive=not launched)
         self._bandwidth = reply.get("bandwidth_limit")
+        if reply.get("settings_kept"):
+            warnings.warn(SettingsKept(
+                f"the transfer service is running session {self.identifier!r} with other settings "
+                f"({', '.join(reply['settings_kept'])}) for downloads under way or another process "
+                "attached to it; they stay until it is idle. Choose another identifier to download with "
+                "these settings now"), stacklevel=2)
         for snap in reply["tasks"]:
             self.core.mirror.apply(snap)
         for data in reply["backlog"]:

@@ -78,10 +78,12 @@ class _Client:
 class _Hosted:
     """One identifier's engine in the service, and the sink its output goes to."""
 
-    def __init__(self, service: Service, identifier: str, engine: Engine, lock: filelock.BaseFileLock) -> None:
+    def __init__(self, service: Service, identifier: str, engine: Engine, lock: filelock.BaseFileLock,
+                 fields: dict[str, Any]) -> None:
         self.service = service
         self.identifier = identifier
         self.engine = engine
+        self.fields = fields  # the configuration the engine runs with, as clients send it
         self.lock = lock
         self.clients: set[_Client] = set()
         self.rate = 0.0
@@ -254,7 +256,7 @@ class Service:
                                           **{k: (tuple(v) if isinstance(v, list) else v)
                                              for k, v in fields.items() if k in _CONFIG_FIELDS})
         engine = Engine(config, store, self.key, self.state_dir / "work" / identifier)
-        hosted = _Hosted(self, identifier, engine, lock)
+        hosted = _Hosted(self, identifier, engine, lock, fields)
         engine.open(announce=False)  # attaching clients are announced one by one
         self.hosted[identifier] = hosted
         return hosted
@@ -365,7 +367,12 @@ class Service:
         identifier = request["identifier"]
         existed = identifier in self.hosted or Configuration.background(
             identifier, state_directory=self.state_dir).journal_path().exists()
-        hosted = await self._host(identifier, request.get("config", {}))
+        fields = request.get("config", {})
+        loaded = self.hosted.get(identifier)
+        if loaded is not None and fields and fields != loaded.fields and not loaded.clients \
+                and not loaded.engine.busy:
+            await self._unload(loaded)  # nobody uses it: the session goes on with the settings it is opened with now
+        hosted = await self._host(identifier, fields)
         engine = hosted.engine
         interactive = request.get("interactive", True)
         if existed and engine.summary()[0]:
@@ -386,7 +393,9 @@ class Service:
         client.identifiers.add(identifier)
         client.pid = request.get("pid")
         return {"tasks": engine.snapshots(), "backlog": [e.as_dict() for e in backlog],
-                "reattached": existed, "bandwidth_limit": engine.bandwidth_limit}
+                "reattached": existed, "bandwidth_limit": engine.bandwidth_limit,
+                # downloading, or watched by another client: its settings stay until it is idle
+                "settings_kept": sorted(k for k, v in fields.items() if hosted.fields.get(k, v) != v)}
 
     def _engine(self, client: _Client, request: dict[str, Any]) -> Engine:
         identifier = request["identifier"]
