@@ -60,6 +60,17 @@ _ORDERED = frozenset({"create", "create_many", "control", "cancel_with_resume_da
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(Configuration)} - {"identifier", "state_directory", "use_service"}
 
 
+def _chosen(fields: dict[str, Any]) -> dict[str, Any]:
+    """The settings a client chose, as opposed to left at their defaults (and to its
+    environment, which says where the client runs, not how the session downloads): a
+    kernel that reattaches by identifier alone, as a launched handler does, chooses none."""
+    defaults = json.loads(json.dumps({name: getattr(_DEFAULTS, name) for name in _CONFIG_FIELDS}))
+    return {k: v for k, v in fields.items() if k in defaults and k != "environment" and v != defaults[k]}
+
+
+_DEFAULTS = Configuration.background("defaults")
+
+
 class _Client:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
@@ -369,9 +380,12 @@ class Service:
             identifier, state_directory=self.state_dir).journal_path().exists()
         fields = request.get("config", {})
         loaded = self.hosted.get(identifier)
-        if loaded is not None and fields and fields != loaded.fields and not loaded.clients \
-                and not loaded.engine.busy:
-            await self._unload(loaded)  # nobody uses it: the session goes on with the settings it is opened with now
+        chosen = _chosen(fields)
+        changed = {} if loaded is None else {k: v for k, v in chosen.items() if loaded.fields.get(k) != v}
+        if loaded is not None and changed and not loaded.clients and not loaded.engine.busy:
+            # nobody uses it: the session goes on with the settings chosen now
+            await self._unload(loaded)
+            fields = {**loaded.fields, **changed}
         hosted = await self._host(identifier, fields)
         engine = hosted.engine
         interactive = request.get("interactive", True)
@@ -395,7 +409,7 @@ class Service:
         return {"tasks": engine.snapshots(), "backlog": [e.as_dict() for e in backlog],
                 "reattached": existed, "bandwidth_limit": engine.bandwidth_limit,
                 # downloading, or watched by another client: its settings stay until it is idle
-                "settings_kept": sorted(k for k, v in fields.items() if hosted.fields.get(k, v) != v)}
+                "settings_kept": sorted(k for k, v in chosen.items() if hosted.fields.get(k) != v)}
 
     def _engine(self, client: _Client, request: dict[str, Any]) -> Engine:
         identifier = request["identifier"]
