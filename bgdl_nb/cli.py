@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from . import __version__
 from ._config import Configuration
 from ._exceptions import BgdlError, FetchError, InvalidInput
 from ._redact import redact_url
@@ -236,8 +237,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(prog="bgdl", description="Resumable background downloads for notebooks.")
     parser.add_argument("--version", action="version", version=f"bgdl_nb {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -19,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -60,15 +61,20 @@ _ORDERED = frozenset({"create", "create_many", "control", "cancel_with_resume_da
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(Configuration)} - {"identifier", "state_directory", "use_service"}
 
 
+@functools.cache
+def _default_fields() -> dict[str, Any]:
+    """A background configuration's defaults, in the JSON form clients send settings in."""
+    defaults = Configuration.background("defaults")
+    as_sent: dict[str, Any] = json.loads(json.dumps({name: getattr(defaults, name) for name in _CONFIG_FIELDS}))
+    return as_sent
+
+
 def _chosen(fields: dict[str, Any]) -> dict[str, Any]:
     """The settings a client chose, as opposed to left at their defaults (and to its
     environment, which says where the client runs, not how the session downloads): a
     kernel that reattaches by identifier alone, as a launched handler does, chooses none."""
-    defaults = json.loads(json.dumps({name: getattr(_DEFAULTS, name) for name in _CONFIG_FIELDS}))
+    defaults = _default_fields()
     return {k: v for k, v in fields.items() if k in defaults and k != "environment" and v != defaults[k]}
-
-
-_DEFAULTS = Configuration.background("defaults")
 
 
 class _Client:
@@ -380,12 +386,14 @@ class Service:
             identifier, state_directory=self.state_dir).journal_path().exists()
         fields = request.get("config", {})
         loaded = self.hosted.get(identifier)
-        chosen = _chosen(fields)
-        changed = {} if loaded is None else {k: v for k, v in chosen.items() if loaded.fields.get(k) != v}
-        if loaded is not None and changed and not loaded.clients and not loaded.engine.busy:
-            # nobody uses it: the session goes on with the settings chosen now
-            await self._unload(loaded)
-            fields = {**loaded.fields, **changed}
+        changed = {} if loaded is None else {k: v for k, v in _chosen(fields).items() if loaded.fields.get(k) != v}
+        kept: list[str] = []
+        if loaded is not None and changed:
+            if loaded.clients or loaded.engine.busy:
+                kept = sorted(changed)  # downloading, or watched by another client: they wait until it is idle
+            else:  # nobody uses it: the session goes on with the settings chosen now
+                await self._unload(loaded)
+                fields = {**loaded.fields, **changed}
         hosted = await self._host(identifier, fields)
         engine = hosted.engine
         interactive = request.get("interactive", True)
@@ -407,9 +415,7 @@ class Service:
         client.identifiers.add(identifier)
         client.pid = request.get("pid")
         return {"tasks": engine.snapshots(), "backlog": [e.as_dict() for e in backlog],
-                "reattached": existed, "bandwidth_limit": engine.bandwidth_limit,
-                # downloading, or watched by another client: its settings stay until it is idle
-                "settings_kept": sorted(k for k, v in chosen.items() if hosted.fields.get(k) != v)}
+                "reattached": existed, "bandwidth_limit": engine.bandwidth_limit, "settings_kept": kept}
 
     def _engine(self, client: _Client, request: dict[str, Any]) -> Engine:
         identifier = request["identifier"]
