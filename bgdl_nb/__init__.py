@@ -41,6 +41,7 @@ from ._exceptions import (
     TransferTimeout,
     UnexpectedResponse,
     UnsafeFile,
+    UnsafeLocation,
     UnsupportedURL,
 )
 from ._fetch import fetch, fetch_async
@@ -97,6 +98,7 @@ __all__ = [
     "TransferTimeout",
     "UnexpectedResponse",
     "UnsafeFile",
+    "UnsafeLocation",
     "UnsupportedURL",
     "WaitReason",
     "cluster_job",

@@ -198,6 +198,14 @@ class _ShardReporter:
             "expected": expected, "active": active[:4]})
 
 
+def _job_folder(folder: Path) -> Path:
+    """The job's folder under ``dest/.bgdl-cluster/``, made or checked as private (its
+    journals and signing key are state: on shared storage nobody else may plant or read them)."""
+    from ._private import private_dir
+    private_dir(folder.parent, "the cluster jobs folder")
+    return private_dir(folder, "the cluster job folder")
+
+
 def run_shard(spec: ShardSpec) -> dict[str, Any]:
     """Run one shard on this worker (a Dask task): a background session of its own whose
     journal is in the job's folder; returns the errors by URL (empty when all is done)."""
@@ -208,8 +216,7 @@ def run_shard(spec: ShardSpec) -> dict[str, Any]:
     from ._session import Session
 
     worker = get_worker()
-    folder = Path(spec.state_dir)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder = _job_folder(Path(spec.state_dir))
     config = spec.configuration()
     _append_json(folder / "runs.jsonl", {"time": time.time(), "shard": spec.shard, "worker": worker.address})
     # an earlier run of this shard may still hold its journal (a kernel restart leaves its shards
@@ -306,7 +313,7 @@ class ClusterJob:
     # control --------------------------------------------------------------------------------
 
     def _control(self, action: str) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _job_folder(self.folder)
         (self.folder / "control.json").write_text(json.dumps({"action": action, "time": time.time()}))
         self.client.run(_set_control, str(self.folder), action)
 
@@ -416,7 +423,7 @@ def fetch_on_cluster(client: Any, urls: list[str], dest_dir: Path, names: list[s
     """Run the job on ``client``'s cluster and wait for it (see the module's text)."""
     distributed = check_client(client)
     job = ClusterJob(client, dest_dir, identifier)
-    job.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _job_folder(job.folder)
     plan_path = job.folder / "plan.json"
     known: dict[str, int] = {}
     with contextlib.suppress(OSError, ValueError):

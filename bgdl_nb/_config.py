@@ -123,6 +123,11 @@ class Configuration:
     ``("jupyter", "execute", "handle.ipynb")``. It runs with ``BGDL_LAUNCHED_FOR`` set to
     the identifier and ``BGDL_STATE_DIR`` to the state directory."""
 
+    launch_directory: str | None = None
+    """The folder ``launch_command`` runs in (relative names in it are read there); ``None``
+    means the working folder of the process that created the session. The transfer service
+    itself runs elsewhere, so nothing in that folder is imported by it."""
+
     launch_delay: float = 60.0
     """The relaunch rate limiter: tasks created by a launched process start only after
     ``launch_delay * 2 ** (launches - 1)`` seconds, where ``launches`` counts launches
@@ -334,8 +339,11 @@ class Configuration:
         """The copy a Session keeps; this object then warns when it is changed."""
         self.check_together()
         object.__setattr__(self, "_in_use", True)
+        launch_directory = self.launch_directory
+        if self.launch_command is not None and launch_directory is None:
+            launch_directory = os.getcwd()  # where the person who named the command stood
         return dataclasses.replace(self, environment=network_environment(
-            os.environ if self.environment is None else self.environment))
+            os.environ if self.environment is None else self.environment), launch_directory=launch_directory)
 
     def resolved_state_dir(self) -> Path:
         return state_dir(self.state_directory)

@@ -13,6 +13,8 @@ The tree::
     │   ├── InvalidDestination        a directory, not writable, or existing content
     │   ├── InvalidResumeData         empty, foreign, truncated, tampered or too new
     │   └── InvalidConfiguration      a bad identifier or setting
+    │       └── UnsafeLocation        a state, key, lock or socket folder that is not
+    │                                 yours alone (a link, another user's, mode 0777)
     ├── SessionError
     │   ├── SessionBusy               another process holds this identifier
     │   └── SessionInvalidated        the session was invalidated
@@ -61,6 +63,7 @@ __all__ = [
     "TransferError",
     "TransferTimeout",
     "UnexpectedResponse",
+    "UnsafeLocation",
     "UnsupportedURL",
 ]
 
@@ -137,6 +140,19 @@ class InvalidResumeData(InvalidInput):
 
 class InvalidConfiguration(InvalidInput):
     """A configuration value out of its allowed range."""
+
+
+class UnsafeLocation(InvalidConfiguration):
+    """A folder or file bgdl_nb would keep state, keys, locks or sockets in is not yours
+    alone: a symbolic link, another user's, or open to group or others. It was not used,
+    changed or followed; ``path`` names it."""
+
+    def __init__(self, message: str, *, path: str = "", **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.path = path
+
+    def _extra(self) -> dict[str, Any]:
+        return {"path": self.path}
 
 
 class SessionError(BgdlError):
@@ -250,7 +266,7 @@ _TYPES: dict[str, type[BgdlError]] = {
         InvalidConfiguration, SessionError, SessionBusy, SessionInvalidated, TransferError,
         NetworkError, CannotConnect, TransferTimeout, Cancelled, DiskFull, ChecksumMismatch, HTTPStatusError,
         UnsafeFile, BlockedDestination,
-        UnexpectedResponse,
+        UnexpectedResponse, UnsafeLocation,
     )
 }
 

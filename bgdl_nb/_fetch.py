@@ -29,6 +29,7 @@ from ._config import Configuration
 from ._exceptions import BgdlError, FetchError, InvalidDestination, InvalidInput
 from ._files import nearest_existing
 from ._manifest import FileAction, FileFacts, Manifest, file_action, sha256_file
+from ._private import private_tree
 from ._progress import Display, Follower, finished_batches, progress_display
 from ._redact import redact_url
 from ._session import Session, _registry, _registry_lock
@@ -106,7 +107,7 @@ def _creating(config: Configuration) -> Any:
     """A lock, across processes, around looking up and creating one identifier's tasks."""
     import filelock
     path = config.journal_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_tree(config.resolved_state_dir(), "sessions")
     return filelock.FileLock(str(path) + ".create.lock", timeout=120)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ._exceptions import InvalidDestination, UnsafeFile
+from ._private import private_dir
 
 __all__ = ["CHECKPOINT_BYTES", "HashWorker", "check_ours", "claim", "claim_path", "disk_size", "free_disk", "fsync_path",
            "hash_prefix", "inbox_path", "name_max", "nearest_existing", "open_partial", "partial_path_for",
@@ -192,8 +193,7 @@ def partial_path_for(destination: str | None, task_identifier: int, work_dir: Pa
     token = os.urandom(4).hex()
     if destination:
         return _beside(Path(destination), ".bgdl-part", token)
-    folder = work_dir / "partial"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder = private_dir(work_dir / "partial", "the partial files' folder")
     return folder / f"{task_identifier}-{token}.bgdl-part"
 
 
@@ -308,22 +308,45 @@ def claim(destination: str | os.PathLike[str], owner: dict[str, Any], lease: flo
             raise InvalidDestination(
                 f"{destination} is claimed by {who} (pid {other.get('pid')} on {other.get('host')}), which "
                 f"will write it{lapses}; wait for it or cancel it, or choose another destination")
-        with _takeover_lock():  # two claimers of one stale claim: only one removes it
-            try:
-                if path.read_bytes() == raw:  # still the stale claim judged above
-                    unlink(path)
-            except FileNotFoundError:
-                pass
+        _remove_stale_claim(path, raw)
     raise InvalidDestination(f"{destination}: could not claim it (its claim file {path} keeps changing)")
 
 
-def _takeover_lock() -> Any:
-    import tempfile
-
-    import filelock
-    folder = Path(tempfile.gettempdir()) / f"bgdl_nb-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    return filelock.FileLock(str(folder / "claims.lock"), timeout=30)
+def _remove_stale_claim(path: Path, raw: bytes) -> None:
+    """Remove the claim file at ``path`` if it still holds ``raw`` (the stale claim judged
+    by the caller). Two claimers taking over one stale claim serialise on an ``flock`` of
+    that very file, which only its owner can open: of the two, one removes it and the
+    other finds it gone or replaced. No lock lives in a folder another user could make."""
+    import errno
+    import fcntl
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return  # released meanwhile
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InvalidDestination(f"the claim file {path} is a symbolic link, not one bgdl_nb wrote; remove "
+                                     "it, or choose another destination") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if hasattr(os, "getuid") and st.st_uid != os.getuid():
+            from ._private import _user
+            raise InvalidDestination(f"the claim file {path} belongs to {_user(st.st_uid)}, not to you: bgdl_nb "
+                                     "did not write it; remove it, or choose another destination")
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held by our own processes only, for a read and an unlink
+        try:
+            if os.lstat(path).st_ino != st.st_ino:
+                return  # another claimer removed it and a new claim stands there now
+        except FileNotFoundError:
+            return
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        if b"".join(chunks) == raw:
+            unlink(path)
+    finally:
+        os.close(fd)
 
 
 def release(destination: str | os.PathLike[str], owner: dict[str, Any]) -> None:
@@ -339,8 +362,7 @@ def release(destination: str | os.PathLike[str], owner: dict[str, Any]) -> None:
 
 def inbox_path(url: str, task_identifier: int, work_dir: Path) -> Path:
     """The temporary location of a finished file that has no destination."""
-    folder = work_dir / "inbox"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder = private_dir(work_dir / "inbox", "the inbox folder")
     name = Path(url.split("?", 1)[0]).name or "download"
     return folder / f"{task_identifier}-{name}"
 

@@ -14,8 +14,6 @@ import contextlib
 import datetime as _dt
 import enum
 import hashlib
-import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +21,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from ._exceptions import InvalidDestination
+from ._private import private_dir, write_new_file
 from ._redact import redact_url
 
 if TYPE_CHECKING:
@@ -107,7 +106,7 @@ class Manifest:
         import filelock
 
         if self.lock is not None:
-            self.lock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(self.lock.parent, "the manifest lock folder")
         with filelock.FileLock(str(self.lock), timeout=60) if self.lock is not None else contextlib.nullcontext():
             if self._stamp() != self._written:  # another writer saved since: keep its entries too
                 merged = self._read()
@@ -116,9 +115,8 @@ class Manifest:
             # one entry per line, encoded once: saved twice a second while thousands of files
             # finish, the manifest costs a sort and a join, not a re-encoding of every entry
             lines = b",\n".join(self._line(n, e) for n, e in sorted(self.files.items()))
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-            tmp.write_bytes(b'{"version": 1, "files": {\n' + lines + b"\n}}\n")
-            os.replace(tmp, self.path)
+            # through a fresh temporary name: a link planted in a shared folder is replaced, not followed
+            write_new_file(self.path, b'{"version": 1, "files": {\n' + lines + b"\n}}\n", 0o644)
             self._written = self._stamp()
 
     def _line(self, name: str, entry: ManifestEntry) -> bytes:

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._exceptions import InvalidResumeData
+from ._private import private_dir, read_private_file
 from ._redact import redact_headers, redact_url
 
 __all__ = [
@@ -289,16 +290,19 @@ class ResumeState:
 
 
 def load_key(directory: Path) -> bytes:
-    """The per-user secret that signs resume data, created (mode 0600) on first use."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """The per-user secret that signs resume data, created (mode 0600) on first use in the
+    private state directory. A folder or key another user could have made or read is
+    refused (:class:`~bgdl_nb.UnsafeLocation`), never adopted."""
+    private_dir(directory, "the state directory")
     path = directory / "resume-data.key"
+    what = "the resume-data signing key"
     try:
-        return path.read_bytes()
+        return read_private_file(path, what)
     except FileNotFoundError:
         pass
     key = secrets.token_bytes(32)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         os.write(fd, key)
         os.fsync(fd)
@@ -310,7 +314,7 @@ def load_key(directory: Path) -> bytes:
         pass
     finally:
         tmp.unlink()
-    return path.read_bytes()
+    return read_private_file(path, what)
 
 
 def _vault_entry(vault: Path, token: str) -> Path:
@@ -327,7 +331,7 @@ def encode_resume_data(state: ResumeState, key: bytes, vault: Path | None = None
              "headers": redact_headers(state.headers)}
     if vault is not None and shown != secret:
         token = secrets.token_hex(16)
-        vault.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(vault, "the secrets folder")
         fd = os.open(_vault_entry(vault, token), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(secret, f)

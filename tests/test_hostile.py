@@ -177,7 +177,7 @@ def test_a_corrupt_or_newer_journal_is_moved_aside_and_the_session_starts_afresh
 
     config = bg.Configuration.background(f"damaged-{damage}", use_service=use_service)
     journal = config.journal_path()
-    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if damage == "garbage":
         journal.write_bytes(b"this is not a journal\n" * 200)
     else:
@@ -445,7 +445,7 @@ def test_the_command_line_reads_an_unreadable_journal_as_a_person_would(state_di
     from conftest import run_cli
 
     journal = bg.Configuration.background("broken").journal_path()
-    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     journal.write_bytes(b"not a journal" * 100)
     env = {"BGDL_STATE_DIR": str(state_dir)}
     one = run_cli("list", "--id", "broken", env=env)

@@ -167,7 +167,6 @@ def test_another_user_is_refused(monkeypatch):
     import tempfile
     from pathlib import Path
     state_dir = Path(tempfile.mkdtemp(prefix="bgdl-uid-"))  # under /tmp, so nobody can walk the path
-    os.chmod(state_dir, 0o711)
     monkeypatch.setenv("BGDL_STATE_DIR", str(state_dir))
     try:
         _refuse_nobody(state_dir)
@@ -179,7 +178,10 @@ def test_another_user_is_refused(monkeypatch):
 def _refuse_nobody(state_dir):
     start_service(state_dir)
     run = runtime_dir(state_dir)
-    os.chmod(run, 0o711)  # open the directory's door, so that only the uid check stands in the way
+    # open the folders' doors once the service runs (a client checks them, and would refuse
+    # them now), so that only the service's own uid check stands in the way
+    os.chmod(state_dir, 0o711)
+    os.chmod(run, 0o711)
     os.chmod(run / "service.sock", 0o666)
     path = str(run / "service.sock")
     read_fd, write_fd = os.pipe()
@@ -208,6 +210,7 @@ def _refuse_nobody(state_dir):
         reply = json.loads(f.read() or "null")
     os.waitpid(pid, 0)
     os.chmod(run, 0o700)
+    os.chmod(state_dir, 0o700)
     assert reply is not None and reply["ok"] is False and "refused: uid 65534" in reply["error"]["message"]
 
 

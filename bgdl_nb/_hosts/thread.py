@@ -24,6 +24,7 @@ import filelock
 from .._engine import Engine
 from .._exceptions import SessionBusy
 from .._journal import MemoryStore, SqliteStore
+from .._private import private_tree
 from .._resume import load_key
 from .base import CONTROLS, Call, HostCore
 
@@ -250,7 +251,7 @@ class ThreadHost:
 def _hold_journal(config: Configuration) -> filelock.BaseFileLock:
     """Take the identifier's journal lock, or say who holds it."""
     journal = config.journal_path()
-    journal.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_tree(config.resolved_state_dir(), "sessions")
     lock = filelock.FileLock(str(journal) + ".lock", timeout=0)
     owner = Path(str(journal) + ".owner")
     try:

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from .._events import Event
+from .._private import private_dir
 from .._states import TaskState
 from .base import TASK_FIELDS, TaskRecord
 
@@ -117,7 +118,7 @@ class SqliteStore:
     def __init__(self, path: Path, identifier: str) -> None:
         self.path = Path(path)
         self.identifier = identifier
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.path.parent, "the journal folder")
         try:
             self._open_journal()
         except sqlite3.OperationalError:

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
-import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._exceptions import BgdlError
+from .._private import child_environment, python_command, read_private_file, write_new_file
 from .origin import resource_sha256, resource_url
 
 __all__ = ["RemoteOrigin", "start_origin_process"]
@@ -39,8 +41,15 @@ class RemoteOrigin:
 
     @classmethod
     def load(cls, info_file: str | os.PathLike[str]) -> RemoteOrigin:
-        data = json.loads(Path(info_file).read_text())
-        return cls(data["base_url"], int(data["pid"]))
+        """The origin ``info_file`` names. The file must be yours and writable by you
+        alone (the folder a notebook runs in may be shared: a file someone else wrote
+        could name their server, or a pid of yours to stop), and the origin on loopback;
+        otherwise :class:`~bgdl_nb.UnsafeLocation` or :class:`ValueError`."""
+        data = json.loads(read_private_file(info_file, "the demo origin's address file", secret=False))
+        base = str(data["base_url"])
+        if not re.fullmatch(r"http://127\.0\.0\.1:[0-9]{1,5}", base):
+            raise ValueError(f"{info_file} names {base!r}, not a demo origin on this machine's loopback")
+        return cls(base, int(data["pid"]))
 
     def alive(self) -> bool:
         """True when the origin answers (a quick request to its index page)."""
@@ -67,14 +76,15 @@ def start_origin_process(info_file: str | os.PathLike[str] = "demo-origin.json",
     if info.exists():
         try:
             running = RemoteOrigin.load(info)
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, BgdlError):  # damaged, or not one of ours: start our own
             running = None
         if running is not None and running.alive():
             return running
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bgdl_nb.cli", "serve", "--port", "0", "--idle-exit", str(idle_exit)],
+        python_command("bgdl_nb.cli", "serve", "--port", "0", "--idle-exit", str(idle_exit)),
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
         start_new_session=True,  # survives the kernel's restart
+        cwd="/", env=child_environment(),  # nothing from the notebook's folder is imported
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()  # "demo origin serving on http://127.0.0.1:PORT ..."
@@ -84,5 +94,5 @@ def start_origin_process(info_file: str | os.PathLike[str] = "demo-origin.json",
         proc.kill()
         raise RuntimeError(f"bgdl serve did not start: {line!r}")
     origin = RemoteOrigin(base, proc.pid)
-    Path(info_file).write_text(json.dumps({"base_url": base, "pid": proc.pid}))
+    write_new_file(info_file, json.dumps({"base_url": base, "pid": proc.pid}).encode(), 0o644)  # never via a link
     return origin

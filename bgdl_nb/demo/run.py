@@ -27,6 +27,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .._private import child_environment, python_command
+
 __all__ = ["run_demo"]
 
 MB = 1024 * 1024
@@ -41,6 +43,7 @@ def run_demo(workdir: str | None = None, size_mb: int = 48) -> int:
 
     console = Console(soft_wrap=not sys.stdout.isatty())  # piped or logged: one line stays one line
     root = Path(workdir or tempfile.mkdtemp(prefix="bgdl-demo-")).absolute()
+    root.mkdir(parents=True, exist_ok=True)
     state, out = root / "state", root / "data"
     os.environ["BGDL_STATE_DIR"] = str(state)
     identifier = "demo"
@@ -56,8 +59,8 @@ def run_demo(workdir: str | None = None, size_mb: int = 48) -> int:
                       f"{total / MB:.0f} MiB, working in {root}")
 
         console.print("\n[bold]1.[/] `bgdl fetch` in a child process …")
-        child = subprocess.Popen([sys.executable, "-m", "bgdl_nb.cli", "fetch", *urls, "-o", str(out),
-                                  "--id", identifier], env={**os.environ})
+        child = subprocess.Popen(python_command("bgdl_nb.cli", "fetch", *urls, "-o", str(out), "--id", identifier),
+                                 cwd=root, env=child_environment())
         journal = Configuration.background(identifier).journal_path()
         deadline = time.monotonic() + 120
         got = 0

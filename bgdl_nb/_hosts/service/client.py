@@ -23,7 +23,6 @@ import os
 import select
 import socket
 import subprocess
-import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -33,8 +32,9 @@ from typing import Any
 from ..._config import Configuration
 from ..._delegate import SessionDelegate
 from ..._events import Event
-from ..._exceptions import BgdlError, SessionBusy, SettingsKept
+from ..._exceptions import BgdlError, SessionBusy, SettingsKept, UnsafeLocation
 from ..._journal import TaskRecord
+from ..._private import child_environment, python_command
 from ..._states import TaskState
 from ..._task import DownloadTask
 from ..base import Call, HostCore
@@ -42,7 +42,8 @@ from .protocol import (
     PROTOCOL_VERSION,
     FrameReader,
     ServiceUnavailable,
-    ensure_private_dir,
+    check_peer,
+    private_runtime_dir,
     read_frame,
     runtime_dir,
     write_frame,
@@ -60,27 +61,40 @@ def _socket_path(state_dir: Path) -> Path:
 
 
 def _connect(state_dir: Path) -> socket.socket | None:
+    """A connection to the service of ``state_dir``, or None when none listens. Its folder
+    and its peer are checked first: a socket another user could have put there, or that
+    another user serves, is refused before a byte is sent."""
+    try:
+        folder = private_runtime_dir(state_dir, create=False)
+    except FileNotFoundError:
+        return None
+    path = folder / "service.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(str(_socket_path(state_dir)))
+        sock.connect(str(path))
     except OSError:
         sock.close()
         return None
+    try:
+        check_peer(sock, path)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
 def start_service(state_dir: Path, idle_timeout: float | None = None, timeout: float = 30.0) -> int:
     """Start the service for ``state_dir`` unless one runs; return its pid."""
-    ensure_private_dir(runtime_dir(state_dir))
+    run = private_runtime_dir(state_dir)
     read_fd, write_fd = os.pipe()
-    args = [sys.executable, "-m", "bgdl_nb.cli", "service", "run", "--state-dir", str(state_dir),
-            "--ready-fd", str(write_fd)]
+    args = ["service", "run", "--state-dir", str(state_dir), "--ready-fd", str(write_fd)]
     if idle_timeout is not None:
         args += ["--idle-timeout", str(idle_timeout)]
-    log_file = open(runtime_dir(state_dir) / "service.log", "ab")
-    try:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                                pass_fds=[write_fd], start_new_session=True, close_fds=True)
+    log_file = open(run / "service.log", "ab")
+    try:  # the installed bgdl_nb only, in its own private folder: nothing from the caller's folder
+        proc = subprocess.Popen(python_command("bgdl_nb.cli", *args), stdin=subprocess.DEVNULL, stdout=log_file,
+                                stderr=log_file, pass_fds=[write_fd], start_new_session=True, close_fds=True,
+                                cwd=run, env=child_environment())
     finally:
         os.close(write_fd)
         log_file.close()
@@ -91,9 +105,21 @@ def start_service(state_dir: Path, idle_timeout: float | None = None, timeout: f
     finally:
         os.close(read_fd)
     if not line:
-        raise ServiceUnavailable(f"the transfer service did not start within {timeout:g} s; see "
-                                 f"{runtime_dir(state_dir) / 'service.log'}")
+        log_path = run / "service.log"
+        if not ready:
+            raise ServiceUnavailable(f"the transfer service did not start within {timeout:g} s; see {log_path}")
+        raise ServiceUnavailable(f"the transfer service exited as it started ({_last_line(log_path)}); see {log_path}")
     return int(line.split()[1])
+
+
+def _last_line(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1].strip() if lines else "nothing in its log"
 
 
 def _request_once(state_dir: Path, op: str, **args: Any) -> Any:
@@ -257,7 +283,7 @@ class ServiceHost:
             try:
                 self._attach()
                 return
-            except SessionBusy:
+            except (SessionBusy, UnsafeLocation):  # trying again changes neither
                 raise
             except BgdlError as exc:
                 if attempt == _RECONNECT_ATTEMPTS - 1:

@@ -11,8 +11,9 @@ the error in :meth:`BgdlError.to_dict` form). The service also pushes, unasked,
 ``{"type": "event", ...}`` for every journaled event of an attached identifier and
 ``{"type": "progress", ...}`` with live byte counts a few times a second.
 
-The socket lives in a 0700 directory, and the service also checks the peer's uid with
-``SO_PEERCRED`` before it reads a single request.
+The socket lives in a private directory (checked, never chmod-ed: see ``_private``), and
+both ends check the other's uid with ``SO_PEERCRED``: the service before it reads a single
+request, the client before it sends a single byte.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from typing import Any
 
 import orjson
 
-from ..._exceptions import SessionError
+from ..._exceptions import SessionError, UnsafeLocation
+from ..._private import private_dir
 
-__all__ = ["PROTOCOL_VERSION", "FrameReader", "ServiceUnavailable", "peer_uid", "read_frame", "runtime_dir",
-           "write_frame"]
+__all__ = ["PROTOCOL_VERSION", "FrameReader", "ServiceUnavailable", "check_peer", "peer_uid", "private_runtime_dir",
+           "read_frame", "runtime_dir", "write_frame"]
 
 PROTOCOL_VERSION = 2
 MAX_FRAME = 64 * 1024 * 1024
@@ -54,13 +56,26 @@ def runtime_dir(state_dir: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"bgdl-{os.getuid()}-{digest}"
 
 
-def ensure_private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = path.stat()
-    if st.st_uid != os.getuid():
-        raise ServiceUnavailable(f"{path} belongs to uid {st.st_uid}, not to you; remove it or set BGDL_STATE_DIR")
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
+def private_runtime_dir(state_dir: Path, *, create: bool = True) -> Path:
+    """:func:`runtime_dir`, checked before use (and the state directory when it holds it):
+    a real folder of yours that nobody else can enter. Raises
+    :class:`~bgdl_nb.UnsafeLocation` otherwise, and :class:`FileNotFoundError` with
+    ``create=False`` when it does not exist (no service has run there)."""
+    run = runtime_dir(state_dir)
+    if run.parent == state_dir:
+        private_dir(state_dir, "the state directory", create=create)
+    return private_dir(run, "the transfer service's socket folder", create=create)
+
+
+def check_peer(sock: socket.socket, path: Path) -> None:
+    """Refuse a service socket served by another user, before a byte is sent to it."""
+    uid = peer_uid(sock)
+    if not peer_allowed(uid):
+        from ..._private import _user
+        raise UnsafeLocation(
+            f"the transfer service socket {path} is served by {_user(uid)}, not by you; nothing was sent to it. "
+            "Someone else may be impersonating your service: remove that socket's folder if you can, or set "
+            "BGDL_STATE_DIR to a folder of your own", path=str(path))
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -37,6 +37,7 @@ from ..._engine import Engine, Snapshot
 from ..._events import Event, EventKind
 from ..._exceptions import BgdlError, InvalidDestination, InvalidInput, SessionBusy
 from ..._journal import SqliteStore, TaskRecord, read_journal
+from ..._private import private_tree
 from ..._resume import load_key
 from ..._states import TaskState
 from ..base import CONTROLS
@@ -45,9 +46,9 @@ from .protocol import (
     decode,
     decode_length,
     encode,
-    ensure_private_dir,
     peer_allowed,
     peer_uid,
+    private_runtime_dir,
     runtime_dir,
 )
 from .sharing import Sharing
@@ -172,7 +173,7 @@ class Service:
     # life --------------------------------------------------------------------------------
 
     async def run(self, ready_fd: int | None = None) -> int:
-        ensure_private_dir(self.run_dir)
+        private_runtime_dir(self.state_dir)
         lock = filelock.FileLock(str(self.run_dir / "service.lock"), timeout=0)
         try:
             lock.acquire()
@@ -256,7 +257,7 @@ class Service:
         if hosted is not None:
             return hosted
         path = Configuration.background(identifier, state_directory=self.state_dir).journal_path()
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_tree(self.state_dir, "sessions")
         lock = filelock.FileLock(str(path) + ".lock", timeout=0)
         try:
             lock.acquire()
@@ -309,11 +310,16 @@ class Service:
         import threading
         hosted.launches += 1
         log_path = self.run_dir / f"launch-{hosted.identifier}.log"
-        with open(log_path, "ab") as out:
-            proc = subprocess.Popen(
-                list(config.launch_command), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                start_new_session=True,
-                env={**os.environ, "BGDL_LAUNCHED_FOR": hosted.identifier, "BGDL_STATE_DIR": str(self.state_dir)})
+        try:
+            with open(log_path, "ab") as out:
+                proc = subprocess.Popen(
+                    list(config.launch_command), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                    start_new_session=True, cwd=config.launch_directory or None,
+                    env={**os.environ, "BGDL_LAUNCHED_FOR": hosted.identifier, "BGDL_STATE_DIR": str(self.state_dir)})
+        except OSError as exc:  # a command or folder that is gone: say so where the person looks
+            hosted.engine.note(EventKind.LAUNCHED, f"launch {hosted.launches}: could not run "
+                               f"{' '.join(config.launch_command)} in {config.launch_directory}: {exc}")
+            return
         threading.Thread(target=proc.wait, name="bgdl-launch-reaper", daemon=True).start()
         hosted.launched = proc
         delay = config.launch_delay * 2 ** (hosted.launches - 1)
