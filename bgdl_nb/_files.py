@@ -296,7 +296,7 @@ def claim(destination: str | os.PathLike[str], owner: dict[str, Any], lease: flo
             # (this engine holds that journal's lock: a shard run again on another worker),
             # an unjournaled one by its engine's nonce. It holds for another lease.
             with contextlib.suppress(FileNotFoundError):
-                os.utime(path)
+                os.utime(path, follow_symlinks=False)  # the claim file itself, never a link's target
             return
         if other and other.get("service") and other.get("service") == owner.get("service") \
                 and other.get("url") == owner.get("url") and _claim_alive(other, age):

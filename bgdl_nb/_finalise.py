@@ -86,8 +86,18 @@ def _rename_all(moves: list[tuple[str, Path, Callable[[], None] | None]]) -> lis
     mode = 0o666 & ~current_umask()
     for partial, target, then in moves:
         try:
-            check_ours(partial, os.lstat(partial))  # never rename a link (or another user's file) into place
-            os.chmod(partial, mode)
+            # never chmod or rename a link (or another user's file) into place: the mode is set
+            # on the file that was checked, through its descriptor, not through its name again
+            try:
+                fd = os.open(partial, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+            except OSError:
+                check_ours(partial, os.lstat(partial))  # a link: UnsafeFile says so
+                raise
+            try:
+                check_ours(partial, os.fstat(fd))
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
             os.replace(partial, target)
         except (OSError, UnsafeFile) as exc:
             results.append(exc)

@@ -97,7 +97,9 @@ def _sessions() -> int:
 
     from ._config import state_dir
     from ._journal import read_journal
-
+    from ._private import private_tree
+    if (state_dir() / "sessions").exists():
+        private_tree(state_dir(), "sessions")  # a journal another user could have planted is not listed as ours
     journals = sorted((state_dir() / "sessions").glob("*.sqlite3"))
     if not journals:
         print(f"no sessions under {state_dir() / 'sessions'}")

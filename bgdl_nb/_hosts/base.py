@@ -38,13 +38,9 @@ from .._task import DownloadTask
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["CONTROLS", "Call", "Delivery", "Host", "HostCore", "TaskMirror"]
+__all__ = ["Call", "Delivery", "Host", "HostCore", "TaskMirror"]
 
 log = logging.getLogger("bgdl_nb")
-
-CONTROLS = frozenset({"resume", "suspend", "cancel", "set_priority", "pause", "unpause", "set_bandwidth_limit",
-                      "configure", "suspend_many"})
-"""The engine methods a host forwards for ``task.resume()`` and friends."""
 
 Ack = Callable[[int, "str | None"], None]
 
@@ -340,11 +336,9 @@ class HostCore:
     def attach_session(self, session: Any, delegate: SessionDelegate | None) -> None:
         self.delivery.session, self.delivery.delegate = session, delegate
 
-    def control(self, name: str, send: Callable[[], Any]) -> None:
-        """Check a control's name, have the host ``send`` it to the engine, and show a task
-        snapshot it answers with (a change that has no event of its own)."""
-        if name not in CONTROLS:
-            raise ValueError(f"unknown control {name!r}")
+    def control(self, send: Callable[[], Any]) -> None:
+        """Have the host ``send`` a control to the engine, and show a task snapshot it
+        answers with (a change that has no event of its own)."""
         result = send()
         if isinstance(result, dict) and "record" in result:
             self.mirror.apply(result)

@@ -16,22 +16,16 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import filelock
-
-from .._engine import Engine
-from .._exceptions import SessionBusy
-from .._journal import MemoryStore, SqliteStore
-from .._private import private_tree
 from .._resume import load_key
-from .base import CONTROLS, Call, HostCore
+from .base import Call, HostCore
+from .commands import CONTROLS, Ack, Control, Create, Events
+from .endpoint import Attached, Endpoint
 
 if TYPE_CHECKING:
     from .._config import Configuration
     from .._events import Event
-    from .._journal import Store
 
 __all__ = ["CONTROLS", "Call", "EngineThread", "ThreadHost", "engine_thread"]
 
@@ -122,59 +116,43 @@ class _Sink:
 
 class ThreadHost:
     """An engine on the engine thread of this process: the host of default sessions and
-    of background sessions that do not use the transfer service.
-
-    It builds the engine and its store: a memory store for default sessions, the SQLite
-    journal (held with a file lock, so one engine owns it) for background ones.
-    """
+    of background sessions that do not use the transfer service. Its
+    :class:`~bgdl_nb._hosts.endpoint.Endpoint` holds the journal (a lock: one engine
+    owns it), the store and the engine; this host is the in-process channel to it."""
 
     def __init__(self, config: Configuration, session: Any, delegate: Any) -> None:
         self.config = config
         self.thread = engine_thread()
         self.closed = False
-        self.lock: filelock.BaseFileLock | None = None
         self.core = HostCore(self, self._ack, config.delegate_close_timeout)
         self.core.attach_session(session, delegate)
         root = config.resolved_state_dir()
-        store: Store
-        if config.is_background:
-            self.lock = _hold_journal(config)
-            try:
-                store = SqliteStore(config.journal_path(), str(config.identifier))
-            except BaseException:
-                self.lock.release()
-                raise
-            work = root / "work" / str(config.identifier)
-        else:
-            store, work = MemoryStore(), root / "default" / str(os.getpid())
-        self.engine = Engine(config, store, load_key(root), work, sink=_Sink(self.core))
+        self.endpoint = Endpoint(config, load_key(root), holder=f"pid {os.getpid()}", sink=_Sink(self.core))
+        self.engine = self.endpoint.engine
         try:
             self.thread.call(self._open).result()
         except BaseException:
-            if self.lock is not None:
-                self.lock.release()
+            self.endpoint.close_store()
             raise
 
     def _open(self) -> None:
         """On the engine loop, in one turn: mirror the journal's tasks, queue the backlog,
         continue the tasks (a ``reattached`` row first), then the end of the backlog."""
-        engine, durable = self.engine, self.engine.store.durable
-        backlog = engine.backlog() if durable else []
-        found = engine.load()
-        for snap in engine.snapshots():
-            self.core.mirror.apply(snap)
-        for event in backlog:
-            self.core.backlog(event)
-        engine.start(announce=True)
-        engine.flush()  # the reattach and what it recovered reach the delegate before the end of the backlog
-        if durable and (found or backlog):
+        def receive(attached: Attached) -> None:
+            for snap in attached.snapshots:
+                self.core.mirror.apply(snap)
+            for event in attached.backlog:
+                self.core.backlog(event)
+
+        attached = self.endpoint.open(announce=True, receive=receive)
+        if self.engine.store.durable and (attached.found or attached.backlog):
             self.core.delivery.finish_events()
 
     def _ack(self, seq: int, finished_path: str | None) -> None:
         # acknowledgements of the last callbacks come while the session closes: they are
         # queued on the loop before the journal closes (after close() delivered them)
         if not self._store_closed:
-            self.thread.loop.call_soon_threadsafe(self.engine.ack, seq, finished_path)
+            self.thread.loop.call_soon_threadsafe(self.endpoint.handle, Ack(seq, finished_path))
 
     @property
     def tasks(self) -> dict[int, Any]:
@@ -192,33 +170,20 @@ class ThreadHost:
         self.core.attach_session(session, delegate)
 
     def create_many(self, records: list[Any], resume: bool) -> list[Any]:
-        snaps = self.thread.call(self._flushed, self.engine.create_many, records, resume).result()
+        snaps = self.thread.call(self.endpoint.handle, Create(tuple(records), resume)).result()
         return [self.core.mirror.view(snap) for snap in snaps]
 
-    def _flushed(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run an engine method, then publish its events at once: when a control call
-        returns, the task views show its effect."""
-        try:
-            return fn(*args)
-        finally:
-            self.engine.flush()
-
     def control(self, name: str, *args: Any) -> None:
-        self.core.control(name, lambda: self.thread.call(self._flushed, getattr(self.engine, name), *args).result())
+        command = Control(name, args)  # type: ignore[arg-type]  # checked by Control itself
+        self.core.control(lambda: self.thread.call(self.endpoint.handle, command).result())
 
     def call(self, name: str, *args: Any) -> Call:
         if name != "cancel_with_resume_data":
             raise ValueError(name)
-
-        async def cancel() -> bytes | None:
-            try:
-                return await self.engine.cancel_with_resume_data(*args)
-            finally:
-                self.engine.flush()
-        return self.thread.submit(cancel())
+        return self.thread.submit(self.endpoint.cancel_with_resume_data(*args))
 
     def event_log(self, since: int = 0) -> list[Any]:
-        events: list[Any] = self.thread.call(self.engine.events, since).result()
+        events: list[Any] = self.thread.call(self.endpoint.handle, Events(since)).result()
         return events
 
     def destination_busy(self, destination: str) -> int | None:
@@ -237,29 +202,8 @@ class ThreadHost:
             return
         self.closed = True
         try:
-            self.thread.run(self.engine.close(mode))
+            self.thread.run(self.endpoint.close(mode))
             self.core.delivery.close()
         finally:
             self._store_closed = True
-            self.thread.call(self.engine.close_store).result()
-            if self.lock is not None:
-                self.lock.release()
-
-
-
-
-def _hold_journal(config: Configuration) -> filelock.BaseFileLock:
-    """Take the identifier's journal lock, or say who holds it."""
-    journal = config.journal_path()
-    private_tree(config.resolved_state_dir(), "sessions")
-    lock = filelock.FileLock(str(journal) + ".lock", timeout=0)
-    owner = Path(str(journal) + ".owner")
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        holder = owner.read_text().strip() if owner.exists() else "another process"
-        raise SessionBusy(
-            f"background session {config.identifier!r} is held by {holder}; close that session "
-            "(session.close()) or stop that process, then create the Session again") from None
-    owner.write_text(f"pid {os.getpid()}\n")
-    return lock
+            self.thread.call(self.endpoint.close_store).result()

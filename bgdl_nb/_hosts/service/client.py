@@ -38,6 +38,7 @@ from ..._private import child_environment, python_command
 from ..._states import TaskState
 from ..._task import DownloadTask
 from ..base import Call, HostCore
+from ..commands import Control
 from .protocol import (
     PROTOCOL_VERSION,
     FrameReader,
@@ -339,8 +340,9 @@ class ServiceHost:
         return [self.core.mirror.view(snap) for snap in snaps]
 
     def control(self, name: str, *args: Any) -> None:
-        self.core.control(name, lambda: self._request("control", identifier=self.identifier, name=name,
-                                                      args=list(args)))
+        command = Control(name, args)  # type: ignore[arg-type]  # checked here, before it travels
+        self.core.control(lambda: self._request("control", identifier=self.identifier, name=command.name,
+                                                args=list(command.args)))
         if name == "set_bandwidth_limit":
             self._bandwidth = args[0]
 

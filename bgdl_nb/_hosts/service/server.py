@@ -33,14 +33,14 @@ from typing import Any
 import filelock
 
 from ..._config import Configuration
-from ..._engine import Engine, Snapshot
+from ..._engine import Snapshot
 from ..._events import Event, EventKind
-from ..._exceptions import BgdlError, InvalidDestination, InvalidInput, SessionBusy
-from ..._journal import SqliteStore, TaskRecord, read_journal
-from ..._private import private_tree
+from ..._exceptions import BgdlError, InvalidDestination, InvalidInput
+from ..._journal import read_journal
 from ..._resume import load_key
 from ..._states import TaskState
-from ..base import CONTROLS
+from ..commands import Ack, Control, Create, Events, control_from_wire, records_from_wire
+from ..endpoint import Endpoint
 from .protocol import (
     PROTOCOL_VERSION,
     decode,
@@ -96,13 +96,12 @@ class _Client:
 class _Hosted:
     """One identifier's engine in the service, and the sink its output goes to."""
 
-    def __init__(self, service: Service, identifier: str, engine: Engine, lock: filelock.BaseFileLock,
-                 fields: dict[str, Any]) -> None:
+    def __init__(self, service: Service, identifier: str, endpoint: Endpoint, fields: dict[str, Any]) -> None:
         self.service = service
         self.identifier = identifier
-        self.engine = engine
+        self.endpoint = endpoint
+        self.engine = endpoint.engine
         self.fields = fields  # the configuration the engine runs with, as clients send it
-        self.lock = lock
         self.clients: set[_Client] = set()
         self.rate = 0.0
         self._last: tuple[float, int] | None = None
@@ -110,7 +109,7 @@ class _Hosted:
         self.launched: Any = None  # the running launch_command process
         self.frames: list[bytes] | None = None  # the events of a batch under way, encoded
         self.shown: dict[int, dict[str, Any]] = {}  # each unfinished task's record as its clients last got it
-        engine.sink = self
+        self.engine.sink = self
 
     def event(self, event: Event, snapshot: Snapshot | None) -> None:
         self.service._broadcast(self, event, snapshot)
@@ -256,33 +255,29 @@ class Service:
         hosted = self.hosted.get(identifier)
         if hosted is not None:
             return hosted
-        path = Configuration.background(identifier, state_directory=self.state_dir).journal_path()
-        private_tree(self.state_dir, "sessions")
-        lock = filelock.FileLock(str(path) + ".lock", timeout=0)
-        try:
-            lock.acquire()
-        except filelock.Timeout:
-            raise SessionBusy(f"background session {identifier!r} is held by a process running it in-process "
-                              "(use_service=False); close that session first") from None
-        Path(str(path) + ".owner").write_text(f"transfer service pid {os.getpid()}\n")
-        store = SqliteStore(path, identifier)
-        if fields:  # the configuration outlives the service: a restarted one reads it back
-            store.set_meta("config", json.dumps(fields))
-        else:
-            fields = json.loads(store.get_meta("config") or "{}")
-        config = Configuration.background(identifier, state_directory=self.state_dir,
-                                          **{k: (tuple(v) if isinstance(v, list) else v)
-                                             for k, v in fields.items() if k in _CONFIG_FIELDS})
-        engine = Engine(config, store, self.key, self.state_dir / "work" / identifier)
-        hosted = _Hosted(self, identifier, engine, lock, fields)
-        engine.open(announce=False)  # attaching clients are announced one by one
+        chosen: dict[str, Any] = dict(fields)
+
+        def settings(store: Any) -> Configuration:
+            nonlocal chosen
+            if chosen:  # the configuration outlives the service: a restarted one reads it back
+                store.set_meta("config", json.dumps(chosen))
+            else:
+                chosen = json.loads(store.get_meta("config") or "{}")
+            return Configuration.background(identifier, state_directory=self.state_dir,
+                                            **{k: (tuple(v) if isinstance(v, list) else v)
+                                               for k, v in chosen.items() if k in _CONFIG_FIELDS})
+
+        endpoint = Endpoint(Configuration.background(identifier, state_directory=self.state_dir), self.key,
+                            holder=f"transfer service pid {os.getpid()}", state_dir=self.state_dir, settings=settings)
+        fields = chosen
+        hosted = _Hosted(self, identifier, endpoint, fields)
+        endpoint.open(announce=False)  # attaching clients are announced one by one
         self.hosted[identifier] = hosted
         return hosted
 
     async def _unload(self, hosted: _Hosted) -> None:
-        await hosted.engine.close("detach")
-        hosted.engine.close_store()
-        hosted.lock.release()
+        await hosted.endpoint.close("detach")
+        hosted.endpoint.close_store()
         self.hosted.pop(hosted.identifier, None)
 
     def _broadcast(self, hosted: _Hosted, event: Event, snapshot: Snapshot | None) -> None:
@@ -415,19 +410,18 @@ class Service:
         # nothing is left to publish, then the backlog (this reattach included), the snapshot
         # and the subscription happen without an await between them: the client sees every
         # event exactly once, the old ones in the reply and the new ones after it
-        engine.flush()
-        backlog = engine.backlog()
+        attached = hosted.endpoint.attach()
         hosted.clients.add(client)
         client.identifiers.add(identifier)
         client.pid = request.get("pid")
-        return {"tasks": engine.snapshots(), "backlog": [e.as_dict() for e in backlog],
+        return {"tasks": attached.snapshots, "backlog": [e.as_dict() for e in attached.backlog],
                 "reattached": existed, "bandwidth_limit": engine.bandwidth_limit, "settings_kept": kept}
 
-    def _engine(self, client: _Client, request: dict[str, Any]) -> Engine:
+    def _endpoint(self, client: _Client, request: dict[str, Any]) -> Endpoint:
         identifier = request["identifier"]
         if identifier not in client.identifiers or identifier not in self.hosted:
             raise InvalidInput(f"attach to {identifier!r} first")
-        return self.hosted[identifier].engine
+        return self.hosted[identifier].endpoint
 
     async def _op_create(self, client: _Client, request: dict[str, Any]) -> dict[str, Any]:
         [snap] = self._create(client, request, [request["record"]], resume=False)
@@ -439,44 +433,41 @@ class Service:
     def _create(self, client: _Client, request: dict[str, Any], fields: list[dict[str, Any]],
                 resume: bool) -> list[Snapshot]:
         identifier = request["identifier"]
-        engine = self._engine(client, request)
+        endpoint = self._endpoint(client, request)
+        engine = endpoint.engine
         hosted = self.hosted[identifier]
-        records = []
-        for item in fields:
-            destination = item.get("destination")
+        records = records_from_wire(fields)
+        for record in records:
+            destination = record.destination
             busy = engine.destination_owner(destination) if destination else None
             if busy is not None:
                 raise InvalidDestination(f"task {busy} already downloads to {destination}; wait for it or cancel it")
-            record = TaskRecord(**{**item, "state": TaskState(item.get("state", TaskState.SUSPENDED))})
             if identifier in client.launched and hosted.launches:  # the relaunch rate limiter
                 delay = engine.config.launch_delay * 2 ** (hosted.launches - 1)
                 record.launch_delay_until = time.time() + delay
                 record.launch_delay_reason = f"launch rate limit ({delay:g} s after launch {hosted.launches})"
-            records.append(record)
-        snaps = engine.create_many(records, resume=False)
+        snaps: list[Snapshot] = endpoint.handle(Create(records))
         for snap in snaps:
-            self.sharing.link(hosted, snap["record"])
+            self.sharing.link(hosted, snap["record"])  # before they start: a shared transfer is not started twice
         if resume:
-            engine.resume_many([snap["record"]["task_identifier"] for snap in snaps])
+            endpoint.handle(Control("resume_many", ([snap["record"]["task_identifier"] for snap in snaps],)))
             snaps = [engine.snapshot(snap["record"]["task_identifier"]) for snap in snaps]
         return snaps
 
     async def _op_control(self, client: _Client, request: dict[str, Any]) -> Any:
-        name = request["name"]
-        if name not in CONTROLS:
-            raise InvalidInput(f"unknown control {name!r}")
-        return getattr(self._engine(client, request), name)(*request.get("args", []))
+        command = control_from_wire(request.get("name"), request.get("args", []))
+        return self._endpoint(client, request).handle(command)
 
     async def _op_cancel_with_resume_data(self, client: _Client, request: dict[str, Any]) -> str | None:
-        data = await self._engine(client, request).cancel_with_resume_data(int(request["task"]))
+        data = await self._endpoint(client, request).cancel_with_resume_data(int(request["task"]))
         return None if data is None else base64.b64encode(data).decode()
 
     async def _op_events(self, client: _Client, request: dict[str, Any]) -> list[dict[str, Any]]:
-        engine = self._engine(client, request)
-        return [e.as_dict() for e in engine.events(int(request.get("since", 0)))]
+        events = self._endpoint(client, request).handle(Events(int(request.get("since", 0))))
+        return [e.as_dict() for e in events]
 
     async def _op_ack(self, client: _Client, request: dict[str, Any]) -> None:
-        self._engine(client, request).ack(int(request["seq"]), request.get("finished_path"))
+        self._endpoint(client, request).handle(Ack(int(request["seq"]), request.get("finished_path")))
 
     async def _op_detach(self, client: _Client, request: dict[str, Any]) -> None:
         identifier = request["identifier"]
