@@ -113,10 +113,14 @@ class Configuration:
     """Bytes per second for the whole session (a token bucket); ``None``: unlimited.
     Change it while tasks run with ``session.bandwidth_limit = ...``."""
 
-    sessions_send_launch_events: bool = False
-    """When tasks finish while no client is attached, the transfer service runs
-    ``launch_command`` (URLSession's ``sessionSendsLaunchEvents``): a process that
-    creates this session receives the events, as a relaunched app would."""
+    sessions_send_launch_events: bool = True
+    """URLSession's ``sessionSendsLaunchEvents``, true by default as there. Events that
+    happen while no client is attached wait for the next session of the identifier, and
+    the person is told when tasks finish then: ``bgdl service status`` says how many
+    finished while nobody watched, and a desktop notification (``notify-send``) says so
+    where the desktop offers one. With a ``launch_command``, the transfer service also
+    runs it: a process that creates this session receives the events, as a relaunched
+    app would. ``False``: the events still wait, silently, and nothing is run."""
 
     launch_command: tuple[str, ...] | None = None
     """The command the service runs, e.g. ``("python", "handle.py")`` or, for a notebook,
@@ -249,9 +253,6 @@ class Configuration:
     def check_together(self) -> None:
         """Checks that involve several fields (run when a Session is created, so fields
         can be set one at a time in any order)."""
-        if self.sessions_send_launch_events and self.launch_command is None:
-            raise InvalidConfiguration("sessions_send_launch_events needs a launch_command to run: set "
-                                       "launch_command = ('python', 'handle_events.py') too")
 
     def _check_fields(self) -> None:
         if self.identifier is not None and not _IDENTIFIER.match(self.identifier):

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._attempt import TaskRun
+from ._claims import claim, release
 from ._config import Configuration
 from ._events import Event, EventKind
 from ._exceptions import BgdlError, ChecksumMismatch, InvalidInput
-from ._files import add_mark, claim, partial_size, release, truncate_partial, unlink
+from ._files import add_mark, partial_size, truncate_partial, unlink
 from ._journal import Store, TaskRecord
 from ._redact import redact_text, redact_url
 from ._resume import ResumeState, Validator, encode_resume_data

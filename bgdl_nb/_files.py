@@ -12,23 +12,20 @@ import contextlib
 import errno
 import functools
 import hashlib
-import json
 import os
 import queue
 import shutil
-import socket
 import stat
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import InvalidDestination, UnsafeFile
+from ._exceptions import UnsafeFile
 from ._private import private_dir
 
-__all__ = ["CHECKPOINT_BYTES", "HashWorker", "check_ours", "claim", "claim_path", "disk_size", "free_disk", "fsync_path",
-           "hash_prefix", "inbox_path", "name_max", "nearest_existing", "open_partial", "partial_path_for",
-           "partial_size", "release", "truncate_partial", "unlink"]
+__all__ = ["CHECKPOINT_BYTES", "HashWorker", "check_ours", "disk_size", "free_disk", "fsync_path", "hash_prefix",
+           "inbox_path", "name_max", "nearest_existing", "open_partial", "partial_path_for", "partial_size",
+           "truncate_partial", "unlink"]
 
 HASH_BLOCK = 4 * 1024 * 1024
 
@@ -206,158 +203,6 @@ def _beside(destination: Path, suffix: str, token: str = "") -> Path:
     if len(name) > room:
         name = name[: room - 1] + b"~"
     return destination.with_name(f".{os.fsdecode(name)}{tail}")
-
-
-def claim_path(destination: str | os.PathLike[str]) -> Path:
-    """The claim file of a destination: it names the task that will write it."""
-    return _claim_path(os.fspath(destination))
-
-
-@functools.lru_cache(maxsize=4096)  # asked when a task claims its destination and when it lets it go
-def _claim_path(destination: str) -> Path:
-    return _beside(Path(destination), ".bgdl-claim")
-
-
-CLAIM_LEASE = 120.0
-"""Seconds a claim written on another machine holds when its file does not say."""
-
-_TASK_KEYS = ("journal", "identifier", "task", "engine")
-
-
-@functools.lru_cache(maxsize=1)
-def _hostname() -> str:
-    return socket.gethostname()
-
-
-def _claim_alive(owner: dict[str, Any], age: float) -> bool:
-    """Whether the task a claim names may still write its destination. On this machine
-    its journal (or process) tells; another machine's task is alive while its engine
-    keeps refreshing the claim (its age under the lease the claim states)."""
-    if owner.get("host") != _hostname():
-        lease = owner.get("lease")
-        return age < (float(lease) if isinstance(lease, (int, float)) and lease > 0 else CLAIM_LEASE)
-    journal, identifier, task = owner.get("journal"), owner.get("identifier"), owner.get("task")
-    if journal and identifier:
-        from ._journal import read_journal
-        from ._states import TaskState
-        try:
-            tasks, _ = read_journal(Path(journal), str(identifier))
-        except Exception:  # no journal (deleted, moved aside): nothing can continue that task
-            return False
-        return any(t.task_identifier == task and t.state is not TaskState.COMPLETED for t in tasks)
-    pid = owner.get("pid")
-    if not isinstance(pid, int):
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def claim(destination: str | os.PathLike[str], owner: dict[str, Any], lease: float = CLAIM_LEASE) -> None:
-    """Claim ``destination`` for the task ``owner`` names, across sessions, processes and
-    machines: :class:`InvalidDestination` while another live task holds it; a claim whose
-    task can no longer run (finished, journal gone, process dead, another machine's lease
-    lapsed) is taken over. The task's own claim is refreshed (its lease starts again)."""
-    path = claim_path(destination)
-    host = _hostname()
-    body = json.dumps({**owner, "pid": os.getpid(), "host": host, "lease": lease}).encode()
-    for _ in range(5):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            try:
-                os.write(fd, body)  # a few hundred bytes: one write
-            except BaseException:  # a full disk, say: an empty claim must not block the next try
-                os.close(fd)
-                unlink(path)
-                raise
-            os.close(fd)
-            return
-        try:
-            raw = path.read_bytes()
-            age = time.time() - path.stat().st_mtime
-        except FileNotFoundError:
-            continue  # released meanwhile: try again
-        try:
-            other = json.loads(raw)
-        except ValueError:
-            other = None  # being written by its claimer right now, or damaged long ago
-        if other is None and age < 10:
-            raise InvalidDestination(f"{destination} is being claimed by another process right now; wait for it or "
-                                     "choose another destination")
-        if other and all(other.get(k) == owner.get(k) for k in _TASK_KEYS):
-            # our own claim, whichever host wrote it: a journaled task is known by its journal
-            # (this engine holds that journal's lock: a shard run again on another worker),
-            # an unjournaled one by its engine's nonce. It holds for another lease.
-            with contextlib.suppress(FileNotFoundError):
-                os.utime(path, follow_symlinks=False)  # the claim file itself, never a link's target
-            return
-        if other and other.get("service") and other.get("service") == owner.get("service") \
-                and other.get("url") == owner.get("url") and _claim_alive(other, age):
-            return  # the same file from the same transfer service: it shares the one transfer
-        if other and _claim_alive(other, age):
-            who = f"task {other.get('task')} of session {other.get('identifier') or '(not journaled)'}"
-            lapses = "" if other.get("host") == host else (
-                f"; its claim was refreshed {age:.0f} s ago and lapses if that machine stops refreshing it")
-            raise InvalidDestination(
-                f"{destination} is claimed by {who} (pid {other.get('pid')} on {other.get('host')}), which "
-                f"will write it{lapses}; wait for it or cancel it, or choose another destination")
-        _remove_stale_claim(path, raw)
-    raise InvalidDestination(f"{destination}: could not claim it (its claim file {path} keeps changing)")
-
-
-def _remove_stale_claim(path: Path, raw: bytes) -> None:
-    """Remove the claim file at ``path`` if it still holds ``raw`` (the stale claim judged
-    by the caller). Two claimers taking over one stale claim serialise on an ``flock`` of
-    that very file, which only its owner can open: of the two, one removes it and the
-    other finds it gone or replaced. No lock lives in a folder another user could make."""
-    import errno
-    import fcntl
-    try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        return  # released meanwhile
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise InvalidDestination(f"the claim file {path} is a symbolic link, not one bgdl_nb wrote; remove "
-                                     "it, or choose another destination") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if hasattr(os, "getuid") and st.st_uid != os.getuid():
-            from ._private import _user
-            raise InvalidDestination(f"the claim file {path} belongs to {_user(st.st_uid)}, not to you: bgdl_nb "
-                                     "did not write it; remove it, or choose another destination")
-        fcntl.flock(fd, fcntl.LOCK_EX)  # held by our own processes only, for a read and an unlink
-        try:
-            if os.lstat(path).st_ino != st.st_ino:
-                return  # another claimer removed it and a new claim stands there now
-        except FileNotFoundError:
-            return
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-        if b"".join(chunks) == raw:
-            unlink(path)
-    finally:
-        os.close(fd)
-
-
-def release(destination: str | os.PathLike[str], owner: dict[str, Any]) -> None:
-    """Give up the claim on ``destination`` if ``owner``'s task holds it."""
-    path = claim_path(destination)
-    try:
-        held = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return
-    if all(held.get(k) == v for k, v in owner.items()):
-        unlink(path)
 
 
 def inbox_path(url: str, task_identifier: int, work_dir: Path) -> Path:

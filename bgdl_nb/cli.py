@@ -19,7 +19,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from . import __version__
 from ._config import Configuration
@@ -166,15 +166,42 @@ def _cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+_ACTS_ON = {"suspend": "running or waiting", "resume": "paused", "cancel": "unfinished"}
+
+
+def _acts_on(command: str, task: Any) -> bool:
+    """Whether ``bgdl COMMAND`` changes ``task``: nothing touches a finished one, pause
+    only one that runs or waits, resume only a paused one."""
+    from ._states import TaskState
+    if task.state is TaskState.COMPLETED:
+        return False
+    if command == "suspend":
+        return task.state is TaskState.RUNNING
+    if command == "resume":
+        return task.state is TaskState.SUSPENDED
+    return True
+
+
 def _cmd_control(args: argparse.Namespace) -> int:
     from ._session import Session
 
+    _journal(args.id)  # a misspelt --id is an error, and makes no empty session
     session = Session(Configuration.background(args.id))
     try:
-        chosen = [t for t in session.all_tasks() if not args.task or t.task_identifier in args.task]
+        named = [t for t in session.all_tasks() if not args.task or t.task_identifier in args.task]
+        missing = sorted(set(args.task or ()) - {t.task_identifier for t in named})
+        if missing:
+            raise InvalidInput(f"session {args.id!r} has no task {', '.join(map(str, missing))}; see "
+                               f"`bgdl list --id {args.id}`")
+        chosen = [t for t in named if _acts_on(args.command, t)]
         for task in chosen:
             getattr(task, args.command)()
-        print(f"{args.command}: {len(chosen)} task(s) of {args.id!r}")
+        word = {"suspend": "paused", "resume": "resumed", "cancel": "cancelled"}[args.command]
+        if chosen:
+            print(f"{word} {len(chosen)} task(s) of {args.id!r}")
+        else:
+            print(f"nothing to {'pause' if args.command == 'suspend' else args.command} in {args.id!r}: "
+                  f"no {_ACTS_ON[args.command]} task among its {len(named)}")
     finally:
         session.close()
     return 0
@@ -207,8 +234,11 @@ def _cmd_service(args: argparse.Namespace) -> int:
     print(f"pid {status['pid']}, up {status['uptime']:.0f} s, {status['clients']} client(s), protocol "
           f"{status['protocol']}, state directory {status['state_dir']}")
     for identifier, info in sorted(status["sessions"].items()):
+        away = info.get("finished_unattended", 0), info.get("failed_unattended", 0)
+        news = "" if not any(away) else (
+            f"; {away[0]} finished" + (f", {away[1]} failed" if away[1] else "") + " while no client was attached")
         print(f"  {identifier}: {info['tasks']} tasks, {info['running']} running, {info['clients']} attached, "
-              f"{info['bytes_per_second'] / 1e6:.1f} MB/s")
+              f"{info['bytes_per_second'] / 1e6:.1f} MB/s{news}")
     return 0
 
 

@@ -205,3 +205,21 @@ def test_a_listing_into_a_closed_pipe_ends_quietly_as_unix_tools_do(origin, tmp_
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+@pytest.mark.parametrize("command", ["cancel", "pause", "resume"])
+def test_a_misspelt_identifier_is_exit_2_and_makes_no_session(command, state_dir):
+    done = run_cli(command, "--id", "typo-in-id")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "no background session 'typo-in-id'" in done.stderr
+    assert not (state_dir / "sessions" / "typo-in-id.sqlite3").exists()
+    assert "typo-in-id" not in run_cli("list").stdout
+
+
+def test_controls_on_a_finished_session_say_there_is_nothing_to_do(origin, tmp_path):
+    assert run_cli("fetch", origin.url("f", 1000), "-o", str(tmp_path), "--id", "done", "--quiet").returncode == 0
+    for command, word in (("pause", "pause"), ("resume", "resume"), ("cancel", "cancel")):
+        done = run_cli(command, "--id", "done")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"nothing to {word} in 'done'"), done.stdout
+    assert run_cli("pause", "--id", "done", "--task", "7").returncode == 2  # a task it does not have

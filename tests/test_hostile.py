@@ -290,7 +290,7 @@ def test_a_claim_whose_task_can_no_longer_run_is_taken_over(origin, tmp_path):
     import json
     import socket
 
-    from bgdl_nb._files import claim_path
+    from bgdl_nb._claims import claim_path
 
     dest = tmp_path / "orphan.bin"
     gone = tmp_path / "state-that-was-deleted" / "sessions" / "old.sqlite3"
@@ -494,7 +494,7 @@ def _claim_from_another_machine(dest: Path, age: float, lease: float = 120) -> N
     import json
     import time
 
-    from bgdl_nb._files import claim_path
+    from bgdl_nb._claims import claim_path
 
     path = claim_path(dest)
     path.write_text(json.dumps({"journal": "/home/shared/.local/state/bgdl_nb/sessions/job.sqlite3",
@@ -511,14 +511,14 @@ def test_a_claim_from_another_machine_holds_while_it_is_refreshed_and_is_taken_o
             session.download_task(origin.url("shared-storage.bin", 1000), dest)
         _claim_from_another_machine(dest, age=300)  # that machine stopped refreshing it: it died, or let go
         assert session.download_task(origin.url("shared-storage.bin", 1000), dest).resume().wait(30) == dest
-    from bgdl_nb._files import claim_path
+    from bgdl_nb._claims import claim_path
     assert not claim_path(dest).exists()
 
 
 def test_a_running_task_keeps_its_claim_fresh_for_other_machines(origin, tmp_path):
     import time
 
-    from bgdl_nb._files import claim_path
+    from bgdl_nb._claims import claim_path
 
     dest = tmp_path / "long.bin"
     with bg.Session(bg.Configuration.default(claim_lease=2, connections_per_file=1)) as session:

@@ -81,7 +81,32 @@ def test_launch_events_and_the_rate_limiter(origin, tmp_path, handler):
 
 
 def test_launch_configuration_is_checked():
-    with pytest.raises(bg.InvalidConfiguration, match="needs a launch_command"):
-        bg.Configuration.background("x", sessions_send_launch_events=True)
     with pytest.raises(bg.InvalidConfiguration, match="sequence of arguments"):
         bg.Configuration.background("x", launch_command="python handle.py")
+
+
+def test_without_a_command_the_person_is_told_what_finished_while_nobody_watched(origin, tmp_path, state_dir):
+    """sessions_send_launch_events is true by default and needs no command: tasks that end
+    while no client is attached are counted in the service's status until a client of the
+    identifier attaches again (and receives their events)."""
+    from conftest import run_cli
+
+    from bgdl_nb._hosts.service.client import service_status
+    session = bg.Session(bg.Configuration.background("away", max_retries=0, connections_per_file=1))
+    tasks = [session.download_task(origin.url(f"a{i}", 2 * 1024 * 1024, rate=4 * 1024 * 1024),
+                                   tmp_path / f"a{i}").resume() for i in range(2)]
+    bad = session.download_task(origin.url("cut", 2 * 1024 * 1024, rate=4 * 1024 * 1024, reset_after=1024 * 1024,
+                                           ranges=0), tmp_path / "cut").resume()  # fails, with no retry left
+    session.close()  # nobody attached from here on; the service goes on
+    ended = lambda: sum(service_status(state_dir)["sessions"]["away"][k] for k in ("finished_unattended",
+                                                                                   "failed_unattended"))
+    wait_until(lambda: ended() == 3, timeout=60, what="the three downloads to end with nobody attached")
+    info = service_status(state_dir)["sessions"]["away"]
+    assert (info["finished_unattended"], info["failed_unattended"]) == (2, 1)
+    shown = run_cli("service", "status")
+    assert "away: 3 tasks, 0 running, 0 attached" in shown.stdout
+    assert "2 finished, 1 failed while no client was attached" in shown.stdout
+    with bg.Session(bg.Configuration.background("away")) as again:  # a kernel attaches: the news is delivered
+        assert {t.task_identifier for t in again.all_tasks()} == {t.task_identifier for t in [*tasks, bad]}
+        info = service_status(state_dir)["sessions"]["away"]
+        assert (info["finished_unattended"], info["failed_unattended"]) == (0, 0)

@@ -42,11 +42,14 @@ def test_a_session_keeps_a_copy_and_later_changes_say_so(origin, tmp_path):
     session.close()
 
 
-def test_launch_events_without_a_command_are_refused_when_the_session_is_made():
+def test_the_seeds_launch_events_line_works_without_a_command():
+    """Seed 004 sets ``sessionSendsLaunchEvents = true`` (URLSession's default, and ours):
+    no launch command is needed for it."""
     config = bg.Configuration.background("nolaunch")
+    assert config.sessions_send_launch_events is True
     config.sessions_send_launch_events = True
-    with pytest.raises(bg.InvalidConfiguration, match="launch_command"):
-        bg.Session(config)
+    with bg.Session(config) as session:
+        assert session.configuration.sessions_send_launch_events
 
 
 def test_task_properties_set_between_download_task_and_resume(origin, tmp_path):

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 import bgdl_nb as bg
-from bgdl_nb._files import claim_path
+from bgdl_nb._claims import claim_path
 from bgdl_nb._hosts.service.protocol import runtime_dir
 
 OTHER = "bgdl-other"
@@ -412,7 +412,7 @@ def test_two_takeovers_of_one_stale_claim_leave_one_claim(tmp_path):
     dest = tmp_path / "race.bin"
     script = (
         "import os, sys\n"
-        "from bgdl_nb._files import claim\n"
+        "from bgdl_nb._claims import claim\n"
         "from bgdl_nb._exceptions import InvalidDestination\n"
         "sys.stdin.readline()\n"
         "try:\n"

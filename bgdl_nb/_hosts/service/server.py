@@ -23,6 +23,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import time
@@ -107,6 +108,8 @@ class _Hosted:
         self._last: tuple[float, int] | None = None
         self.launches = 0  # since an interactive client last attached
         self.launched: Any = None  # the running launch_command process
+        self.unattended: list[str] = []  # how tasks ended while no client was attached (completed, failed)
+        self.told = 0  # how many of those the person has been notified of
         self.frames: list[bytes] | None = None  # the events of a batch under way, encoded
         self.shown: dict[int, dict[str, Any]] = {}  # each unfinished task's record as its clients last got it
         self.engine.sink = self
@@ -292,12 +295,18 @@ class Service:
             self.sharing.relay(hosted, event, snapshot)
         if event.event in (EventKind.FINISHED.value, EventKind.COMPLETED.value, EventKind.FAILED.value) \
                 and not hosted.clients:
+            if event.event != EventKind.FINISHED.value:
+                hosted.unattended.append(event.event)
             asyncio.get_running_loop().call_soon(self._launch, hosted)
 
     def _launch(self, hosted: _Hosted) -> None:
-        """sessionSendsLaunchEvents: run the launch command for events nobody is there to see."""
+        """sessionSendsLaunchEvents: tell the person about events nobody is there to see
+        and, with a launch command, run it."""
         config = hosted.engine.config
-        if not config.sessions_send_launch_events or not config.launch_command or hosted.clients:
+        if not config.sessions_send_launch_events or hosted.clients:
+            return
+        if not config.launch_command:
+            self._tell(hosted)
             return
         if hosted.launched is not None and hosted.launched.poll() is None:
             return  # the process launched before will receive these events too
@@ -321,6 +330,25 @@ class Service:
         hosted.engine.note(EventKind.LAUNCHED, (
             f"launch {hosted.launches}: ran {' '.join(config.launch_command)} (pid {proc.pid}); tasks it creates "
             f"wait {delay:g} s; output in {log_path}"))
+
+    def _tell(self, hosted: _Hosted) -> None:
+        """Once every task of a session nobody watches has ended: a desktop notification
+        where there is a desktop (the count is also in ``bgdl service status``)."""
+        if hosted.engine.busy or not hosted.unattended or hosted.told == len(hosted.unattended):
+            return
+        hosted.told = len(hosted.unattended)
+        failed = hosted.unattended.count(EventKind.FAILED.value)
+        text = (f"{len(hosted.unattended) - failed} finished" + (f", {failed} failed" if failed else "")
+                + f" while no notebook was attached; open Session(Configuration.background({hosted.identifier!r})) "
+                "to receive their events")
+        log.info("session %s: %s", hosted.identifier, text)
+        notify = shutil.which("notify-send")
+        if notify and (os.environ.get("DBUS_SESSION_BUS_ADDRESS") or os.environ.get("DISPLAY")):
+            import subprocess
+            with contextlib.suppress(OSError):
+                subprocess.Popen([notify, "--app-name=bgdl_nb", f"bgdl_nb: {hosted.identifier}", text],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
 
     # connections -------------------------------------------------------------------------
 
@@ -405,6 +433,7 @@ class Service:
                                               f"{request.get('pid')} attached{reset}")
         if interactive:
             hosted.launches = 0
+            hosted.unattended, hosted.told = [], 0  # their events go to this client now
         else:
             client.launched.add(identifier)
         # nothing is left to publish, then the backlog (this reattach included), the snapshot
@@ -485,7 +514,9 @@ class Service:
         for identifier, hosted in self.hosted.items():
             count, running = hosted.engine.summary()
             sessions[identifier] = {"tasks": count, "running": running, "clients": len(hosted.clients),
-                                    "bytes_per_second": round(hosted.rate)}
+                                    "bytes_per_second": round(hosted.rate),
+                                    "finished_unattended": len(hosted.unattended) - hosted.unattended.count("failed"),
+                                    "failed_unattended": hosted.unattended.count("failed")}
         return {"pid": os.getpid(), "uptime": round(time.time() - self.started, 1), "protocol": PROTOCOL_VERSION,
                 "clients": len(self.clients) - 1, "sessions": sessions, "state_dir": str(self.state_dir)}
 
