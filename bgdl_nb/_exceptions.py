@@ -125,6 +125,11 @@ class BgdlError(Exception):
 class InvalidInput(BgdlError, ValueError):
     """Arguments that cannot work; raised before any I/O and before any journal record."""
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows in a notebook: the message, which says what to change, without
+        the frames of bgdl_nb's argument checks (``%tb`` still has them)."""
+        return [f"{type(self).__name__}: {self.message}"]
+
 
 class UnsupportedURL(InvalidInput):
     """The URL is malformed or uses a scheme other than http/https."""

@@ -266,12 +266,18 @@ def fetch(
         with progress_display(list(tasks.values()), enabled=progress) as display:
             try:
                 return _wait_all(tasks, url_list, names, manifest, done, display, timeout)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as interrupt:
                 if on_interrupt == "suspend":
                     session.suspend_all([t for t in tasks.values() if not t.done()])
-                elif not shared and isinstance(display, Follower):
-                    display.follow(session.close)  # a notebook panel stays live; it closes the session at the end
-                    handed_off = True
+                    said = "the downloads are paused with their partial bytes; the same fetch() continues them"
+                else:
+                    said = ("the downloads go on in the background; run the same fetch() again to wait for "
+                            "them and get the paths")
+                    if not shared and isinstance(display, Follower):
+                        display.follow(session.close)  # a notebook panel stays live; it closes the session at the end
+                        handed_off = True
+                # one line in a notebook instead of the frames of the waiting loop
+                interrupt._render_traceback_ = lambda: [f"KeyboardInterrupt: {said}"]  # type: ignore[attr-defined]
                 raise
     finally:
         if not shared and not handed_off:

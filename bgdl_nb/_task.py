@@ -253,7 +253,7 @@ class DownloadTask:
         ``None`` when the server gave no validator or does not support byte ranges,
         since such a download cannot continue.
         """
-        return self._live_host().call("cancel_with_resume_data", self.task_identifier)
+        return self._live_host().cancel_with_resume_data(self.task_identifier)
 
     def _live_host(self) -> Host:
         if self._host.closed:

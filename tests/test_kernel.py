@@ -89,6 +89,8 @@ def test_interrupting_a_blocking_fetch_leaves_a_live_panel_and_running_downloads
         reply = kc.get_shell_msg(timeout=30)
         assert reply["parent_header"]["msg_id"] == msg_id
         assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+        shown_tb = reply["content"]["traceback"]  # what the notebook shows under the cell: one line
+        assert len(shown_tb) == 1 and "the downloads go on in the background" in shown_tb[0], shown_tb
         shown = """
             from ipywidgets.widgets import widget as _widget
             print(" | ".join(v.value for v in list(_widget._instances.values())
@@ -103,3 +105,29 @@ def test_interrupting_a_blocking_fetch_leaves_a_live_panel_and_running_downloads
         kc.stop_channels()
         km.shutdown_kernel(now=True)
     assert sha256_of(tmp_path / "data" / "interrupted.bin") == origin.sha256("interrupted.bin", size)
+
+
+@pytest.mark.parametrize("call, message", [
+    ("bg.fetch(['htp://127.0.0.1/x'], dest='data')", "UnsupportedURL: "),
+    ("bg.fetch(['http://127.0.0.1:9/x'], dest='/proc/no-such-place/data')", "InvalidDestination: "),
+])
+def test_bad_input_in_a_notebook_is_a_short_message(call, message, tmp_path, state_dir):
+    """Bad input shows as its message under the cell, as FetchError does, not as a
+    traceback through bgdl_nb's argument checks."""
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(cwd=str(tmp_path), env={**os.environ, "BGDL_STATE_DIR": str(state_dir)})
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        _run(kc, "import bgdl_nb as bg")
+        msg_id = kc.execute(call)
+        reply = kc.get_shell_msg(timeout=60)
+        assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["status"] == "error"
+        shown = reply["content"]["traceback"]
+        assert len(shown) == 1 and shown[0].startswith(message), shown
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

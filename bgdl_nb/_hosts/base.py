@@ -84,8 +84,8 @@ class Host(Protocol):
     def control(self, name: str, *args: Any) -> None:
         """resume, suspend, cancel, set_priority, pause, unpause or set_bandwidth_limit."""
 
-    def call(self, name: str, *args: Any) -> Call:
-        """cancel_with_resume_data, as an awaitable future."""
+    def cancel_with_resume_data(self, task_identifier: int) -> Call:
+        """Cancel a task keeping its partial bytes; its resume data as an awaitable future."""
 
     def event_log(self, since: int = 0) -> list[Event]:
         """Journaled events after ``since``."""

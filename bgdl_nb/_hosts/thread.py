@@ -177,10 +177,8 @@ class ThreadHost:
         command = Control(name, args)  # type: ignore[arg-type]  # checked by Control itself
         self.core.control(lambda: self.thread.call(self.endpoint.handle, command).result())
 
-    def call(self, name: str, *args: Any) -> Call:
-        if name != "cancel_with_resume_data":
-            raise ValueError(name)
-        return self.thread.submit(self.endpoint.cancel_with_resume_data(*args))
+    def cancel_with_resume_data(self, task_identifier: int) -> Call:
+        return self.thread.submit(self.endpoint.cancel_with_resume_data(task_identifier))
 
     def event_log(self, since: int = 0) -> list[Any]:
         events: list[Any] = self.thread.call(self.endpoint.handle, Events(since)).result()

@@ -287,7 +287,12 @@ class TaskPanel:
 
     def refresh(self, force: bool = False) -> None:
         """Bring the widgets up to date: at most ``rate`` times a second, and at most
-        :data:`REFRESH_SHARE` of the time; ``force`` (a click) refreshes at once."""
+        :data:`REFRESH_SHARE` of the time; ``force`` (a click) refreshes at once.
+
+        The share is judged on what a refresh costs once the panel is built: a forced
+        refresh (the first one, which creates the rows, or a click) and a refresh that
+        adds rows do one-off work, so their cost does not space out the next ones (it
+        froze a new panel for seconds)."""
         now = time.monotonic()
         if not self._lock.acquire(blocking=False):
             return  # another thread is refreshing right now
@@ -295,8 +300,10 @@ class TaskPanel:
             if not force and now - self._last_refresh < max(self.min_interval, self._cost / REFRESH_SHARE):
                 return
             self._last_refresh = now
+            rows = len(self._rows)
             self.updates_sent += self._refresh(now)
-            self._cost = time.monotonic() - now
+            if not force and len(self._rows) == rows:
+                self._cost = time.monotonic() - now
         finally:
             self._lock.release()
 

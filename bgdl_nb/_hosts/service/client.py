@@ -346,10 +346,8 @@ class ServiceHost:
         if name == "set_bandwidth_limit":
             self._bandwidth = args[0]
 
-    def call(self, name: str, *args: Any) -> Call:
-        if name != "cancel_with_resume_data":
-            raise ValueError(name)
-        inner = self._submit("cancel_with_resume_data", identifier=self.identifier, task=args[0])
+    def cancel_with_resume_data(self, task_identifier: int) -> Call:
+        inner = self._submit("cancel_with_resume_data", identifier=self.identifier, task=task_identifier)
         outer = Call()
 
         def done(f: Any) -> None:
