@@ -67,7 +67,11 @@ def _run_all(path: Path, env: dict[str, str]) -> list[list[dict]]:
                 kc.wait_for_ready(timeout=60)
                 outputs.append(messages)
                 continue
-            reply = kc.execute_interactive(cell.source, timeout=300, output_hook=messages.append)
+            try:
+                reply = kc.execute_interactive(cell.source, timeout=240, output_hook=messages.append)
+            except TimeoutError:  # name the cell that hung and what it had shown
+                raise AssertionError(f"{path.name}: this cell did not finish within 240 s:\n{cell.source}\n"
+                                     f"its output so far: {_text(messages)!r}") from None
             errors = [m["content"] for m in messages if m["msg_type"] == "error"]
             assert reply["content"]["status"] == "ok" and not errors, (
                 f"{path.name}, cell:\n{cell.source}\n\n" + "\n".join("\n".join(e["traceback"]) for e in errors))

@@ -16,6 +16,8 @@ attaches again, within a bounded time; pending calls fail with
 from __future__ import annotations
 
 import base64
+import concurrent.futures
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -350,7 +352,21 @@ class ServiceHost:
         inner = self._submit("cancel_with_resume_data", identifier=self.identifier, task=task_identifier)
         outer = Call()
 
+        def overdue() -> None:  # an awaited call ends, answered or not
+            if not outer.done():
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    outer.set_exception(ServiceUnavailable(
+                        f"the transfer service did not answer the cancel of task {task_identifier} within "
+                        f"{_REQUEST_TIMEOUT:g} s; `bgdl service status` shows whether it is running"))
+
+        watchdog = threading.Timer(_REQUEST_TIMEOUT, overdue)
+        watchdog.daemon = True
+        watchdog.start()
+
         def done(f: Any) -> None:
+            watchdog.cancel()
+            if outer.done():
+                return
             if f.exception() is not None:
                 outer.set_exception(f.exception())
             else:
