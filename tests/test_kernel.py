@@ -3,6 +3,7 @@ reattaches by identifier and completes it from the partial bytes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import textwrap
 
@@ -22,6 +23,24 @@ MB = 1024 * 1024
 
 def _run(kc, code: str, timeout: float = 60) -> str:
     return run_in_kernel(kc, textwrap.dedent(code), timeout)
+
+
+@contextlib.contextmanager
+def _kernel(folder, state_dir):
+    """A real kernel working in ``folder`` with the test's state directory, bgdl_nb imported."""
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(cwd=str(folder), env={**os.environ, "BGDL_STATE_DIR": str(state_dir)})
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        _run(kc, "import bgdl_nb as bg")
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
 
 
 def test_kernel_restart_midway_then_reattach(origin, tmp_path, state_dir):
@@ -70,17 +89,10 @@ def test_kernel_restart_midway_then_reattach(origin, tmp_path, state_dir):
 def test_interrupting_a_blocking_fetch_leaves_a_live_panel_and_running_downloads(origin, tmp_path, state_dir):
     """Ctrl-C (Kernel ▸ Interrupt) on a ``fetch()`` cell gives the kernel back; the
     download goes on in the background and its panel stays live and says so."""
-    from jupyter_client.manager import KernelManager
 
     size = 12 * MB
     url = origin.url("interrupted.bin", size, rate=3 * MB)
-    km = KernelManager(kernel_name="python3")
-    km.start_kernel(cwd=str(tmp_path), env={**os.environ, "BGDL_STATE_DIR": str(state_dir)})
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
-        _run(kc, "import bgdl_nb as bg")
+    with _kernel(tmp_path, state_dir) as (km, kc):
         msg_id = kc.execute(f"paths = bg.fetch([{url!r}], dest='data', identifier='interrupt-me')")
         journal = bg.Configuration.background("interrupt-me").journal_path()
         wait_until(lambda: journal.exists() and journaled_bytes(journal, "interrupt-me") >= MB, timeout=60,
@@ -101,9 +113,6 @@ def test_interrupting_a_blocking_fetch_leaves_a_live_panel_and_running_downloads
         wait_until(lambda: (tmp_path / "data" / "interrupted.bin").exists(), timeout=60,
                    what="the download to finish in the background")
         wait_until(lambda: "1 done" in _run(kc, shown), timeout=10, what="the panel to follow the task to its end")
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
     assert sha256_of(tmp_path / "data" / "interrupted.bin") == origin.sha256("interrupted.bin", size)
 
 
@@ -114,20 +123,9 @@ def test_interrupting_a_blocking_fetch_leaves_a_live_panel_and_running_downloads
 def test_bad_input_in_a_notebook_is_a_short_message(call, message, tmp_path, state_dir):
     """Bad input shows as its message under the cell, as FetchError does, not as a
     traceback through bgdl_nb's argument checks."""
-    from jupyter_client.manager import KernelManager
-
-    km = KernelManager(kernel_name="python3")
-    km.start_kernel(cwd=str(tmp_path), env={**os.environ, "BGDL_STATE_DIR": str(state_dir)})
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
-        _run(kc, "import bgdl_nb as bg")
+    with _kernel(tmp_path, state_dir) as (_km, kc):
         msg_id = kc.execute(call)
         reply = kc.get_shell_msg(timeout=60)
         assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["status"] == "error"
         shown = reply["content"]["traceback"]
         assert len(shown) == 1 and shown[0].startswith(message), shown
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
