@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._digests import Digest
 from ._events import EventKind
 from ._exceptions import ChecksumMismatch, InvalidDestination, NetworkError, TransferError, UnexpectedResponse
 from ._files import (
@@ -469,6 +470,15 @@ async def finalise(run: TaskRun, report: Reporter, target: Path, finaliser: Fina
             f"{rec.url} downloaded to {rec.offset} bytes with sha256 {digest}, expected {rec.sha256}; "
             "nothing was kept. Check the expected digest or whether the source changed",
             expected=rec.sha256, actual=digest)
+    if rec.expected_hash:  # another algorithm: one read of the finished bytes, off the loop
+        wanted = Digest.parse(rec.expected_hash)
+        actual = await asyncio.to_thread(wanted.of_file, rec.partial_path)
+        if actual != wanted.hexdigest:
+            unlink(rec.partial_path)
+            raise ChecksumMismatch(
+                f"{rec.url} downloaded to {rec.offset} bytes with {wanted.algorithm} {actual}, expected "
+                f"{wanted.hexdigest}; nothing was kept. Check the expected digest or whether the source changed",
+                expected=str(wanted), actual=f"{wanted.algorithm}:{actual}")
     if rec.destination and target.exists() and not rec.overwrite:
         raise InvalidDestination(
             f"{target} appeared while the download ran; it was left untouched. Remove it, or pass "

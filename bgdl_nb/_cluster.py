@@ -231,7 +231,7 @@ def run_shard(spec: ShardSpec) -> dict[str, Any]:
             reporter.start()
             state, errors = "finished", {}
             try:
-                fetch(spec.urls, spec.dest, configuration=config, sha256=spec.sha256 if any(spec.sha256) else None,
+                fetch(spec.urls, spec.dest, configuration=config, hashes=spec.sha256 if any(spec.sha256) else None,
                       progress=False, overwrite=spec.overwrite, on_interrupt="suspend")
             except FetchError as exc:
                 state, errors = "failed", {url: f"{type(e).__name__}: {e}" for url, e in exc.errors.items()}

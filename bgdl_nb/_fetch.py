@@ -19,13 +19,14 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ._checks import check_url
 from ._config import Configuration
+from ._digests import expected_digests
 from ._exceptions import BgdlError, FetchError, InvalidDestination, InvalidInput
 from ._files import nearest_existing
 from ._manifest import FileAction, FileFacts, Manifest, file_action, sha256_file
@@ -60,30 +61,6 @@ def _unique_names(urls: Sequence[str]) -> list[str]:
             name = f"{stem}-{hashlib.sha256(url.encode()).hexdigest()[:8]}{dot}{ext}"
         result.append(name)
     return result
-
-
-def _expected(urls: Sequence[str], sha256: str | Mapping[str, str] | Sequence[str | None] | None) -> list[str | None]:
-    if sha256 is None:
-        return [None] * len(urls)
-    if isinstance(sha256, str):
-        if len(urls) != 1:
-            raise InvalidInput("a single sha256 string needs a single URL; pass a dict {url: sha256} for several")
-        values: list[str | None] = [sha256]
-    elif isinstance(sha256, Mapping):
-        unknown = sorted(set(sha256) - set(urls))
-        if unknown:
-            raise InvalidInput(f"sha256 is given for {len(unknown)} URL(s) that are not being fetched (first: "
-                               f"{unknown[0]}); check the keys of the mapping: a digest that matches no URL "
-                               "would verify nothing")
-        values = [sha256.get(u) for u in urls]
-    else:
-        values = list(sha256)
-        if len(values) != len(urls):
-            raise InvalidInput(f"got {len(values)} sha256 values for {len(urls)} URLs")
-    for v in values:
-        if v is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", v):
-            raise InvalidInput(f"sha256 must be 64 hex digits, got {v!r}")
-    return [None if v is None else v.lower() for v in values]
 
 
 def _finished_in_journal(config: Configuration) -> dict[tuple[str, str], str]:
@@ -133,6 +110,7 @@ def fetch(
     *,
     identifier: str | None = None,
     sha256: str | Mapping[str, str] | Sequence[str | None] | None = None,
+    hashes: str | Mapping[str, str] | Sequence[str | None] | None = None,
     progress: bool = True,
     overwrite: bool = False,
     configuration: Configuration | None = None,
@@ -153,7 +131,12 @@ def fetch(
         The background session to use; by default one derived from ``dest``, so the
         same call from a new kernel reattaches to the same downloads.
     sha256
-        Expected digests: a string (one URL), a ``{url: hex}`` dict or a list.
+        Expected sha256 digests: a string (one URL), a ``{url: hex}`` dict or a list.
+    hashes
+        Expected digests of any algorithm as ``"alg:hex"`` (md5, sha1, sha256, sha512,
+        blake2b; bare hex is sha256, as in pooch registries), in the same shapes. A
+        mismatch keeps nothing at the destination; a file already there is checked
+        against the digest given now, and downloaded again when it does not match.
     progress
         Show a progress display (a widget in notebooks, bars in a terminal).
     overwrite
@@ -188,14 +171,15 @@ def fetch(
         check_url(url)
     if on_interrupt not in ("continue", "suspend"):
         raise InvalidInput(f"on_interrupt must be 'continue' or 'suspend', not {on_interrupt!r}")
-    expected = _expected(url_list, sha256)
+    wanted = expected_digests(url_list, sha256, hashes)
+    expected = [None if d is None else str(d) for d in wanted]
     order = list(dict.fromkeys(url_list))
     if len(order) != len(url_list):  # the same URL twice: one task, one file, the same path for both
         digests: dict[str, str] = {}
         for url, exp in zip(url_list, expected):
             if exp is not None and digests.setdefault(url, exp) != exp:
-                raise InvalidInput(f"{url} is given twice with different sha256 values")
-        paths = fetch(order, dest, identifier=identifier, sha256=digests or None, progress=progress,
+                raise InvalidInput(f"{url} is given twice with different digests")
+        paths = fetch(order, dest, identifier=identifier, hashes=digests or None, progress=progress,
                       overwrite=overwrite, configuration=configuration, timeout=timeout,
                       on_interrupt=on_interrupt, wait=wait, cluster=cluster)
         by_url = dict(zip(order, paths))
@@ -216,10 +200,12 @@ def fetch(
     done: dict[int, Path] = {}
     adopt: dict[int, str] = {}
     finished: dict[tuple[str, str], str] | None = None  # the journal's finished files, read once if needed
-    for i, (url, name, exp) in enumerate(zip(url_list, names, expected)):
+    recheck: set[int] = set()  # already here, but a digest of another algorithm was asked for: verify it
+    for i, (url, name, want) in enumerate(zip(url_list, names, wanted)):
         path = dest_dir / name
         if not path.exists():
             continue
+        exp = None if want is None else want.sha256
         entry = manifest.files.get(name)
         journal_digest = None
         if entry is None:
@@ -231,6 +217,16 @@ def fetch(
         if facts.needs_digest():
             facts = dataclasses.replace(facts, digest=sha256_file(path))
         action, digest = file_action(facts)
+        if want is not None and not want.sha256 and action is not FileAction.FETCH:
+            # a digest of another algorithm: the file's own bytes decide, as a sha256 would
+            matches = want.of_file(path) == want.hexdigest
+            if action is FileAction.CONFLICT and matches:
+                action, digest = FileAction.ADOPT, sha256_file(path)  # the file the caller describes
+            elif action is not FileAction.CONFLICT and not matches:
+                action = FileAction.FETCH
+        if action is FileAction.FETCH:
+            recheck.add(i)  # not the file the caller describes: fetch it again (a new task); the download is checked
+            continue
         if action is FileAction.SKIP:
             done[i] = path
         elif action is FileAction.ADOPT:
@@ -260,7 +256,7 @@ def fetch(
     try:
         with _creating(config):  # two fetch() of one identifier at once: the second sees the first's tasks
             session._live_host.sync()
-            tasks = _tasks_for(session, url_list, names, expected, dest_dir, done, overwrite)
+            tasks = _tasks_for(session, url_list, names, expected, dest_dir, done, overwrite, recheck)
         if not wait:
             return [dest_dir / name for name in names]
         with progress_display(list(tasks.values()), enabled=progress) as display:
@@ -309,7 +305,8 @@ def _fetch_on_cluster(client: Any, urls: list[str], dest_dir: Path, names: list[
 
 
 def _tasks_for(session: Session, urls: list[str], names: list[str], expected: list[str | None],
-               dest_dir: Path, done: dict[int, Path], overwrite: bool) -> dict[int, DownloadTask]:
+               dest_dir: Path, done: dict[int, Path], overwrite: bool,
+               recheck: Collection[int] = ()) -> dict[int, DownloadTask]:
     existing: dict[tuple[str, Path], DownloadTask] = {}
     for known in session.all_tasks():  # newest last, so the newest task per file wins
         if known.destination is not None:
@@ -324,7 +321,7 @@ def _tasks_for(session: Session, urls: list[str], names: list[str], expected: li
         if task is not None and task.state is not TaskState.COMPLETED:
             tasks[i] = task.resume()
             continue
-        if task is not None and task.succeeded and task.location == path and path.exists():
+        if task is not None and task.succeeded and task.location == path and path.exists() and i not in recheck:
             tasks[i] = task  # completed earlier; the manifest entry was not written yet
             continue
         resume = task.error.resume_data if task is not None and task.error is not None else None
@@ -335,7 +332,7 @@ def _tasks_for(session: Session, urls: list[str], names: list[str], expected: li
                 continue
             except BgdlError:
                 pass  # the partial file is gone: start again below
-        fresh[i] = {"request": url, "destination": path, "description": name, "sha256": exp, "overwrite": replace}
+        fresh[i] = {"request": url, "destination": path, "description": name, "hash": exp, "overwrite": replace}
     if fresh:  # one round trip for all new tasks, however many files
         for i, task in zip(fresh, session.download_tasks(fresh.values(), resume=True)):
             tasks[i] = task

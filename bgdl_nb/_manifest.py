@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from ._exceptions import InvalidDestination
-from ._private import private_dir, write_new_file
+from ._private import private_tree, write_new_file
 from ._redact import redact_url
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ class Manifest:
         import filelock
 
         if self.lock is not None:
-            private_dir(self.lock.parent, "the manifest lock folder")
+            private_tree(self.lock.parent.parent, self.lock.parent.name)  # <state dir>/locks, both checked
         with filelock.FileLock(str(self.lock), timeout=60) if self.lock is not None else contextlib.nullcontext():
             if self._stamp() != self._written:  # another writer saved since: keep its entries too
                 merged = self._read()

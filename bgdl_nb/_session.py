@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ._checks import check_headers, check_url
 from ._config import Configuration
 from ._delegate import SessionDelegate
+from ._digests import expected_digests
 from ._events import Event
 from ._exceptions import InvalidDestination, InvalidInput, InvalidResumeData, SessionInvalidated
 from ._files import name_max, nearest_existing
@@ -145,6 +146,7 @@ class Session:
         earliest_begin_date: float | _dt.datetime | None = None,
         count_of_bytes_client_expects_to_receive: int | None = None,
         sha256: str | None = None,
+        hash: str | None = None,
         overwrite: bool = False,
         is_discretionary: bool | None = None,
     ) -> DownloadTask:
@@ -167,6 +169,9 @@ class Session:
             Your estimate of the size, used before the server tells the real one.
         sha256
             The expected hex digest; a mismatch fails the task and keeps nothing.
+        hash
+            An expected digest as ``"alg:hex"`` (md5, sha1, sha256, sha512, blake2b; bare
+            hex is sha256), checked like ``sha256``.
         overwrite
             Replace an existing ``destination`` when the download completes.
         is_discretionary
@@ -178,7 +183,7 @@ class Session:
             request, destination, description=description, priority=priority,
             earliest_begin_date=earliest_begin_date,
             count_of_bytes_client_expects_to_receive=count_of_bytes_client_expects_to_receive,
-            sha256=sha256, overwrite=overwrite, is_discretionary=is_discretionary)], False)
+            sha256=sha256, hash=hash, overwrite=overwrite, is_discretionary=is_discretionary)], False)
         return task
 
     def download_tasks(self, specs: Iterable[dict[str, Any]], *, resume: bool = False) -> list[DownloadTask]:
@@ -204,15 +209,15 @@ class Session:
                      description: str | None = None, priority: float = 0.5,
                      earliest_begin_date: float | _dt.datetime | None = None,
                      count_of_bytes_client_expects_to_receive: int | None = None, sha256: str | None = None,
-                     overwrite: bool = False, is_discretionary: bool | None = None) -> TaskRecord:
+                     hash: str | None = None, overwrite: bool = False,
+                     is_discretionary: bool | None = None) -> TaskRecord:
         """Validate a task's arguments (before any I/O) and build its record."""
         req = request if isinstance(request, Request) else Request(request)
         check_url(req.url)
         check_headers(req.url, req.headers)
         if not 0.0 <= float(priority) <= 1.0:
             raise InvalidInput(f"priority must be between 0.0 and 1.0, got {priority}")
-        if sha256 is not None and (len(sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha256)):
-            raise InvalidInput(f"sha256 must be 64 hex digits, got {sha256!r}")
+        [digest] = expected_digests([req.url], sha256, hash)
         dest = None if destination is None else check_destination(destination, overwrite=overwrite)
         host = self._live_host
         if dest is not None:
@@ -225,7 +230,8 @@ class Session:
             description=description, priority=float(priority),
             earliest_begin_date=_timestamp(earliest_begin_date),
             expected_bytes=count_of_bytes_client_expects_to_receive,
-            sha256=sha256.lower() if sha256 else None, overwrite=overwrite,
+            sha256=None if digest is None else digest.sha256,
+            expected_hash=None if digest is None or digest.sha256 else str(digest), overwrite=overwrite,
             discretionary=self.configuration.is_discretionary if is_discretionary is None else is_discretionary,
         )
 

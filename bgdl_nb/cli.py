@@ -61,13 +61,16 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     from ._fetch import default_identifier
     identifier = args.id or default_identifier(Path(args.output).expanduser().absolute())
     config = Configuration.background(identifier, **fields)
-    sha = None
+    sha = hashes = None
+    for option, given in (("--sha256", args.sha256), ("--hash", args.hash)):
+        if given and len(given) != len(urls):
+            raise InvalidInput(f"got {len(given)} {option} values for {len(urls)} URLs; give one per URL")
     if args.sha256:
-        if len(args.sha256) != len(urls):
-            raise InvalidInput(f"got {len(args.sha256)} --sha256 values for {len(urls)} URLs; give one per URL")
         sha = list(args.sha256)
+    if args.hash:
+        hashes = list(args.hash)
     try:
-        paths = fetch(urls, args.output, sha256=sha, progress=not args.quiet, configuration=config,
+        paths = fetch(urls, args.output, sha256=sha, hashes=hashes, progress=not args.quiet, configuration=config,
                       overwrite=args.overwrite, on_interrupt="suspend", wait=not args.detach)
     except (FetchError, KeyboardInterrupt):  # the user needs the session to look at it or continue it
         print(f"bgdl: session {identifier} (`bgdl list --id {identifier}` shows its tasks)", file=sys.stderr)
@@ -279,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=".", metavar="DIR", help="destination directory (default: .)")
     p.add_argument("--id", help="background session identifier (default: derived from DIR)")
     p.add_argument("--sha256", action="append", metavar="HEX", help="expected digest, once per URL in order")
+    p.add_argument("--hash", action="append", metavar="ALG:HEX",
+                   help="expected digest as md5:, sha1:, sha256:, sha512: or blake2b:HEX, once per URL in order")
     p.add_argument("--connections", type=int, metavar="N",
                    help="connections per file, like aria2c -x (default: one, more while a slow file's "
                         "throughput grows)")

@@ -30,6 +30,7 @@ class TaskRecord:
     expected_bytes: int | None = None
     expected_send_bytes: int | None = None
     sha256: str | None = None
+    expected_hash: str | None = None  # "alg:hex" of a digest other than sha256, checked before the rename
     overwrite: bool = False
     partial_path: str = ""
     offset: int = 0

@@ -330,12 +330,16 @@ class SqliteStore:
 
 
 def _load_tasks(conn: sqlite3.Connection) -> list[TaskRecord]:
-    cols = ", ".join(f"t.{c}" for c in _TASK_COLUMNS)
+    # a journal an older bgdl_nb wrote (read without writing, so not yet given the newer
+    # columns) is read with the columns it has; the others keep their defaults
+    present = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    names = [c for c in _TASK_COLUMNS if c in present] if present else _TASK_COLUMNS
+    cols = ", ".join(f"t.{c}" for c in names)
     cur = conn.execute(
         f"SELECT {cols}, COALESCE(s.offset, 0) FROM tasks t LEFT JOIN segments s "
         "ON s.task_identifier = t.task_identifier AND s.idx = 0 ORDER BY t.task_identifier"
     )
-    return [_from_row([*_TASK_COLUMNS, "offset"], row) for row in cur.fetchall()]
+    return [_from_row([*names, "offset"], row) for row in cur.fetchall()]
 
 
 def _load_events(conn: sqlite3.Connection, identifier: str, since_seq: int,
