@@ -104,6 +104,8 @@ def progress_display(tasks: Sequence[DownloadTask], *, enabled: bool = True) -> 
         finally:
             panel.waiting_cell = False
             panel.refresh(force=True)
+            if all(task.done() for task in tasks):  # the final picture stays in the notebook as a record
+                panel.record()
         return
     if not sys.stderr.isatty():
         yield _Null()

@@ -66,19 +66,46 @@ def test_quickstart_panel_reaches_100_percent_in_chromium(jupyterlab):
 
     url, root = jupyterlab
     with _lab_running(url, "01-quickstart.ipynb", width=1280) as page:
-        header = page.locator(".widget-html-content", has_text="bgdl_nb").first
-        expect(header).to_be_visible(timeout=120_000)
-        expect(header).to_contain_text("2 done", timeout=180_000)
-        panel = page.locator(".widget-vbox", has=header).first
-        bar = panel.locator(".widget-hprogress .progress-bar").first  # the overall bar
-        expect(bar).to_have_attribute("style", re.compile(r"width:\s*100%"), timeout=30_000)
+        # the finished panel leaves its record in its place: both files, done, at 100 %
+        panel = page.locator(".bgdl-record").first
+        expect(panel).to_contain_text("2 done", timeout=180_000)
+        expect(panel.locator("td", has_text=re.compile(r"^100%$"))).to_have_count(2, timeout=30_000)
+        expect(panel).to_contain_text("measurements.parquet")
         # the picture once every cell ran: while Run All goes on, JupyterLab scrolls to each
         # running cell, and the panel's box may move between the scroll and the capture
         expect(page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle"))).to_be_visible(timeout=180_000)
         panel.scroll_into_view_if_needed()
         panel.screenshot(path=str(ARTIFACTS / "browser-panel.png"))
         page.screenshot(path=str(ARTIFACTS / "browser-page.png"), full_page=False)
+        saved = root / "01-quickstart.ipynb"
+        page.keyboard.press("Control+s")  # File ▸ Save, as a person does before closing
+        expect(page.locator(".jp-Notebook")).to_be_visible()
+        from helpers import wait_until
+        wait_until(lambda: "bgdl-record" in saved.read_text(), timeout=30, what="the notebook to be saved")
+        assert _shut_down_kernels(page) >= 1  # closed: nothing is left that knows the widgets' models
+        again = page
+        again.goto(f"{url}/lab/tree/01-quickstart.ipynb?reset")  # opened again, as after closing the tab
+        reopened = again.locator(".bgdl-record").first
+        expect(reopened).to_contain_text("2 done", timeout=90_000)  # the saved record shows the final state
+        expect(reopened).to_contain_text("measurements.parquet")
+        assert again.get_by_text("model not found").count() == 0
+        reopened.screenshot(path=str(ARTIFACTS / "browser-reopened.png"))
     assert (root / "data" / "quickstart" / "measurements.parquet").stat().st_size == 40_000_000
+
+
+_SHUT_DOWN = """async () => {
+  const xsrf = document.cookie.match(/_xsrf=([^;]+)/);
+  const headers = xsrf ? {"X-XSRFToken": decodeURIComponent(xsrf[1])} : {};
+  const kernels = await (await fetch("/api/kernels")).json();
+  for (const k of kernels) { await fetch("/api/kernels/" + k.id, {method: "DELETE", headers}); }
+  return kernels.length;
+}"""
+
+
+def _shut_down_kernels(page) -> int:
+    """Stop every kernel of the JupyterLab the page shows (its REST API, as the page itself
+    calls it); how many there were."""
+    return int(page.evaluate(_SHUT_DOWN))
 
 
 def _chromium_or_skip() -> str:

@@ -136,3 +136,40 @@ def test_notebook_runs_twice_in_the_same_folder(name, tmp_path):
         from bgdl_nb.demo import RemoteOrigin
         for info in tmp_path.glob("demo-origin*.json"):
             RemoteOrigin.load(info).stop()
+
+
+def test_a_saved_notebook_keeps_the_final_state_of_its_panels(origin, tmp_path, state_dir):
+    """A finished fetch() panel and a closed session's panel leave a static record in the
+    saved .ipynb (text/html and text/plain: every file, its final size and outcome) in
+    place of the widget, whose model a reopened notebook or a viewer would not have."""
+    import nbclient
+
+    good, missing = origin.url("kept.bin", 3_000_000, rate=6_000_000), origin.url("gone.bin", 10, status=404)
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import bgdl_nb as bg\n"
+                                  f"try:\n    bg.fetch([{good!r}, {missing!r}], dest='data')\n"
+                                  "except bg.FetchError as exc:\n    print('failed:', len(exc.errors))"),
+        nbformat.v4.new_code_cell(f"s = bg.Session(bg.Configuration.background('rec'))\n"
+                                  f"t = s.download_task({origin.url('s.bin', 1_000_000)!r}, 'data/s.bin').resume()\n"
+                                  "panel = s.show()"),
+        nbformat.v4.new_code_cell("import threading\nt.wait(60)\ns.close()\n"
+                                  "for _ in range(200):  # the panel's timer sees the close within a tick or two\n"
+                                  "    if getattr(panel, '_recorded', False):\n        break\n"
+                                  "    threading.Event().wait(0.05)\n"
+                                  "print('recorded', panel._recorded)"),
+    ])
+    path = tmp_path / "record.ipynb"
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",  # BGDL_STATE_DIR: the test's, inherited
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbformat.write(nb, path)
+    saved = nbformat.read(path, as_version=4)
+    fetch_out = [o for o in saved.cells[0].outputs if o.output_type == "display_data"]
+    assert len(fetch_out) == 1 and WIDGET not in fetch_out[0].data, "the finished panel is still a widget"
+    record = fetch_out[0].data["text/html"]
+    assert "bgdl-record" in record and "kept.bin" in record and "done, 3.0 MB" in record
+    assert "gone.bin" in record and "failed: HTTP 404" in record
+    assert "kept.bin: done, 3.0 MB" in fetch_out[0].data["text/plain"]
+    show_out = [o for o in saved.cells[1].outputs if o.output_type == "display_data"]
+    assert len(show_out) == 1 and WIDGET not in show_out[0].data, "the closed session's panel is still a widget"
+    assert "s.bin" in show_out[0].data["text/html"] and "done, 1.0 MB" in show_out[0].data["text/plain"]
+    assert "recorded True" in "".join(o.get("text", "") for o in saved.cells[2].outputs)

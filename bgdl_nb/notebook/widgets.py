@@ -167,25 +167,11 @@ class _Row:
     def show(self, task: DownloadTask, now: float, frozen: bool) -> int:
         if task is not self.task:
             self.task, self.speed = task, _Speed()
-        total = task.count_of_bytes_expected_to_receive or task.count_of_bytes_client_expects_to_receive
-        got = task.count_of_bytes_received
-        speed = self.speed.update(now, got)
+        speed = self.speed.update(now, task.count_of_bytes_received)
         state = task.state
-        amount = f"{format_bytes(got)} of {format_bytes(total)}" if total else f"{format_bytes(got)} (size unknown)"
-        if state is TaskState.COMPLETED:
-            outcome = task.outcome
-            text, style = {"done": (f"done, {format_bytes(got)}", "success"),
-                           "cancelled": (f"cancelled at {format_bytes(got)}", "")}.get(
-                outcome, (f"failed: {_short_error(task)}", "danger"))
-        elif task.waiting_reason:
-            text, style = f"{amount} · {task.waiting_reason}", "warning"
-        elif state is TaskState.RUNNING:
-            text, style = amount, "info"
-        else:  # suspended: what is on disk is kept, so say how much
-            text, style = f"{state.value} at {amount}", ""
-        label = task.task_description or task.original_request.url.split("?")[0].rsplit("/", 1)[-1]
+        label, text, style, fraction = describe(task)
         sent = _set(self.name, "value", label[:40])
-        sent += _set(self.bar, "value", round(min(1.0, got / total), 3) if total else (1.0 if style == "success" else 0.0))
+        sent += _set(self.bar, "value", fraction)
         sent += _set(self.bar, "bar_style", style)
         sent += _set(self.state, "value", text[:80])
         sent += _set(self.rate, "value", f"{format_bytes(speed)}/s" if state is TaskState.RUNNING and speed else "")
@@ -193,6 +179,29 @@ class _Row:
         sent += _set(self.play, "disabled", frozen or state is not TaskState.SUSPENDED)
         sent += _set(self.stop, "disabled", frozen or state in (TaskState.COMPLETED, TaskState.CANCELING))
         return sent
+
+
+def describe(task: DownloadTask) -> tuple[str, str, str, float]:
+    """A task as a row shows it: its name, its state in words, the bar's style and how
+    full the bar is. The live row and the static record both read it from here."""
+    total = task.count_of_bytes_expected_to_receive or task.count_of_bytes_client_expects_to_receive
+    got = task.count_of_bytes_received
+    state = task.state
+    amount = f"{format_bytes(got)} of {format_bytes(total)}" if total else f"{format_bytes(got)} (size unknown)"
+    if state is TaskState.COMPLETED:
+        outcome = task.outcome
+        text, style = {"done": (f"done, {format_bytes(got)}", "success"),
+                       "cancelled": (f"cancelled at {format_bytes(got)}", "")}.get(
+            outcome, (f"failed: {_short_error(task)}", "danger"))
+    elif task.waiting_reason:
+        text, style = f"{amount} · {task.waiting_reason}", "warning"
+    elif state is TaskState.RUNNING:
+        text, style = amount, "info"
+    else:  # suspended: what is on disk is kept, so say how much
+        text, style = f"{state.value} at {amount}", ""
+    label = task.task_description or task.original_request.url.split("?")[0].rsplit("/", 1)[-1]
+    fraction = round(min(1.0, got / total), 3) if total else (1.0 if style == "success" else 0.0)
+    return label, text, style, fraction
 
 
 def _short_error(task: DownloadTask) -> str:
@@ -276,8 +285,21 @@ class TaskPanel:
     def display(self) -> None:
         from IPython.display import display
 
-        display(self.widget)  # type: ignore[no-untyped-call]
+        self._handle = display(self.widget, display_id=True)  # type: ignore[no-untyped-call]
         self._shown_in = _execution_count()
+
+    def record(self) -> None:
+        """Replace the live panel in its output with its static record: every file, its
+        final size and outcome, as HTML and text. A saved notebook then keeps the final
+        state, and GitHub, nbviewer, nbconvert, VS Code and a reopened notebook show it
+        (a widget would show as "model not found" there, or with its first numbers)."""
+        handle = getattr(self, "_handle", None)
+        if handle is None or getattr(self, "_recorded", False):
+            return
+        self._recorded = True
+        self.refresh(force=True)
+        from .record import static_record
+        handle.update(static_record(self.title, self.header.value, self.tasks()), raw=True)
 
     def _ipython_display_(self) -> None:
         # ``session.show()`` displays the panel and returns it; as the last line of a cell
@@ -394,6 +416,7 @@ class TaskPanel:
                 self._following = False
                 when_done()
                 self.refresh(force=True)
+                self.record()
 
         threading.Thread(target=run, name="bgdl-panel", daemon=True).start()
 
@@ -442,6 +465,7 @@ class SessionPanel(TaskPanel):
             self.refresh()
             if self.session._host.closed:
                 self.refresh(force=True)
+                self.record()
                 return
 
     def close(self) -> None:
