@@ -21,7 +21,8 @@ def test_py_typed_is_shipped():
 
 
 def test_import_loads_no_optional_layer():
-    code = "import sys, bgdl_nb; print(sorted(m for m in ('pandas', 'ipywidgets', 'matplotlib') if m in sys.modules))"
+    optional = ("pandas", "ipywidgets", "matplotlib", "pooch", "fsspec")
+    code = f"import sys, bgdl_nb; print(sorted(m for m in {optional!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
