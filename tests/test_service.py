@@ -8,6 +8,8 @@ import os
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import textwrap
 
 import filelock
@@ -326,3 +328,28 @@ def test_a_session_opened_again_with_other_settings_runs_with_them_and_a_busy_on
     second.close()
     assert "segmented" not in set(events[events["task_identifier"] == task.task_identifier]["event"])
     assert len(origin.requests_for("slow")) == 1  # one connection, as this session asked
+
+
+REATTACH = """
+import sys, bgdl_nb as bg
+session = bg.Session(bg.Configuration.background("many"))
+print(len(session.all_tasks()), len(session.event_log()))
+session.close()
+"""
+
+
+def test_reattaching_to_many_tasks_after_a_sigkill_sees_every_later_event(origin, tmp_path, state_dir):
+    """After a SIGKILL of the service, a new client attaches while the restarted service
+    continues 2,000 tasks: the updates that follow the attach reply (which carry only what
+    changed) must find their tasks in the views. They were once handled before the reply's
+    tasks were, which killed the client's reader thread and left every later call to time out."""
+    listing = tmp_path / "urls.txt"
+    listing.write_text("".join(origin.url(f"m{i}", 1024) + "\n" for i in range(2000)))
+    assert run_cli("fetch", "-i", str(listing), "-o", str(tmp_path / "out"), "--id", "many", "--detach",
+                   "-q").returncode == 0
+    os.kill(bg.service_status(state_dir)["pid"], signal.SIGKILL)
+    done = subprocess.run([sys.executable, "-c", REATTACH], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tasks, events = map(int, done.stdout.split())
+    assert tasks == 2000 and events >= 2000
+    assert "Exception in thread" not in done.stderr and "could not be handled" not in done.stderr, done.stderr[-2000:]

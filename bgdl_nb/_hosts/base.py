@@ -123,6 +123,9 @@ class TaskMirror:
         task = self.tasks.get(tid)
         version = snap.get("version", 0)
         if task is None:
+            if "url" not in fields:  # an update of a task this view never had in full: nothing to apply it to
+                log.warning("bgdl_nb: an update for unknown task %s was dropped", tid)
+                return None  # type: ignore[return-value]
             task = DownloadTask(self.host, TaskRecord(**fields))
             self.tasks[tid] = task
             if TaskState(fields["state"]) is not TaskState.COMPLETED:

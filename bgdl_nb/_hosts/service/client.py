@@ -189,6 +189,7 @@ class ServiceHost:
         self._bandwidth: float | None = config.bandwidth_limit
         self._ids = itertools.count(1)
         self._pending: dict[int, Call] = {}
+        self._on_reply: dict[int, Callable[[Any], None]] = {}
         self._send_lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._attaching = False
@@ -211,8 +212,19 @@ class ServiceHost:
                   if f.name not in ("identifier", "state_directory", "use_service")}
         launched = os.environ.get("BGDL_LAUNCHED_FOR") == self.identifier
         self.core.mirror.new_source()  # a restarted service counts its snapshots from 0 again
-        reply = self._request("attach", identifier=self.identifier, config=fields, pid=os.getpid(),
-                              interactive=not launched)
+
+        def received(reply: dict[str, Any]) -> None:
+            # on the reader thread, before the frames that follow the reply: the events after
+            # it carry only what changed, so the tasks they change must be in the views first
+            for snap in reply["tasks"]:
+                self.core.mirror.apply(snap)
+            for data in reply["backlog"]:
+                self.core.backlog(Event(**data))
+            if reply["reattached"]:
+                self.core.delivery.finish_events()
+
+        reply = self._submit("attach", on_reply=received, identifier=self.identifier, config=fields,
+                             pid=os.getpid(), interactive=not launched).result(_REQUEST_TIMEOUT)
         self._bandwidth = reply.get("bandwidth_limit")
         if reply.get("settings_kept"):
             warnings.warn(SettingsKept(
@@ -220,12 +232,6 @@ class ServiceHost:
                 f"({', '.join(reply['settings_kept'])}) for downloads under way or another process "
                 "attached to it; they stay until it is idle. Choose another identifier to download with "
                 "these settings now"), stacklevel=2)
-        for snap in reply["tasks"]:
-            self.core.mirror.apply(snap)
-        for data in reply["backlog"]:
-            self.core.backlog(Event(**data))
-        if reply["reattached"]:
-            self.core.delivery.finish_events()
 
     def _read_loop(self, sock: socket.socket) -> None:
         reader = FrameReader(sock)
@@ -238,17 +244,27 @@ class ServiceHost:
                 break
             with self.core.delivery.batch():  # the delegate thread wakes once for what arrived together
                 for message in messages:
-                    self._handle(message)
+                    try:
+                        self._handle(message)
+                    except Exception:  # one bad message must not stop the replies to every call after it
+                        log.exception("bgdl_nb: a message from the transfer service could not be handled")
         self._lost(sock)
 
     def _handle(self, message: dict[str, Any]) -> None:
         if "id" in message and message.get("type") is None:
             call = self._pending.pop(message["id"], None)
+            hook = self._on_reply.pop(message["id"], None)
             if call is None:
                 if not message.get("ok"):  # refused before any request (another uid)
                     log.error("transfer service: %s", message.get("error", {}).get("message"))
             elif message.get("ok"):
-                call.set_result(message.get("result"))
+                try:
+                    if hook is not None:
+                        hook(message.get("result"))
+                except Exception as exc:
+                    call.set_exception(exc)
+                else:
+                    call.set_result(message.get("result"))
             else:
                 call.set_exception(BgdlError.from_dict(message["error"]))
         elif message.get("type") == "event":
@@ -298,13 +314,17 @@ class ServiceHost:
     def _request(self, op: str, timeout: float | None = _REQUEST_TIMEOUT, **args: Any) -> Any:
         return self._submit(op, **args).result(timeout)
 
-    def _submit(self, op: str, **args: Any) -> Call:
+    def _submit(self, op: str, on_reply: Callable[[Any], None] | None = None, **args: Any) -> Call:
+        """Send a request; ``on_reply`` runs on the reader thread with its result, before
+        any frame that came after the reply is handled."""
         call = Call()
         sock = self._sock
         if sock is None:
             call.set_exception(ServiceUnavailable("not connected to the transfer service"))
             return call
         rid = next(self._ids)
+        if on_reply is not None:
+            self._on_reply[rid] = on_reply
         self._pending[rid] = call
         try:
             with self._send_lock:
