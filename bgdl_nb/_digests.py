@@ -48,7 +48,7 @@ class Digest:
             raise InvalidInput(f"{what} {value!r} names {algorithm!r}; use one of "
                                f"{', '.join(f'{a}:<hex>' for a in ALGORITHMS)} (bare hex means sha256)")
         if not _HEX.fullmatch(hexdigest) or len(hexdigest) != ALGORITHMS[algorithm]:
-            raise InvalidInput(f"{what} {value!r}: a {algorithm} digest is {ALGORITHMS[algorithm]} hex digits, "
+            raise InvalidInput(f"{what} {value!r}: {algorithm} digests are {ALGORITHMS[algorithm]} hex digits, "
                                f"got {len(hexdigest)} characters{'' if _HEX.fullmatch(hexdigest) else ' (not all hex)'}")
         return cls(algorithm, hexdigest.lower())
 

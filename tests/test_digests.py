@@ -81,9 +81,9 @@ def test_a_file_that_matches_the_digest_given_is_adopted(origin, tmp_path):
 
 @pytest.mark.parametrize("value, says", [
     ("md4:" + "0" * 32, "names 'md4'"),
-    ("md5:" + "0" * 31, "md5 digest is 32 hex digits"),
+    ("md5:" + "0" * 31, "md5 digests are 32 hex digits"),
     ("sha512:" + "z" * 128, "not all hex"),
-    ("abc", "sha256 digest is 64 hex digits"),
+    ("abc", "sha256 digests are 64 hex digits"),
 ])
 def test_a_bad_digest_is_refused_before_any_request(origin, tmp_path, value, says):
     url = origin.url("never.bin", SIZE)
