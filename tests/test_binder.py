@@ -21,7 +21,7 @@ def test_binder_files_are_what_repo2docker_reads():
     assert (ROOT / "binder" / "runtime.txt").read_text().strip().startswith("python-3.1")
     text = (ROOT / "binder" / "requirements.txt").read_text()
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
-    assert lines == [".[notebook]"]
+    assert lines == [".[notebook,cluster]"]  # every notebook's needs: 06 runs a Dask cluster
 
 
 def test_fresh_environment_from_binder_runs_notebook_01(tmp_path):
@@ -32,7 +32,7 @@ def test_fresh_environment_from_binder_runs_notebook_01(tmp_path):
     install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-r", "binder/requirements.txt"],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert install.returncode == 0, install.stderr[-3000:]
-    check = subprocess.run([str(python), "-c", "import bgdl_nb, sys; print(bgdl_nb.__file__)"], cwd=tmp_path,
+    check = subprocess.run([str(python), "-c", "import bgdl_nb, distributed; print(bgdl_nb.__file__)"], cwd=tmp_path,
                            env=env, capture_output=True, text=True, check=True)
     assert str(env_dir) in check.stdout  # installed into the fresh environment, not found elsewhere
     work = tmp_path / "work"
