@@ -294,6 +294,14 @@ class Engine(EngineBase):
         self._schedule()
         return data
 
+    def expect_digest(self, tid: int, sha256: str | None, expected_hash: str | None) -> None:
+        """A digest given after the task was created (the same fetch() run again with one):
+        its file is checked against it at the end, as against one given at creation (a
+        sha256 is computed over every byte either way)."""
+        run = self._runs[tid]
+        if run.record.state is not TaskState.COMPLETED:
+            self._set(run, sha256=sha256, expected_hash=expected_hash)
+
     def set_priority(self, tid: int, priority: float) -> None:
         self._set(self._runs[tid], priority=priority)
         self.scheduler.set_priority(tid, priority)

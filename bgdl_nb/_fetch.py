@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 from ._checks import check_url
 from ._config import Configuration
-from ._digests import expected_digests
+from ._digests import Digest, expected_digests
 from ._exceptions import BgdlError, FetchError, InvalidDestination, InvalidInput
 from ._files import nearest_existing
 from ._manifest import FileAction, FileFacts, Manifest, file_action, sha256_file
@@ -319,6 +319,10 @@ def _tasks_for(session: Session, urls: list[str], names: list[str], expected: li
         path = dest_dir / name
         task = existing.get((url, path))
         if task is not None and task.state is not TaskState.COMPLETED:
+            if exp is not None and task.expected_digest != exp:  # given now, after a run without it
+                want = Digest.parse(exp)
+                session._live_host.control("expect_digest", task.task_identifier, want.sha256,
+                                           None if want.sha256 else str(want))
             tasks[i] = task.resume()
             continue
         if task is not None and task.succeeded and task.location == path and path.exists() and i not in recheck:

@@ -229,6 +229,13 @@ class DownloadTask:
         """Hex digest of the finished file, when it was computed."""
         return self._record.digest
 
+    @property
+    def expected_digest(self) -> str | None:
+        """The digest the file must match, as ``"alg:hex"`` (``None``: none was given)."""
+        if self._record.sha256:
+            return f"sha256:{self._record.sha256}"
+        return self._record.expected_hash
+
     # control ---------------------------------------------------------------------------
 
     def resume(self) -> DownloadTask:

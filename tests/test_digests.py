@@ -115,3 +115,16 @@ def test_the_command_line_takes_hash(origin, tmp_path):
 def test_digest_parsing():
     assert str(Digest.parse("SHA1:" + "A" * 40)) == "sha1:" + "a" * 40
     assert Digest.parse("b" * 64) == Digest("sha256", "b" * 64)
+
+
+def test_a_digest_given_on_a_rerun_reaches_a_download_still_under_way(origin, tmp_path):
+    """The first call gave up waiting (the download goes on in the transfer service); the
+    same call with a digest the file does not match makes that download end in a
+    ChecksumMismatch, not in a file passed as verified."""
+    url = origin.url("slow.bin", 6 * 1024 * 1024, rate=2 * 1024 * 1024)
+    with pytest.raises(bg.FetchError, match="still downloading"):
+        bg.fetch([url], tmp_path / "out", progress=False, timeout=0.5)
+    with pytest.raises(bg.FetchError) as failed:
+        bg.fetch([url], tmp_path / "out", progress=False, sha256="0" * 64)
+    assert isinstance(failed.value.errors[url], bg.ChecksumMismatch)
+    assert not (tmp_path / "out" / "slow.bin").exists()

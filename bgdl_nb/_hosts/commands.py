@@ -18,7 +18,7 @@ __all__ = ["CONTROLS", "Ack", "Command", "Control", "ControlName", "Create", "Ev
            "records_from_wire"]
 
 ControlName = Literal["resume", "resume_many", "suspend", "suspend_many", "cancel", "set_priority", "pause",
-                      "unpause", "set_bandwidth_limit", "configure"]
+                      "unpause", "set_bandwidth_limit", "configure", "expect_digest"]
 """The engine controls a host forwards for ``task.resume()`` and friends."""
 
 CONTROLS: frozenset[str] = frozenset(get_args(ControlName))
