@@ -353,3 +353,21 @@ def test_reattaching_to_many_tasks_after_a_sigkill_sees_every_later_event(origin
     tasks, events = map(int, done.stdout.split())
     assert tasks == 2000 and events >= 2000
     assert "Exception in thread" not in done.stderr and "could not be handled" not in done.stderr, done.stderr[-2000:]
+
+
+def test_a_service_that_does_not_answer_is_named_not_a_bare_timeout(state_dir, monkeypatch):
+    """A transfer service stopped with SIGSTOP: a call through it ends with a
+    ServiceUnavailable that names the service and says what to do, not a TimeoutError
+    without a message."""
+    from bgdl_nb._hosts.service import client
+    session = bg.Session(bg.Configuration.background("frozen"))
+    pid = bg.service_status(state_dir)["pid"]
+    monkeypatch.setattr(client, "_REQUEST_TIMEOUT", 1.0)  # the real one is a minute
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(bg.SessionError, match=rf"transfer service \(pid {pid}\) did not answer") as stuck:
+            session.event_log()
+        assert "bgdl service status" in str(stuck.value)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    session.close()

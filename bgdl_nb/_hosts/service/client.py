@@ -44,6 +44,7 @@ from ..commands import Control
 from .protocol import (
     PROTOCOL_VERSION,
     FrameReader,
+    ServiceNotAnswering,
     ServiceUnavailable,
     check_peer,
     private_runtime_dir,
@@ -223,8 +224,8 @@ class ServiceHost:
             if reply["reattached"]:
                 self.core.delivery.finish_events()
 
-        reply = self._submit("attach", on_reply=received, identifier=self.identifier, config=fields,
-                             pid=os.getpid(), interactive=not launched).result(_REQUEST_TIMEOUT)
+        reply = self._wait(self._submit("attach", on_reply=received, identifier=self.identifier, config=fields,
+                                        pid=os.getpid(), interactive=not launched), "attach", _REQUEST_TIMEOUT)
         self._bandwidth = reply.get("bandwidth_limit")
         if reply.get("settings_kept"):
             warnings.warn(SettingsKept(
@@ -302,7 +303,7 @@ class ServiceHost:
             try:
                 self._attach()
                 return
-            except (SessionBusy, UnsafeLocation):  # trying again changes neither
+            except (SessionBusy, UnsafeLocation, ServiceNotAnswering):  # trying again changes none of these
                 raise
             except BgdlError as exc:
                 if attempt == _RECONNECT_ATTEMPTS - 1:
@@ -311,8 +312,24 @@ class ServiceHost:
                 log.info("transfer service unavailable (%s); retrying", exc)
                 wait.wait(min(4.0, 0.25 * 2 ** attempt))
 
-    def _request(self, op: str, timeout: float | None = _REQUEST_TIMEOUT, **args: Any) -> Any:
-        return self._submit(op, **args).result(timeout)
+    def _request(self, op: str, timeout: float | None = None, **args: Any) -> Any:
+        """Send a request and wait for its reply; a service that does not answer in time is
+        a :class:`ServiceUnavailable` that says so (never a bare ``TimeoutError``)."""
+        return self._wait(self._submit(op, **args), op, _REQUEST_TIMEOUT if timeout is None else timeout)
+
+    def _wait(self, call: Call, op: str, timeout: float) -> Any:
+        try:
+            return call.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise ServiceNotAnswering(
+                f"the transfer service{self._pid_text()} did not answer ({op}) within {timeout:g} s; it may be "
+                "stopped or overloaded: `bgdl service status` tells, and `bgdl service stop` then the same call "
+                "again starts a new one (downloads continue from their partial bytes)") from None
+
+    def _pid_text(self) -> str:
+        with contextlib.suppress(OSError, ValueError):
+            return f" (pid {int((runtime_dir(self.state_dir) / 'service.pid').read_text())})"
+        return ""
 
     def _submit(self, op: str, on_reply: Callable[[Any], None] | None = None, **args: Any) -> Call:
         """Send a request; ``on_reply`` runs on the reader thread with its result, before

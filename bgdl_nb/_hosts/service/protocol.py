@@ -31,8 +31,8 @@ import orjson
 from ..._exceptions import SessionError, UnsafeLocation
 from ..._private import private_dir
 
-__all__ = ["PROTOCOL_VERSION", "FrameReader", "ServiceUnavailable", "check_peer", "peer_uid", "private_runtime_dir",
-           "read_frame", "runtime_dir", "write_frame"]
+__all__ = ["PROTOCOL_VERSION", "FrameReader", "ServiceNotAnswering", "ServiceUnavailable", "check_peer", "peer_uid",
+           "private_runtime_dir", "read_frame", "runtime_dir", "write_frame"]
 
 PROTOCOL_VERSION = 2
 MAX_FRAME = 64 * 1024 * 1024
@@ -41,6 +41,11 @@ _HEADER = struct.Struct(">I")
 
 class ServiceUnavailable(SessionError):
     """The transfer service could not be reached, started, or understood."""
+
+
+class ServiceNotAnswering(ServiceUnavailable):
+    """The transfer service is there (its socket accepts) but did not answer in time:
+    stopped, swapped out or overloaded. Trying again at once does not help."""
 
 
 def runtime_dir(state_dir: Path) -> Path:
