@@ -223,3 +223,17 @@ def test_controls_on_a_finished_session_say_there_is_nothing_to_do(origin, tmp_p
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith(f"nothing to {word} in 'done'"), done.stdout
     assert run_cli("pause", "--id", "done", "--task", "7").returncode == 2  # a task it does not have
+
+
+def test_a_service_that_does_not_answer_is_named_by_the_status_within_seconds(state_dir):
+    """`bgdl service status` with the service stopped by SIGSTOP: one line naming its pid,
+    exit 1, after the status's few seconds, not after a minute of silence."""
+    assert run_cli("service", "start").returncode == 0
+    pid = bg.service_status(state_dir)["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        done = run_cli("service", "status", timeout=30)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert done.returncode == 1 and done.stdout == "", done
+    assert done.stderr.count("\n") == 1 and f"transfer service (pid {pid}) is not answering" in done.stderr

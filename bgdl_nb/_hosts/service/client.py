@@ -126,18 +126,33 @@ def _last_line(path: Path) -> str:
     return lines[-1].strip() if lines else "nothing in its log"
 
 
+STATUS_TIMEOUT = 5.0
+"""Seconds ``bgdl service status`` waits for the service before saying it does not answer
+(a stop waits the request timeout: a busy service finishing its work is not a stuck one)."""
+
+
 def _request_once(state_dir: Path, op: str, **args: Any) -> Any:
     sock = _connect(state_dir)
     if sock is None:
         return None
+    wait = STATUS_TIMEOUT if op == "status" else _REQUEST_TIMEOUT
     with sock:
-        sock.settimeout(_REQUEST_TIMEOUT)
-        write_frame(sock, {"id": 1, "op": "hello", "protocol": PROTOCOL_VERSION})
-        hello = read_frame(sock)
-        if not hello or not hello.get("ok"):
-            raise ServiceUnavailable((hello or {}).get("error", {}).get("message", "the service refused to talk"))
-        write_frame(sock, {"id": 2, "op": op, **args})
-        reply = read_frame(sock)
+        sock.settimeout(wait)
+        try:
+            write_frame(sock, {"id": 1, "op": "hello", "protocol": PROTOCOL_VERSION})
+            hello = read_frame(sock)
+            if not hello or not hello.get("ok"):
+                raise ServiceUnavailable((hello or {}).get("error", {}).get("message", "the service refused to talk"))
+            write_frame(sock, {"id": 2, "op": op, **args})
+            reply = read_frame(sock)
+        except TimeoutError:  # socket.timeout: the process is there, its loop does not answer
+            pid = ""
+            with contextlib.suppress(OSError, ValueError):
+                pid = f" (pid {int((runtime_dir(state_dir) / 'service.pid').read_text())})"
+            raise ServiceNotAnswering(
+                f"the transfer service{pid} is not answering (asked for {op}, waited {wait:g} s); it may "
+                "be stopped (SIGSTOP) or overloaded. Wait and ask again, or end it (kill that pid) and run the "
+                "command again: a new service continues every download from its partial bytes") from None
         if reply is None:
             return None
         if not reply.get("ok"):
