@@ -281,7 +281,11 @@ class HashWorker:
         while (item := self._queue.get()) is not None:
             hasher, chunk = item
             if isinstance(chunk, concurrent.futures.Future):  # a settled() or digest() marker
-                chunk.set_result(None if hasher is None else hasher.copy().hexdigest())
+                # its waiter may have been cancelled meanwhile (a task cancelled while it waited
+                # for the hash): setting it would raise here and end this thread, and every later
+                # settled() would then never be done, leaving files that finished unfinalised
+                if chunk.set_running_or_notify_cancel():
+                    chunk.set_result(None if hasher is None else hasher.copy().hexdigest())
             elif isinstance(chunk, tuple):  # a writeback marker: (a duplicate of the fd, start, end)
                 fd, start, end = chunk
                 try:

@@ -119,3 +119,33 @@ def test_event_numbers_continue_after_reopen_and_after_a_failed_block(tmp_path: 
     again = SqliteStore(path, "jid")
     assert again.append_event(_event("started")).seq == last + 2
     again.close()
+
+
+def test_the_hash_thread_outlives_a_waiter_that_was_cancelled():
+    """A task cancelled while it waited for the hash thread cancels that wait's future; the
+    thread must go on serving the waits after it (it once died there, and a file finished
+    later in the same engine never left its partial name)."""
+    import hashlib
+    import threading
+
+    from bgdl_nb._files import HashWorker
+
+    gate = threading.Event()
+
+    class Slow:
+        def update(self, chunk):
+            gate.wait(10)  # the hash thread is busy until the test lets it go
+
+    worker = HashWorker()
+    worker.update(Slow(), b"x")
+    cancelled = worker.settled()
+    assert cancelled.cancel()  # still queued behind the slow chunk: its waiter gives up
+    after = worker.settled()
+    real = hashlib.sha256()
+    worker.update(real, b"abc")
+    digest = worker.digest(real)
+    gate.set()
+    assert after.result(timeout=10) is None
+    assert digest.result(timeout=10) == hashlib.sha256(b"abc").hexdigest()
+    assert cancelled.cancelled()
+    worker.close()
