@@ -45,7 +45,7 @@ from ._exceptions import (
     UnsupportedURL,
 )
 from ._fetch import fetch, fetch_async
-from ._hosts.service.client import service_status
+from ._hosts.service.control import service_status
 from ._scheduler import WaitReason
 from ._session import Session
 from ._states import TaskState

@@ -214,7 +214,7 @@ def _cmd_service(args: argparse.Namespace) -> int:
     import json
 
     from ._config import state_dir
-    from ._hosts.service.client import service_status, start_service, stop_service
+    from ._hosts.service.control import service_status, start_service, stop_service
 
     root = state_dir(args.state_dir)
     if args.action == "run":

@@ -37,7 +37,7 @@ MB = 1024 * 1024
 def run_demo(workdir: str | None = None, size_mb: int = 48) -> int:
     from .._config import Configuration
     from .._fetch import fetch
-    from .._hosts.service.client import service_status, stop_service
+    from .._hosts.service.control import service_status, stop_service
     from .._journal import journaled_bytes, read_journal
     from .origin import Origin
 
