@@ -63,6 +63,7 @@ __all__ = [
     "TransferError",
     "TransferTimeout",
     "UnexpectedResponse",
+    "UnpackError",
     "UnsafeLocation",
     "UnsupportedURL",
 ]
@@ -202,6 +203,11 @@ class UnsafeFile(TransferError):
     link, not a regular file, another user's): it was refused and left untouched."""
 
 
+class UnpackError(BgdlError):
+    """An archive could not be extracted (damaged, or a member that would land outside
+    its folder or is a link): nothing of it was extracted, the archive itself is kept."""
+
+
 class BlockedDestination(TransferError):
     """The session's destination policy (``block_private_networks``) refused an address:
     loopback, link-local (cloud metadata), private or reserved, and not in ``allowed_networks``."""
@@ -271,7 +277,7 @@ _TYPES: dict[str, type[BgdlError]] = {
         InvalidConfiguration, SessionError, SessionBusy, SessionInvalidated, TransferError,
         NetworkError, CannotConnect, TransferTimeout, Cancelled, DiskFull, ChecksumMismatch, HTTPStatusError,
         UnsafeFile, BlockedDestination,
-        UnexpectedResponse, UnsafeLocation,
+        UnexpectedResponse, UnsafeLocation, UnpackError,
     )
 }
 

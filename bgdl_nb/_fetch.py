@@ -17,51 +17,24 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import re
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from ._checks import check_url
 from ._config import Configuration
-from ._digests import Digest, expected_digests
 from ._exceptions import BgdlError, FetchError, InvalidDestination, InvalidInput
 from ._files import nearest_existing
+from ._listing import Wanted, file_name_for, served_name, wanted_files
 from ._manifest import FileAction, FileFacts, Manifest, file_action, sha256_file
 from ._private import private_tree
-from ._progress import Display, Follower, finished_batches, progress_display
+from ._progress import CallbackFeed, Display, Follower, finished_batches, progress_display
 from ._redact import redact_url
 from ._session import Session, _registry, _registry_lock
 from ._states import TaskState
 from ._task import DownloadTask
 
 __all__ = ["fetch", "fetch_async", "file_name_for"]
-
-_SAFE = re.compile(r"[^A-Za-z0-9._+-]")
-
-
-def file_name_for(url: str) -> str:
-    """A safe file name from the URL's last path segment (never a path, never hidden)."""
-    raw = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-    name = _SAFE.sub("_", raw).lstrip(".")[:200]
-    return name or "download"
-
-
-def _unique_names(urls: Sequence[str]) -> list[str]:
-    names = [file_name_for(u) for u in urls]
-    counts: dict[str, int] = {}
-    for n in names:
-        counts[n] = counts.get(n, 0) + 1
-    result = []
-    for url, name in zip(urls, names):
-        if counts[name] > 1:  # same last segment from different URLs: keep both, tell them apart
-            stem, dot, ext = name.partition(".")
-            name = f"{stem}-{hashlib.sha256(url.encode()).hexdigest()[:8]}{dot}{ext}"
-        result.append(name)
-    return result
-
 
 def _finished_in_journal(config: Configuration) -> dict[tuple[str, str], str]:
     """(url, destination) -> sha256 of the files the session's journal says are complete,
@@ -105,12 +78,18 @@ def default_identifier(dest: Path) -> str:
 
 
 def fetch(
-    urls: str | Iterable[str],
+    urls: str | Iterable[str] | None = None,
     dest: str | os.PathLike[str] = "data",
     *,
+    manifest: str | os.PathLike[str] | Iterable[Any] | None = None,
+    base_url: str | None = None,
     identifier: str | None = None,
     sha256: str | Mapping[str, str] | Sequence[str | None] | None = None,
     hashes: str | Mapping[str, str] | Sequence[str | None] | None = None,
+    unpack: bool = False,
+    extract_dir: str | os.PathLike[str] | None = None,
+    name_from_server: bool = False,
+    callback: Any = None,
     progress: bool = True,
     overwrite: bool = False,
     configuration: Configuration | None = None,
@@ -127,6 +106,16 @@ def fetch(
         One URL or several (http/https).
     dest
         The destination directory (created if needed).
+    manifest
+        Instead of ``urls``: a listing of files, each with ``url``, ``path`` (relative to
+        ``dest``; folders are made), and optionally ``size``, ``etag`` and ``hash``. A list
+        of dicts, or a JSON/JSON Lines file, a Zenodo record's JSON, a Hugging Face-style
+        snapshot (``siblings``) or a pooch registry file. Sizes feed the disk check and the
+        scheduler; a file already here that matches its entry is skipped without a
+        request; one whose entry names another ``etag`` or ``size`` than the file bgdl_nb
+        downloaded is fetched again.
+    base_url
+        Joined to the relative URLs (or, without URLs, the paths) of a listing.
     identifier
         The background session to use; by default one derived from ``dest``, so the
         same call from a new kernel reattaches to the same downloads.
@@ -137,6 +126,20 @@ def fetch(
         blake2b; bare hex is sha256, as in pooch registries), in the same shapes. A
         mismatch keeps nothing at the destination; a file already there is checked
         against the digest given now, and downloaded again when it does not match.
+    unpack
+        Extract archives once downloaded (zip, tar, tar.gz/bz2/xz; a single .gz, .bz2
+        or .xz file is decompressed): an archive's members go to a folder named after it
+        beside it, a single compressed file beside it without its suffix. The members'
+        paths are returned in place of the archive's; unchanged archives and members are
+        not extracted again. No member may land outside that folder or be a link.
+    extract_dir
+        Extract every archive into this folder instead.
+    name_from_server
+        Name files as the server's ``Content-Disposition`` says (made safe as URL names
+        are: no folders, no hidden names), recorded in the manifest, so a re-run finds them.
+    callback
+        An ``fsspec.callbacks.Callback`` (``TqdmCallback``...): its size is the number of
+        files, with one child per file fed with its bytes.
     progress
         Show a progress display (a widget in notebooks, bars in a terminal).
     overwrite
@@ -162,51 +165,68 @@ def fetch(
     Raises
     ------
     InvalidInput
-        Before any I/O, for bad URLs, digests or destinations.
+        Before any I/O, for bad URLs, digests, listings or destinations.
     FetchError
         When some files could not be downloaded; ``.errors`` maps URL to error.
     """
-    url_list = [urls] if isinstance(urls, str) else list(urls)
-    for url in url_list:
-        check_url(url)
+    wanted, positions = wanted_files(urls, manifest, base_url, sha256, hashes)
     if on_interrupt not in ("continue", "suspend"):
         raise InvalidInput(f"on_interrupt must be 'continue' or 'suspend', not {on_interrupt!r}")
-    wanted = expected_digests(url_list, sha256, hashes)
-    expected = [None if d is None else str(d) for d in wanted]
-    order = list(dict.fromkeys(url_list))
-    if len(order) != len(url_list):  # the same URL twice: one task, one file, the same path for both
-        digests: dict[str, str] = {}
-        for url, exp in zip(url_list, expected):
-            if exp is not None and digests.setdefault(url, exp) != exp:
-                raise InvalidInput(f"{url} is given twice with different digests")
-        paths = fetch(order, dest, identifier=identifier, hashes=digests or None, progress=progress,
-                      overwrite=overwrite, configuration=configuration, timeout=timeout,
-                      on_interrupt=on_interrupt, wait=wait, cluster=cluster)
-        by_url = dict(zip(order, paths))
-        return [by_url[url] for url in url_list]
+    if cluster is not None and (unpack or name_from_server or callback is not None or manifest is not None):
+        raise InvalidInput("unpack, name_from_server, callback and manifest are not available with cluster=; "
+                           "pass a list of URLs, and unpack on the client afterwards")
+    if unpack and not wait:
+        raise InvalidInput("unpack=True extracts the files once they are here; it needs wait=True (run the same "
+                           "fetch() without wait=False, or without --detach, to wait and unpack)")
+    if extract_dir is not None and not unpack:
+        raise InvalidInput("extract_dir= goes with unpack=True")
     dest_dir = Path(dest).expanduser().absolute()
     _check_folder(dest_dir)
-    names = _unique_names(url_list)
     if cluster is not None:
-        return _fetch_on_cluster(cluster, url_list, dest_dir, names, expected, identifier=identifier,
-                                 overwrite=overwrite, configuration=configuration, progress=progress,
-                                 timeout=timeout, on_interrupt=on_interrupt, wait=wait)
+        names = [w.path for w in wanted]
+        expected = [None if w.digest is None else str(w.digest) for w in wanted]
+        paths = _fetch_on_cluster(cluster, [w.url for w in wanted], dest_dir, names, expected, identifier=identifier,
+                                  overwrite=overwrite, configuration=configuration, progress=progress,
+                                  timeout=timeout, on_interrupt=on_interrupt, wait=wait)
+        return [paths[k] for k in positions]
     config = configuration or Configuration.background(identifier or default_identifier(dest_dir))
     if not config.is_background:
         raise InvalidInput("fetch() needs a background configuration (it journals its tasks)")
     lock = config.resolved_state_dir() / "locks" / f"manifest-{hashlib.sha256(str(dest_dir).encode()).hexdigest()[:16]}.lock"
-    manifest = Manifest(dest_dir, lock)
+    book = Manifest(dest_dir, lock)
+    if name_from_server:  # a file named by its server earlier is found under that name
+        served = {entry.url: name for name, entry in book.files.items() if entry.served_name}
+        wanted = [dataclasses.replace(w, path=served.get(redact_url(w.url), w.path)) for w in wanted]
+    paths = _fetch_files(wanted, dest_dir, config, book, overwrite=overwrite, progress=progress, timeout=timeout,
+                         on_interrupt=on_interrupt, wait=wait, name_from_server=name_from_server,
+                         callback=callback)
+    if unpack:
+        from ._unpack import unpack_files
+        members = unpack_files(paths, [w.path for w in wanted], book, config,
+                               None if extract_dir is None else Path(extract_dir).expanduser().absolute(), overwrite)
+        return [member for k in positions for member in members[k]]
+    return [paths[k] for k in positions]
 
+
+def _fetch_files(wanted: list[Wanted], dest_dir: Path, config: Configuration, manifest: Manifest, *,
+                 overwrite: bool, progress: bool, timeout: float | None, on_interrupt: str, wait: bool,
+                 name_from_server: bool, callback: Any) -> list[Path]:
+    """Fetch ``wanted`` (each file once) into ``dest_dir``: the paths, in order."""
+    url_list = [w.url for w in wanted]
+    names = [w.path for w in wanted]
     done: dict[int, Path] = {}
     adopt: dict[int, str] = {}
     finished: dict[tuple[str, str], str] | None = None  # the journal's finished files, read once if needed
-    recheck: set[int] = set()  # already here, but a digest of another algorithm was asked for: verify it
-    for i, (url, name, want) in enumerate(zip(url_list, names, wanted)):
+    recheck: set[int] = set()  # already here, but not the version asked for: fetch it again
+    for i, (url, name, want) in enumerate(zip(url_list, names, (w.digest for w in wanted))):
         path = dest_dir / name
         if not path.exists():
             continue
         exp = None if want is None else want.sha256
         entry = manifest.files.get(name)
+        if entry is not None and entry.url == redact_url(url) and entry.outdated_by(wanted[i].etag, wanted[i].size):
+            recheck.add(i)  # the listing describes a newer version than the one downloaded
+            continue
         journal_digest = None
         if entry is None:
             if finished is None:
@@ -243,6 +263,8 @@ def fetch(
     if adopt:
         manifest.save()
     if len(done) == len(url_list):
+        if callback is not None:
+            CallbackFeed(callback, [], len(done)).close()
         return [done[i] for i in range(len(url_list))]
 
     try:
@@ -256,12 +278,14 @@ def fetch(
     try:
         with _creating(config):  # two fetch() of one identifier at once: the second sees the first's tasks
             session._live_host.sync()
-            tasks = _tasks_for(session, url_list, names, expected, dest_dir, done, overwrite, recheck)
+            tasks = _tasks_for(session, wanted, dest_dir, done, overwrite, recheck)
         if not wait:
             return [dest_dir / name for name in names]
+        feed = None if callback is None else CallbackFeed(callback, [(url_list[i], tasks[i]) for i in tasks], len(done))
         with progress_display(list(tasks.values()), enabled=progress) as display:
             try:
-                return _wait_all(tasks, url_list, names, manifest, done, display, timeout)
+                return _wait_all(tasks, url_list, names, manifest, done, display, timeout,
+                                 name_from_server=name_from_server, overwrite=overwrite, feed=feed)
             except KeyboardInterrupt as interrupt:
                 if on_interrupt == "suspend":
                     session.suspend_all([t for t in tasks.values() if not t.done()])
@@ -275,6 +299,9 @@ def fetch(
                 # one line in a notebook instead of the frames of the waiting loop
                 interrupt._render_traceback_ = lambda: [f"KeyboardInterrupt: {said}"]  # type: ignore[attr-defined]
                 raise
+            finally:
+                if feed is not None:
+                    feed.close()
     finally:
         if not shared and not handed_off:
             session.close()
@@ -304,8 +331,7 @@ def _fetch_on_cluster(client: Any, urls: list[str], dest_dir: Path, names: list[
     return paths
 
 
-def _tasks_for(session: Session, urls: list[str], names: list[str], expected: list[str | None],
-               dest_dir: Path, done: dict[int, Path], overwrite: bool,
+def _tasks_for(session: Session, wanted: list[Wanted], dest_dir: Path, done: dict[int, Path], overwrite: bool,
                recheck: Collection[int] = ()) -> dict[int, DownloadTask]:
     existing: dict[tuple[str, Path], DownloadTask] = {}
     for known in session.all_tasks():  # newest last, so the newest task per file wins
@@ -313,16 +339,16 @@ def _tasks_for(session: Session, urls: list[str], names: list[str], expected: li
             existing[(known.original_request.url, known.destination)] = known
     tasks: dict[int, DownloadTask] = {}
     fresh: dict[int, dict[str, object]] = {}
-    for i, (url, name, exp) in enumerate(zip(urls, names, expected)):
+    for i, want in enumerate(wanted):
         if i in done:
             continue
-        path = dest_dir / name
+        url, path = want.url, dest_dir / want.path
+        exp = None if want.digest is None else str(want.digest)
         task = existing.get((url, path))
         if task is not None and task.state is not TaskState.COMPLETED:
-            if exp is not None and task.expected_digest != exp:  # given now, after a run without it
-                want = Digest.parse(exp)
-                session._live_host.control("expect_digest", task.task_identifier, want.sha256,
-                                           None if want.sha256 else str(want))
+            if want.digest is not None and task.expected_digest != exp:  # given now, after a run without it
+                session._live_host.control("expect_digest", task.task_identifier, want.digest.sha256,
+                                           None if want.digest.sha256 else exp)
             tasks[i] = task.resume()
             continue
         if task is not None and task.succeeded and task.location == path and path.exists() and i not in recheck:
@@ -336,15 +362,17 @@ def _tasks_for(session: Session, urls: list[str], names: list[str], expected: li
                 continue
             except BgdlError:
                 pass  # the partial file is gone: start again below
-        fresh[i] = {"request": url, "destination": path, "description": name, "hash": exp, "overwrite": replace}
+        fresh[i] = {"request": url, "destination": path, "description": want.path, "hash": exp, "overwrite": replace,
+                    "count_of_bytes_client_expects_to_receive": want.size}
     if fresh:  # one round trip for all new tasks, however many files
         for i, task in zip(fresh, session.download_tasks(fresh.values(), resume=True)):
             tasks[i] = task
     return tasks
 
 
-def _wait_all(tasks: dict[int, DownloadTask], urls: list[str], names: list[str],
-              manifest: Manifest, done: dict[int, Path], display: Display, timeout: float | None) -> list[Path]:
+def _wait_all(tasks: dict[int, DownloadTask], urls: list[str], names: list[str], manifest: Manifest,
+              done: dict[int, Path], display: Display, timeout: float | None, *, name_from_server: bool = False,
+              overwrite: bool = False, feed: CallbackFeed | None = None) -> list[Path]:
     """Wait for every task; record each finished file in the manifest (saved at most a few
     times a second, so thousands of small files cost linear work)."""
     errors: dict[str, BgdlError] = {}
@@ -359,13 +387,23 @@ def _wait_all(tasks: dict[int, DownloadTask], urls: list[str], names: list[str],
             except BgdlError as exc:
                 errors[urls[i]] = exc
                 continue
-            manifest.record(names[i], tasks[i], path)
+            served = None
+            if name_from_server:
+                try:
+                    path, served = served_name(tasks[i], path, names[i], manifest, overwrite)
+                except BgdlError as exc:
+                    errors[urls[i]] = exc
+                    continue
+                names[i] = served or names[i]
+            manifest.record(names[i], tasks[i], path, served_name=served is not None)
             done[i] = path
             unsaved = True
         if unsaved and (not left or time.monotonic() - saved_at >= 0.5):
             manifest.save()  # twice a second at most: rewriting it per file would be quadratic
             unsaved, saved_at = False, time.monotonic()
         display.refresh()
+        if feed is not None:
+            feed.update(batch)
     if unsaved:
         manifest.save()
     for i in left:

@@ -11,12 +11,13 @@ then one pure function says skip, adopt, fetch or refuse.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import enum
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -49,6 +50,15 @@ class ManifestEntry:
     sha256: str
     completed: str
     mtime_ns: int
+    served_name: bool = False  # named by the server's Content-Disposition, not by the URL
+    members: list[list[Any]] | None = None  # an unpacked archive: [path, size, mtime_ns] of each member
+    unpacked_sha256: str | None = None  # the archive's digest when its members were extracted
+    unpacked_to: str | None = None  # where, relative to the destination folder
+
+    def outdated_by(self, etag: str | None, size: int | None) -> bool:
+        """Whether a listing's ``etag`` or ``size`` describes another version than this file."""
+        return (etag is not None and self.validator is not None and _bare(etag) != _bare(self.validator)) or \
+            (size is not None and size != self.size)
 
     def matches(self, path: Path) -> bool:
         try:
@@ -56,6 +66,15 @@ class ManifestEntry:
         except FileNotFoundError:
             return False
         return st.st_size == self.size and st.st_mtime_ns == self.mtime_ns
+
+
+_FIELDS = {f.name for f in dataclasses.fields(ManifestEntry)}  # a newer manifest's extra fields are ignored
+_OPTIONAL = {"served_name", "members", "unpacked_sha256", "unpacked_to"}  # written only when set
+
+
+def _bare(validator: str) -> str:
+    """An ETag without its weak marker and quotes (servers differ in how they quote it)."""
+    return validator.removeprefix("W/").strip('"')
 
 
 class Manifest:
@@ -72,13 +91,14 @@ class Manifest:
     def _read(self) -> dict[str, ManifestEntry]:
         try:
             data = orjson.loads(self.path.read_bytes())
-            return {name: ManifestEntry(**entry) for name, entry in data.get("files", {}).items()}
+            return {name: ManifestEntry(**{k: v for k, v in entry.items() if k in _FIELDS})
+                    for name, entry in data.get("files", {}).items()}
         except FileNotFoundError:
             return {}
         except (ValueError, TypeError) as exc:
             raise InvalidDestination(f"{self.path} is not a bgdl_nb manifest ({exc}); move it away") from None
 
-    def record(self, name: str, task: DownloadTask, path: Path) -> None:
+    def record(self, name: str, task: DownloadTask, path: Path, *, served_name: bool = False) -> None:
         response = task.response
         validator = None
         if response is not None:
@@ -90,7 +110,13 @@ class Manifest:
             url=redact_url(task.original_request.url), final_url=redact_url(task.current_request.url),
             validator=validator,
             size=st.st_size, sha256=task.sha256 or sha256_file(path),
-            completed=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), mtime_ns=st.st_mtime_ns)
+            completed=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), mtime_ns=st.st_mtime_ns,
+            served_name=served_name)
+
+    def update(self, name: str, entry: ManifestEntry) -> None:
+        """Replace entry ``name`` (it wins over other writers' when saving)."""
+        self._mine.add(name)
+        self.files[name] = entry
 
     def adopt(self, name: str, url: str, path: Path, digest: str) -> None:
         st = path.stat()
@@ -122,7 +148,8 @@ class Manifest:
     def _line(self, name: str, entry: ManifestEntry) -> bytes:
         cached = self._lines.get(name)
         if cached is None or cached[0] is not entry:
-            cached = self._lines[name] = (entry, orjson.dumps(name) + b": " + orjson.dumps(vars(entry)))
+            cached = self._lines[name] = (entry, orjson.dumps(name) + b": " + orjson.dumps(
+                {k: v for k, v in vars(entry).items() if k not in _OPTIONAL or v not in (None, False)}))
         return cached[1]
 
     def _stamp(self) -> tuple[int, int, int] | None:

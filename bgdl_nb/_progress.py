@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ._task import DownloadTask
 
-__all__ = ["Display", "Follower", "finished_batches", "in_notebook", "progress_display", "watch"]
+__all__ = ["CallbackFeed", "Display", "Follower", "finished_batches", "in_notebook", "progress_display", "watch"]
 
 
 class Display(Protocol):
@@ -29,6 +29,45 @@ class Follower(Display, Protocol):
     """A display that can stay live on its own after the waiting code was interrupted."""
 
     def follow(self, when_done: Callable[[], None]) -> None: ...
+
+
+class CallbackFeed:
+    """Progress for an fsspec-style callback (``set_size``, ``relative_update``,
+    ``branched``; ``TqdmCallback`` and friends): its size is the number of files and it
+    moves by one per finished file; each file has a child (``branched(url, path)``) fed with
+    the file's bytes, the way fsspec's own ``get`` feeds one.
+
+    The children are read at each :meth:`update` of the waiting loop (a few times a
+    second), from the counters the task mirrors; no engine is touched.
+    """
+
+    def __init__(self, callback: Any, tasks: Sequence[tuple[str, DownloadTask]], already_done: int) -> None:
+        self.callback = callback
+        callback.set_size(len(tasks) + already_done)
+        if already_done:
+            callback.relative_update(already_done)
+        self.children: dict[int, tuple[DownloadTask, Any]] = {}
+        for k, (url, task) in enumerate(tasks):
+            child = callback.branched(url, str(task.destination or ""))
+            self.children[k] = (task, child)
+
+    def update(self, finished: Sequence[int]) -> None:
+        for task, child in self.children.values():
+            expected = task.count_of_bytes_expected_to_receive
+            if expected is not None and expected >= 0 and child.size != expected:
+                child.set_size(expected)
+            child.absolute_update(task.count_of_bytes_received)
+        for k in finished:
+            entry = self.children.pop(k, None)
+            if entry is not None:
+                entry[1].close()
+                self.callback.relative_update(1)
+
+    def close(self) -> None:
+        for _task, child in self.children.values():
+            child.close()
+        self.children.clear()
+        self.callback.close()
 
 
 class _Null:

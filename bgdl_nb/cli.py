@@ -45,7 +45,11 @@ def _read_urls(args: argparse.Namespace) -> list[str]:
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from ._fetch import fetch
 
-    urls = _read_urls(args)
+    if args.manifest and (args.urls or args.input_file):
+        raise InvalidInput("give URLs (or -i LIST) or --manifest LISTING, not both")
+    if args.extract_dir and not args.unpack:
+        raise InvalidInput("--extract-dir needs --unpack")
+    urls = None if args.manifest else _read_urls(args)
     fields: dict[str, object] = {}
     for option, value, least in (("--connections", args.connections, 1), ("--max-concurrent", args.max_concurrent, 1),
                                  ("--retries", args.retries, 0)):
@@ -63,15 +67,19 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     config = Configuration.background(identifier, **fields)
     sha = hashes = None
     for option, given in (("--sha256", args.sha256), ("--hash", args.hash)):
-        if given and len(given) != len(urls):
+        if given and urls is None:
+            raise InvalidInput(f"{option} goes with URLs; the digests of --manifest are in its entries")
+        if given and urls is not None and len(given) != len(urls):
             raise InvalidInput(f"got {len(given)} {option} values for {len(urls)} URLs; give one per URL")
     if args.sha256:
         sha = list(args.sha256)
     if args.hash:
         hashes = list(args.hash)
     try:
-        paths = fetch(urls, args.output, sha256=sha, hashes=hashes, progress=not args.quiet, configuration=config,
-                      overwrite=args.overwrite, on_interrupt="suspend", wait=not args.detach)
+        paths = fetch(urls, args.output, manifest=args.manifest, base_url=args.base_url, sha256=sha, hashes=hashes,
+                      unpack=args.unpack, extract_dir=args.extract_dir, name_from_server=args.content_disposition,
+                      progress=not args.quiet, configuration=config, overwrite=args.overwrite,
+                      on_interrupt="suspend", wait=not args.detach)
     except (FetchError, KeyboardInterrupt):  # the user needs the session to look at it or continue it
         print(f"bgdl: session {identifier} (`bgdl list --id {identifier}` shows its tasks)", file=sys.stderr)
         raise
@@ -292,6 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, metavar="N", help="retries per file (default: 8, and 2 when the server "
                                                              "cannot be reached at all)")
     p.add_argument("--detach", action="store_true", help="hand the downloads to the transfer service and return")
+    p.add_argument("--manifest", metavar="LISTING", help="fetch the files a listing names instead of URLs: JSON, "
+                   "JSON Lines, a Zenodo record, a Hugging Face-style snapshot or a pooch registry file")
+    p.add_argument("--base-url", metavar="URL", help="joined to the relative URLs (or paths) of --manifest")
+    p.add_argument("--unpack", action="store_true", help="extract zip/tar archives and .gz/.bz2/.xz files once "
+                   "downloaded; print the extracted files")
+    p.add_argument("--extract-dir", metavar="DIR", help="with --unpack: extract into DIR")
+    p.add_argument("--content-disposition", action="store_true",
+                   help="name files as the server's Content-Disposition says (made safe)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, no output on success")
     p.set_defaults(func=_cmd_fetch)
 

@@ -92,6 +92,11 @@ http {{
         location /limited/ {{ alias {self.root}/; limit_rate 4m; }}
         location /noranges/ {{ alias {self.root}/; max_ranges 0; }}
         location /slow-noranges/ {{ alias {self.root}/; max_ranges 0; limit_rate 4m; }}
+        location /named/ {{ alias {self.root}/; add_header Content-Disposition 'attachment; filename="report-2026.csv"'; }}
+        location /named-utf8/ {{ alias {self.root}/;
+            add_header Content-Disposition "attachment; filename*=UTF-8''r%C3%A9sum%C3%A9%20final.csv"; }}
+        location /named-evil/ {{ alias {self.root}/;
+            add_header Content-Disposition 'attachment; filename="../../.bashrc"'; }}
         {self.extra}
     }}
 }}
@@ -111,10 +116,16 @@ http {{
                 self.proc.wait()
         self.sock.close()
 
+    def requests(self) -> int:
+        """How many requests nginx has served (lines of its access log)."""
+        log = self.prefix / "logs" / "access.log"
+        return len(log.read_bytes().splitlines()) if log.exists() else 0
+
     def publish(self, name: str, data: bytes, mtime: float | None = None) -> str:
         """Write ``data`` to the document root (atomically) and return its URL."""
         path = self.root / name
-        tmp = path.with_name(f".{name}.tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_bytes(data)
         if mtime is not None:
             os.utime(tmp, (mtime, mtime))

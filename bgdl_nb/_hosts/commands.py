@@ -18,7 +18,8 @@ __all__ = ["CONTROLS", "Ack", "Command", "Control", "ControlName", "Create", "Ev
            "records_from_wire"]
 
 ControlName = Literal["resume", "resume_many", "suspend", "suspend_many", "cancel", "set_priority", "pause",
-                      "unpause", "set_bandwidth_limit", "configure", "expect_digest"]
+                      "unpause", "set_bandwidth_limit", "configure", "expect_digest",
+                      "note_unpacked"]
 """The engine controls a host forwards for ``task.resume()`` and friends."""
 
 CONTROLS: frozenset[str] = frozenset(get_args(ControlName))
