@@ -302,10 +302,10 @@ class Engine(EngineBase):
         if run.record.state is not TaskState.COMPLETED:
             self._set(run, sha256=sha256, expected_hash=expected_hash)
 
-    def note_unpacked(self, tid: int | None, members: int, size: int, where: str) -> None:
+    def note_unpacked(self, tid: int | None, size: int, detail: str) -> None:
         """Log that fetch(unpack=True) extracted task ``tid``'s file (a row of the event log)."""
         self._emit(EventKind.UNPACKED, self._runs.get(tid) if tid is not None else None, total_bytes_written=size,
-                   detail=f"{members} member(s), {size} bytes, into {where}")
+                   detail=detail)
 
     def set_priority(self, tid: int, priority: float) -> None:
         self._set(self._runs[tid], priority=priority)

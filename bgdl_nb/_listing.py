@@ -230,7 +230,8 @@ def served_name(task: DownloadTask, path: Path, name: str, manifest: Manifest,
         return path, new_name
     entry = manifest.files.get(new_name)
     url = task.original_request.url
-    if target.exists() and not overwrite and not (entry is not None and entry.url == redact_url(url)):
+    ours = entry is not None and (entry.url == redact_url(url) or (entry.sha256 == task.sha256 and entry.matches(target)))
+    if target.exists() and not overwrite and not ours:  # another file there: kept, unless it is this one already
         raise InvalidDestination(f"{redact_url(url)}: its server names it {served}, but {target} exists and is not "
                                  f"this URL's; the download was kept as {path}. Remove {target}, or pass "
                                  "overwrite=True to replace it")

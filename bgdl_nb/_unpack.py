@@ -1,8 +1,9 @@
 """``fetch(unpack=True)``: archives extracted once, safely, and recorded.
 
 zip and tar (plain, .gz, .bz2, .xz) archives are extracted into a folder named after the
-archive, beside it (or into ``extract_dir``); a single compressed file (.gz, .bz2, .xz)
-is decompressed beside it without its suffix. Safety comes first: every member is
+archive, beside it (or into ``extract_dir``), without a second folder of that name when
+every member is inside one (``data.zip`` holding ``data/...``); a single compressed file
+(.gz, .bz2, .xz) is decompressed beside it without its suffix. Safety comes first: every member is
 checked before anything is written (no absolute path, no ``..``, no link of any kind, no
 device), tar members also pass Python's ``data`` extraction filter, and the space they
 need is compared with what the file system has. Members are written under a temporary
@@ -127,7 +128,7 @@ def _extract(archive: Path, kind: str, target: Path, replaceable: set[Path]) -> 
                 raise DiskFull(f"no space left while unpacking {archive.name}; the archive is kept") from None
             raise UnpackError(f"{archive.name} could not be unpacked ({exc}); it is kept as downloaded. If it is "
                               "damaged, delete it and fetch again") from None
-        places = [target] if kind in _SINGLE else [target / name for name in names]
+        places = [target] if kind in _SINGLE else [target / name for name in _unnested(names, target.name)]
         taken = [p for p in places if os.path.lexists(p) and p not in replaceable]
         if taken:
             raise UnpackError(f"{archive.name}: {taken[0]} exists and was not extracted by bgdl_nb "
@@ -137,6 +138,14 @@ def _extract(archive: Path, kind: str, target: Path, replaceable: set[Path]) -> 
             destination.parent.mkdir(parents=True, exist_ok=True)
             os.replace(work / name, destination)
         return places
+
+
+def _unnested(names: list[str], stem: str) -> list[str]:
+    """Member names without a top folder named as the archive (``data.zip`` holding
+    ``data/...`` unpacks to ``data/...``, not ``data/data/...``)."""
+    if names and all(name.startswith(stem + "/") for name in names):
+        return [name[len(stem) + 1:] for name in names]
+    return names
 
 
 def _unpack_into(archive: Path, kind: str, work: Path) -> list[str]:
@@ -233,5 +242,9 @@ def _note(config: Configuration, done: list[tuple[str, list[Path], Path]]) -> No
     with contextlib.closing(Session(config)) as session:
         by_url = {redact_url(t.original_request.url): t.task_identifier for t in session.all_tasks()}
         for url, members, target in done:
-            size = sum(m.stat().st_size for m in members)
-            session._live_host.control("note_unpacked", by_url.get(url), len(members), size, str(target))
+            sizes = [(m, m.stat().st_size) for m in members]
+            listed = ", ".join(f"{os.path.relpath(m, target) if m != target else m.name} {n}" for m, n in sizes[:20])
+            more = f", and {len(sizes) - 20} more" if len(sizes) > 20 else ""
+            total = sum(n for _, n in sizes)
+            session._live_host.control("note_unpacked", by_url.get(url), total,
+                                       f"{len(sizes)} member(s), {total} bytes, into {target}: {listed}{more}")

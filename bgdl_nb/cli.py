@@ -258,11 +258,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from .demo.origin import Origin
 
-    origin = Origin(args.host, args.port)
+    origin = Origin(args.host, args.port, root=args.root)
 
     async def run() -> None:
         url = await origin.start_async()
-        print(f"demo origin serving on {url}  (try {url}/files/sample.bin?size=104857600)", flush=True)
+        static = f", and {origin.root} as {url}/static/" if origin.root else ""
+        print(f"demo origin serving on {url}  (try {url}/files/sample.bin?size=104857600){static}", flush=True)
         if args.idle_exit is None:
             await asyncio.Event().wait()
         while origin.idle_for() < args.idle_exit:  # ends once nobody has asked for anything for a while
@@ -340,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--idle-exit", type=float, metavar="SECONDS",
                    help="exit after SECONDS without a request (default: serve until stopped)")
+    p.add_argument("--root", metavar="DIR", help="also serve the files of DIR under /static/")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("demo", help="download, kill, resume and verify on the embedded demo origin")

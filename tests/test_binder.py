@@ -21,7 +21,7 @@ def test_binder_files_are_what_repo2docker_reads():
     assert (ROOT / "binder" / "runtime.txt").read_text().strip().startswith("python-3.1")
     text = (ROOT / "binder" / "requirements.txt").read_text()
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
-    assert lines == [".[notebook,cluster]"]  # every notebook's needs: 06 runs a Dask cluster
+    assert lines == [".[notebook,cluster,pooch,fsspec]"]  # every notebook's needs: 06 runs Dask, 07 pooch and fsspec
 
 
 def test_fresh_environment_from_binder_runs_notebook_01(tmp_path):

@@ -168,6 +168,7 @@ def test_archives_are_unpacked_once_and_their_members_returned(nginx, tmp_path):
     rows = _events("unpack", "unpacked")
     assert len(rows) == 3 and {r["total_bytes_written"] for r in rows} >= {8006, 20000}
     assert all("member(s)" in r["detail"] for r in rows)
+    assert any(r["detail"].endswith(": readme.txt 6, data/table.csv 8000") for r in rows)  # each member, its size
 
     stamps = [p.stat().st_mtime_ns for p in paths]
     served = nginx.requests()
@@ -178,6 +179,10 @@ def test_archives_are_unpacked_once_and_their_members_returned(nginx, tmp_path):
     paths[1].write_bytes(b"edited")  # a member changed: that archive is extracted again, and only it
     bg.fetch(urls, dest, identifier="unpack", unpack=True, progress=False)
     assert paths[1].read_bytes() == inside["data/table.csv"] and len(_events("unpack", "unpacked")) == 4
+
+    nested = nginx.publish("nested.tar", _tar({"nested/a.txt": b"a", "nested/deeper/b.txt": b"b"}, "w"))
+    assert bg.fetch(nested, dest, identifier="unpack", unpack=True, progress=False) == [
+        dest / "nested" / "a.txt", dest / "nested" / "deeper" / "b.txt"]  # not nested/nested/...
 
     elsewhere = tmp_path / "extracted"
     moved = bg.fetch(urls[:1], dest, identifier="unpack", unpack=True, extract_dir=elsewhere, progress=False)

@@ -130,6 +130,14 @@ def test_notebook_runs_twice_in_the_same_folder(name, tmp_path):
                 assert lines and int(lines[0].split(":")[1].split()[0].replace(",", "")) > 0, text
                 assert text.count("did_finish_events_for_background_session") == 1
                 assert "did_finish_downloading_to" in text
+            if name.startswith("07"):
+                for shown in ("prefetched 200 registry files", "every Pooch.fetch found its file: True",
+                              "365 rows, cached at", "a wrong md5 keeps nothing: ChecksumMismatch | wrong.bin at "
+                              "the destination: False", "stations/north.csv 5023 bytes",
+                              "the second call extracted nothing again: True", "30 files in ['0', '1', '2']",
+                              "present and matching files skipped without a request: True",
+                              "the server named it report-2026.csv"):
+                    assert shown in text, f"run {run} of 07 does not show {shown!r}:\n{text[-3000:]}"
             # the notebook's last cell stops its demo origin: nothing is left running
             wait_until(lambda: _origins_stopped(tmp_path), timeout=30, what=f"run {run}'s demo origin to stop")
     finally:

@@ -42,6 +42,7 @@ import asyncio
 import base64
 import functools
 import hashlib
+import os
 import re
 import struct
 import threading
@@ -122,8 +123,10 @@ class RequestRecord:
 class Origin:
     """The demo origin server; run it on its own thread with :meth:`start`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: Any = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: Any = None,
+                 root: str | os.PathLike[str] | None = None) -> None:
         self.host = host
+        self.root = None if root is None else os.path.abspath(root)  # served as /static/ (ETag, ranges)
         self.port = port
         self.ssl_context = ssl_context  # an ssl.SSLContext: serve https
         self.log: list[RequestRecord] = []
@@ -136,6 +139,7 @@ class Origin:
         self._stopped = threading.Event()
         self.signature = 0  # the generation of signed links that is still valid
         self.in_flight = 0  # requests being answered now
+        self.served = 0  # requests for files answered (GET and HEAD)
         self.last_activity = time.monotonic()  # when the last request ended (or the origin started)
 
     def idle_for(self) -> float:
@@ -180,6 +184,8 @@ class Origin:
     @web.middleware
     async def _activity(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.in_flight += 1
+        if request.path.startswith(("/files/", "/static/")):
+            self.served += 1
         try:
             response: web.StreamResponse = await handler(request)
             return response
@@ -194,7 +200,14 @@ class Origin:
         app.router.add_get("/redirect", self._redirect)
         app.router.add_get("/signed/{name}", self._signed)
         app.router.add_get("/", self._index)
+        app.router.add_get("/stats", self._stats)
+        if self.root is not None:
+            app.router.add_static("/static/", self.root, follow_symlinks=False)
         return app
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        """How many requests for files it has answered (``/files/`` and ``/static/``)."""
+        return web.json_response({"requests": self.served})
 
     async def _index(self, request: web.Request) -> web.Response:
         return web.Response(text="bgdl_nb demo origin: GET /files/<name>?size=N\n")
@@ -260,6 +273,8 @@ class Origin:
         etag_value = hashlib.sha256(f"{name}:{size}:{version}".encode()).hexdigest()[:20]
         validators = q.get("validators", "both")
         headers = {"Content-Type": "application/octet-stream"}
+        if "filename" in q:  # the name the server gives the file, as a download site does
+            headers["Content-Disposition"] = 'attachment; filename="{}"'.format(q["filename"].replace('"', ""))
         if validators in ("both", "etag"):
             headers["ETag"] = f'"{etag_value}"'
         elif validators == "weak":

@@ -60,6 +60,12 @@ class RemoteOrigin:
         except OSError:
             return False
 
+    def requests(self) -> int:
+        """How many requests for files the origin has answered so far."""
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with direct.open(self.base_url + "/stats", timeout=5) as reply:
+            return int(json.loads(reply.read())["requests"])
+
     def stop(self) -> None:
         try:
             os.kill(self.pid, signal.SIGTERM)
@@ -68,11 +74,13 @@ class RemoteOrigin:
 
 
 def start_origin_process(info_file: str | os.PathLike[str] = "demo-origin.json", *,
-                         idle_exit: float = 600.0) -> RemoteOrigin:
+                         idle_exit: float = 600.0, root: str | os.PathLike[str] | None = None) -> RemoteOrigin:
     """Start ``bgdl serve`` on a free loopback port, detached from this kernel, or reuse
     the one ``info_file`` names while it still answers. The origin exits after
-    ``idle_exit`` seconds without a request."""
+    ``idle_exit`` seconds without a request; with ``root``, it also serves that folder's
+    files under ``/static/``."""
     info = Path(info_file)
+    ports = ["0"]
     if info.exists():
         try:
             running = RemoteOrigin.load(info)
@@ -80,18 +88,25 @@ def start_origin_process(info_file: str | os.PathLike[str] = "demo-origin.json",
             running = None
         if running is not None and running.alive():
             return running
-    proc = subprocess.Popen(
-        python_command("bgdl_nb.cli", "serve", "--port", "0", "--idle-exit", str(idle_exit)),
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
-        start_new_session=True,  # survives the kernel's restart
-        cwd="/", env=child_environment(),  # nothing from the notebook's folder is imported
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # "demo origin serving on http://127.0.0.1:PORT ..."
-    proc.stdout.close()
-    base = next((word for word in line.split() if word.startswith("http://")), None)
+        if running is not None:  # its port first: the URLs of a notebook run again stay the same, as a real site's do
+            ports.insert(0, running.base_url.rsplit(":", 1)[1])
+    for port in ports:
+        proc = subprocess.Popen(
+            python_command("bgdl_nb.cli", "serve", "--port", port, "--idle-exit", str(idle_exit),
+                           *(() if root is None else ("--root", os.path.abspath(root)))),
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
+            start_new_session=True,  # survives the kernel's restart
+            cwd="/", env=child_environment(),  # nothing from the notebook's folder is imported
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "demo origin serving on http://127.0.0.1:PORT ...", or nothing
+        proc.stdout.close()
+        base = next((word for word in line.split() if word.startswith("http://")), None)
+        if base is not None:
+            break
+        proc.kill()  # that port is taken now: the next one
+        proc.wait()
     if base is None:
-        proc.kill()
         raise RuntimeError(f"bgdl serve did not start: {line!r}")
     origin = RemoteOrigin(base, proc.pid)
     write_new_file(info_file, json.dumps({"base_url": base, "pid": proc.pid}).encode(), 0o644)  # never via a link
