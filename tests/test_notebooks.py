@@ -6,6 +6,7 @@ is followed by a kernel restart and, at once, the next cell."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -123,8 +124,16 @@ def test_notebook_runs_twice_in_the_same_folder(name, tmp_path):
             if name.startswith("02"):
                 assert (tmp_path / "data" / "restart" / "survey.bin").stat().st_size == 48_000_000
                 assert "one continuous event log across" in text and "complete and verified" in text
+                resumed = re.search(r"continued from byte ([0-9,]+) of 48,000,000", text)
+                assert resumed, f"run {run} of 02 shows no resume:\n{text[-2000:]}"
+                assert 0 < int(resumed[1].replace(",", "")) < 48_000_000, resumed[0]  # mid-file, from the partial bytes
             if name.startswith("04"):
                 assert _count(outputs, "image/png") >= 2, "both plots must render"
+                slots = re.search(r"(\d) of 6 tasks waited for a free slot", text)
+                assert slots and int(slots[1]) >= 3, text[-2000:]  # six files, two at a time
+                backoff = re.search(r"the 503 task waited ([0-9.]+) s of retry backoff", text)
+                assert backoff and float(backoff[1]) >= 1.0, text[-2000:]  # Retry-After: 1 was honoured
+                assert "the reset connection was retried 1 time(s) and the file completed: True" in text
             if name.startswith("05"):
                 lines = [line for line in text.splitlines() if line.startswith("downloaded with no kernel attached:")]
                 assert lines and int(lines[0].split(":")[1].split()[0].replace(",", "")) > 0, text

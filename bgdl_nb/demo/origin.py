@@ -15,6 +15,9 @@ If-Range. Query switches shape the server's behaviour for one URL:
                     ``none``
 ``changing=1``      a new version of the resource on every request
 ``rate=B``          at most B bytes per second on this connection
+``total_rate=B``    at most B bytes per second for this resource over all its connections
+                    (a whole file's pace, however many segments fetch it)
+``filename=NAME``   a ``Content-Disposition: attachment; filename="NAME"`` header
 ``reset_after=N``   reset the connection after N body bytes of a response
 ``stall_after=N``   stop sending (but keep the connection) after N body bytes
 ``fail503=K``       answer the first K requests with 503 and ``Retry-After``
@@ -29,6 +32,9 @@ If-Range. Query switches shape the server's behaviour for one URL:
 
 ``GET /signed/<name>?size=N&...`` redirects (302) to ``/files/<name>`` with the current
 ``sig``, as an object store hands out expiring presigned links.
+
+``GET /static/<path>`` serves the files of the ``root`` folder (when one is given), with
+aiohttp's ETag and Range support; ``GET /stats`` says how many file requests were answered.
 
 ``GET /redirect?to=URL[&status=302]`` answers with a redirect. The server records every
 request (method, path, headers, status, body bytes sent) in :attr:`Origin.log`, so tests
@@ -140,6 +146,7 @@ class Origin:
         self.signature = 0  # the generation of signed links that is still valid
         self.in_flight = 0  # requests being answered now
         self.served = 0  # requests for files answered (GET and HEAD)
+        self._turns: dict[str, float] = {}  # total_rate: when each resource may send its next piece
         self.last_activity = time.monotonic()  # when the last request ended (or the origin started)
 
     def idle_for(self) -> float:
@@ -328,7 +335,9 @@ class Origin:
         reset_after = int(q["reset_after"]) if faulty and "reset_after" in q else None
         stall_after = int(q["stall_after"]) if faulty and "stall_after" in q else None
         rate = float(q["rate"]) if "rate" in q else None
-        chunk = 4 * BLOCK if rate is None else max(4096, min(4 * BLOCK, int(rate / 20)))
+        shared = float(q["total_rate"]) if "total_rate" in q else None  # the whole resource, over every connection
+        slowest = min(r for r in (rate, shared, float("inf")) if r is not None)
+        chunk = 4 * BLOCK if slowest == float("inf") else max(4096, min(4 * BLOCK, int(slowest / 20)))
         began = time.monotonic()
         sent = 0
         for piece in content(name, size, version, start, end, chunk=chunk):
@@ -345,6 +354,12 @@ class Origin:
                         return
                     await asyncio.sleep(float(q.get("stall_seconds", "60")))
                     return
+            if shared is not None:  # one schedule per resource: each piece waits for its turn on it
+                now = time.monotonic()
+                turn = max(now, self._turns.get(name, now))
+                self._turns[name] = turn + len(piece) / shared
+                if turn > now:
+                    await asyncio.sleep(turn - now)
             await response.write(piece)
             sent += len(piece)
             record.bytes_sent = sent
