@@ -185,6 +185,29 @@ def test_a_cancelled_task_is_its_own_state_and_out_of_the_totals(origin, tmp_pat
     session.close()
 
 
+def test_a_file_downloaded_again_after_a_cancel_is_one_row_that_says_so(origin, tmp_path):
+    session = bg.Session(bg.Configuration.background("again"))
+    url = origin.url("survey.bin", 4 * MB, rate=MB)
+    first = session.download_task(url, tmp_path / "survey.bin").resume()
+    wait_until(lambda: first.count_of_bytes_received > 0, what="the first try under way")
+    first.cancel()
+    wait_until(lambda: first.done(), what="the cancel")
+    second = session.download_task(url, tmp_path / "survey.bin").resume()
+    panel = SessionPanel(session)
+    try:
+        panel.refresh(force=True)
+        rows = [(row.name.value, row.state.value) for row in panel._rows[: len(panel.rows_box.children)]]
+        assert [name for name, _ in rows] == ["survey.bin"]  # one row for one file
+        assert rows[0][1].startswith("cancelled earlier; downloading again · "), rows
+        assert "cancelled" not in panel.header.value  # the file is not counted as cancelled
+        second.wait(60)
+        panel.refresh(force=True)
+        assert panel._rows[0].state.value == "done, 4.2 MB (downloaded again after it cancelled)"
+    finally:
+        panel.close()
+        session.close()
+
+
 def test_rows_stay_under_the_mouse(origin, tmp_path):
     """Pausing a task never moves the rows: a second click at the same place acts on the
     task named there (before, the paused task sank and the next one took its row)."""

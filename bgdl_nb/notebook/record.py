@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 
 from .._task import DownloadTask
-from .widgets import describe
+from .widgets import describe, one_per_file
 
 __all__ = ["MAX_ROWS", "static_record"]
 
@@ -32,8 +32,9 @@ def static_record(title: str, header_html: str, tasks: Sequence[DownloadTask]) -
     summary = re.sub(r"<[^>]+>", "", header_html).replace("&nbsp;", " ")
     summary = html.unescape(re.sub(r"\s+", " ", summary)).strip()
     rows, lines = [], [summary]
+    tasks, earlier = one_per_file(tasks)
     for task in tasks[:MAX_ROWS]:
-        label, text, style, fraction = describe(task)
+        label, text, style, fraction = describe(task, earlier.get(task.task_identifier))
         where = str(task.destination) if task.destination is not None else "(handed to the delegate)"
         colour = _COLOURS.get(style, "#555")
         rows.append(

@@ -164,12 +164,12 @@ class _Row:
             action(task)
             self.panel.refresh(force=True)
 
-    def show(self, task: DownloadTask, now: float, frozen: bool) -> int:
+    def show(self, task: DownloadTask, now: float, frozen: bool, earlier: str | None = None) -> int:
         if task is not self.task:
             self.task, self.speed = task, _Speed()
         speed = self.speed.update(now, task.count_of_bytes_received)
         state = task.state
-        label, text, style, fraction = describe(task)
+        label, text, style, fraction = describe(task, earlier)
         sent = _set(self.name, "value", label[:40])
         sent += _set(self.bar, "value", fraction)
         sent += _set(self.bar, "bar_style", style)
@@ -181,9 +181,34 @@ class _Row:
         return sent
 
 
-def describe(task: DownloadTask) -> tuple[str, str, str, float]:
+def one_per_file(tasks: Sequence[DownloadTask]) -> tuple[list[DownloadTask], dict[int, str]]:
+    """The newest task of each destination, in order, and for a task that replaced an
+    earlier one that was cancelled or failed, that earlier outcome: a file downloaded
+    again after a cancel is one row saying so, never two rows of one name."""
+    newest: dict[str, DownloadTask] = {}
+    for task in tasks:
+        if task.destination is not None:
+            key = str(task.destination)
+            if key not in newest or task.task_identifier > newest[key].task_identifier:
+                newest[key] = task
+    earlier: dict[int, str] = {}
+    kept = []
+    for task in tasks:
+        if task.destination is None:
+            kept.append(task)
+            continue
+        winner = newest[str(task.destination)]
+        if winner is task:
+            kept.append(task)
+        elif task.state is TaskState.COMPLETED and task.outcome in ("cancelled", "failed"):
+            earlier.setdefault(winner.task_identifier, task.outcome)
+    return kept, earlier
+
+
+def describe(task: DownloadTask, earlier: str | None = None) -> tuple[str, str, str, float]:
     """A task as a row shows it: its name, its state in words, the bar's style and how
-    full the bar is. The live row and the static record both read it from here."""
+    full the bar is; ``earlier`` is the outcome of an earlier task of the same file
+    (see :func:`one_per_file`). The live row and the static record both read it from here."""
     total = task.count_of_bytes_expected_to_receive or task.count_of_bytes_client_expects_to_receive
     got = task.count_of_bytes_received
     state = task.state
@@ -199,6 +224,9 @@ def describe(task: DownloadTask) -> tuple[str, str, str, float]:
         text, style = amount, "info"
     else:  # suspended: what is on disk is kept, so say how much
         text, style = f"{state.value} at {amount}", ""
+    if earlier is not None:
+        text = f"{earlier} earlier; downloading again · {text}" if state is not TaskState.COMPLETED else \
+            f"{text} (downloaded again after it {earlier})"
     label = task.task_description or task.original_request.url.split("?")[0].rsplit("/", 1)[-1]
     fraction = round(min(1.0, got / total), 3) if total else (1.0 if style == "success" else 0.0)
     return label, text, style, fraction
@@ -330,7 +358,7 @@ class TaskPanel:
             self._lock.release()
 
     def _refresh(self, now: float) -> int:
-        tasks = self.tasks()
+        tasks, earlier = one_per_file(self.tasks())
         counts = {"transferring": 0, "waiting": 0, "suspended": 0, "done": 0, "failed": 0, "cancelled": 0}
         done_bytes = total_bytes = 0
         unknown = 0
@@ -369,7 +397,7 @@ class TaskPanel:
         idle_buttons = self.waiting_cell and not all(row.live for row in self._rows)
         sent = 0
         for row, task in zip(self._rows, shown):
-            sent += row.show(task, now, self.frozen or idle_buttons)
+            sent += row.show(task, now, self.frozen or idle_buttons, earlier.get(task.task_identifier))
         boxes = tuple(r.box for r in self._rows[: len(shown)])
         if self.rows_box.children != boxes:
             self.rows_box.children = boxes
