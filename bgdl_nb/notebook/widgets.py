@@ -40,6 +40,16 @@ if TYPE_CHECKING:
 __all__ = ["SessionPanel", "TaskPanel", "format_bytes"]
 
 HOLD_SECONDS = 3.0  # rows stay in place this long after a click
+SILENT_SECONDS = 10  # a live panel that heard nothing from its kernel this long says so
+
+_LIVENESS = ('<style>@keyframes bgdl-silent {{ to {{ visibility: visible; }} }}</style>'
+             '<span class="bgdl-silent" data-beat="{beat}" style="visibility: hidden; color: #b35900; '
+             'animation: bgdl-silent 0s {after}s forwards">⚠ no word from the kernel for {after} s: it died, '
+             'or is busy elsewhere. Downloads of background sessions go on in the transfer service; run this '
+             'cell again (in a new kernel too) to see them.</span>')
+"""A heartbeat drawn by the browser itself: every refresh re-renders the span (its beat
+changes once a second), restarting its animation; when refreshes stop (the kernel died),
+the animation ends and the notice shows, with no kernel needed to say so."""
 REFRESH_SHARE = 0.02
 """A panel spends at most this share of the time refreshing: with thousands of tasks a
 refresh takes milliseconds, and it then comes less often than ``rate`` a second (the
@@ -277,7 +287,10 @@ class TaskPanel:
         self._following = False  # the cell was interrupted: the panel refreshes itself
         self.rows_box = w.VBox([])
         self.hint = w.HTML()
-        self.widget = w.VBox([self.header, self.overall, self.rows_box, self.summary, self.hint])
+        self.liveness = w.HTML()
+        self.liveness.add_class("bgdl-liveness")
+        self.header.add_class("bgdl-header")
+        self.widget = w.VBox([self.header, self.overall, self.rows_box, self.summary, self.hint, self.liveness])
         self.refresh(force=True)
 
     def touched(self, task: DownloadTask) -> None:
@@ -342,7 +355,9 @@ class TaskPanel:
         The share is judged on what a refresh costs once the panel is built: a forced
         refresh (the first one, which creates the rows, or a click) and a refresh that
         adds rows do one-off work, so their cost does not space out the next ones (it
-        froze a new panel for seconds)."""
+        froze a new panel for seconds), and the cost is this thread's CPU time, not the
+        wall-clock time: a refresh that waited for the interpreter while the session's
+        threads worked (a busy first second) cost the panel nothing, and must not freeze it."""
         now = time.monotonic()
         if not self._lock.acquire(blocking=False):
             return  # another thread is refreshing right now
@@ -351,9 +366,10 @@ class TaskPanel:
                 return
             self._last_refresh = now
             rows = len(self._rows)
+            spent = time.thread_time()
             self.updates_sent += self._refresh(now)
             if not force and len(self._rows) == rows:
-                self._cost = time.monotonic() - now
+                self._cost = time.thread_time() - spent
         finally:
             self._lock.release()
 
@@ -424,6 +440,8 @@ class TaskPanel:
         hint = ("the buttons act once this cell is done (this kernel cannot serve them while a cell runs; "
                 "<code>await bg.fetch_async(...)</code> keeps them live)") if idle_buttons else ""
         sent += _set(self.hint, "value", f"<small>{hint}</small>" if hint else "")
+        beat = "" if self.frozen else _LIVENESS.format(beat=int(now), after=SILENT_SECONDS)
+        sent += _set(self.liveness, "value", beat)
         return sent
 
     def _notes(self) -> list[str]:
