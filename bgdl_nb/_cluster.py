@@ -142,16 +142,20 @@ class _ShardReporter:
     def __init__(self, spec: ShardSpec, worker: Any, session: Any) -> None:
         self.spec, self.worker, self.session = spec, worker, session
         self.applied = "run"
+        self.done_paths: dict[str, Path] = {}  # the shard's files once fetch() returned them
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"bgdl-shard{spec.shard}-report", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, state: str) -> None:
+    def stop(self, state: str, paths: dict[str, Path] | None = None) -> dict[str, Any]:
+        """The final report, sent and returned (the kernel applies it with the shard's result,
+        so a shard that ends before its report arrives is still shown as it ended)."""
         self._stop.set()
         self._thread.join(timeout=5)
-        self.send(state)
+        self.done_paths = paths or {}
+        return self.send(state)
 
     def _loop(self) -> None:
         while not self._stop.wait(_REPORT_INTERVAL):
@@ -172,7 +176,7 @@ class _ShardReporter:
                     task.cancel()
         self.applied = action
 
-    def send(self, state: str) -> None:
+    def send(self, state: str) -> dict[str, Any]:
         wanted = set(self.spec.urls)
         latest = {}
         for task in self.session.all_tasks():  # newest last: the newest task of each URL counts
@@ -191,11 +195,17 @@ class _ShardReporter:
             elif got:
                 active.append([task.destination.name if task.destination else task.original_request.url, got, size])
         skipped = len(wanted) - len(latest) if state == "finished" else 0  # already complete: no task was needed
+        for url in wanted - set(latest) if state == "finished" else ():
+            with contextlib.suppress(OSError, KeyError):  # its bytes are here: the job's totals count them
+                size = self.done_paths[url].stat().st_size
+                received += size
+                expected += size
         active.sort(key=lambda a: -a[1])
-        self.worker.log_event(self.spec.topic, {
-            "shard": self.spec.shard, "worker": self.worker.address, "time": time.time(), "state": state,
-            "files": len(wanted), "finished": finished + skipped, "failed": failed, "received": received,
-            "expected": expected, "active": active[:4]})
+        report = {"shard": self.spec.shard, "worker": self.worker.address, "time": time.time(), "state": state,
+                  "files": len(wanted), "finished": finished + skipped, "failed": failed, "received": received,
+                  "expected": expected, "active": active[:4]}
+        self.worker.log_event(self.spec.topic, report)
+        return report
 
 
 def _job_folder(folder: Path) -> Path:
@@ -229,17 +239,19 @@ def run_shard(spec: ShardSpec) -> dict[str, Any]:
                 with contextlib.suppress(OSError, ValueError):
                     _CONTROLS.setdefault(str(folder), json.loads(control.read_text())["action"])
             reporter.start()
-            state, errors = "finished", {}
+            state, errors, done = "finished", {}, {}
             try:
-                fetch(spec.urls, spec.dest, configuration=config, hashes=spec.sha256 if any(spec.sha256) else None,
-                      progress=False, overwrite=spec.overwrite, on_interrupt="suspend")
+                paths = fetch(spec.urls, spec.dest, configuration=config,
+                              hashes=spec.sha256 if any(spec.sha256) else None, progress=False,
+                              overwrite=spec.overwrite, on_interrupt="suspend")
+                done = dict(zip(spec.urls, paths))
             except FetchError as exc:
                 state, errors = "failed", {url: f"{type(e).__name__}: {e}" for url, e in exc.errors.items()}
             except BgdlError as exc:
                 state, errors = "failed", {url: f"{type(exc).__name__}: {exc}" for url in spec.urls}
             finally:
-                reporter.stop(state)
-    return {"shard": spec.shard, "worker": worker.address, "errors": errors}
+                report = reporter.stop(state, done)
+    return {"shard": spec.shard, "worker": worker.address, "errors": errors, "report": report}
 
 
 # in the kernel -------------------------------------------------------------------------------
@@ -487,6 +499,8 @@ def fetch_on_cluster(client: Any, urls: list[str], dest_dir: Path, names: list[s
                 except Exception as exc:  # the shard itself failed (a worker died too often, say)
                     result = {"errors": {u: f"shard {by_key[future.key].shard} failed: {type(exc).__name__}: {exc}"
                                          for u in by_key[future.key].urls}}
+                if "report" in result:  # the shard's last word, even if its topic message comes later
+                    job._on_report((None, result["report"]))
                 for url, message in result["errors"].items():
                     errors[url] = BgdlError(message, url=url)
             if display is not None:
@@ -500,7 +514,7 @@ def fetch_on_cluster(client: Any, urls: list[str], dest_dir: Path, names: list[s
     finally:
         if display is not None:
             display.refresh(force=True)
-            display.close()
+            display.close(ended=not pending)
     if errors:
         from ._fetch import _without
         lines = "\n".join(f"  {url}: {_without(str(err), url)}" for url, err in errors.items())
@@ -527,5 +541,5 @@ class _TextProgress:
         print(f"\r{t['finished']}/{t['files']} files, {decimal(t['received'])} of "
               f"{decimal(t['expected'])} on {len(t['workers'])} workers", end="", flush=True)
 
-    def close(self) -> None:
+    def close(self, ended: bool = True) -> None:
         print(flush=True)

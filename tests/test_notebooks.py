@@ -88,7 +88,7 @@ def _text(messages: list[dict]) -> str:
     for m in messages:
         if m["msg_type"] == "stream":
             parts.append(m["content"]["text"])
-        elif m["msg_type"] in ("execute_result", "display_data"):
+        elif m["msg_type"] in ("execute_result", "display_data", "update_display_data"):
             parts.append(m["content"]["data"].get("text/plain", ""))
     return "".join(parts)
 
@@ -141,6 +141,7 @@ def test_notebook_runs_twice_in_the_same_folder(name, tmp_path):
                 assert "did_finish_downloading_to" in text
             if name.startswith("06"):  # the second run shows the job's true state too
                 assert "200 files, all byte-identical: True" in text and "40 files, all byte-identical: True" in text
+                assert "notebook-06 · 200/200 files · 49.8 MB of 49.8 MB" in text, text[-3000:]  # its record, as it ended
                 continued = re.search(r"(\d+) files continued from their partial bytes", text)
                 assert continued and int(continued[1]) > 0, text[-2000:]
             if name.startswith("07"):

@@ -10,6 +10,7 @@ they work while that ``fetch()`` still runs.
 from __future__ import annotations
 
 import html
+import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -62,7 +63,7 @@ class ClusterPanel:
     def display(self) -> None:
         from IPython.display import display
 
-        display(self.widget)  # type: ignore[no-untyped-call]
+        self._handle = display(self.widget, display_id=True)  # type: ignore[no-untyped-call]
 
     def _ipython_display_(self) -> None:
         self.display()
@@ -106,9 +107,17 @@ class ClusterPanel:
             "<th>received</th><th>active files</th></tr>"
             + "".join(rows) + "</table>") if rows else "<i>waiting for the workers' first report…</i>"
 
-    def close(self) -> None:
-        """The job ended (or the wait stopped): a final picture, buttons stay for the job."""
+    def close(self, ended: bool = True) -> None:
+        """The wait stopped: a final picture. When the job ``ended``, the widget's output
+        becomes its static record (the header and the workers' table as HTML and text), so
+        a saved notebook shows how the job ended instead of a widget's first numbers."""
         self.refresh(force=True)
+        handle = getattr(self, "_handle", None)
+        if not ended or handle is None:
+            return  # interrupted: the buttons stay for the job that goes on
+        text = html.unescape(re.sub(r"<[^>]+>", "", self.header.value))
+        handle.update({"text/html": f"<div class='bgdl-record'>{self.header.value}{self.workers.value}</div>",
+                       "text/plain": text}, raw=True)
 
 
 def _percent(got: Any, size: Any) -> str:
