@@ -26,7 +26,7 @@ from ._config import Configuration
 from ._exceptions import BgdlError, FetchError, InvalidDestination, InvalidInput
 from ._files import nearest_existing
 from ._listing import Wanted, file_name_for, served_name, wanted_files
-from ._manifest import FileAction, FileFacts, Manifest, file_action, sha256_file
+from ._manifest import Manifest, files_here
 from ._private import private_tree
 from ._progress import CallbackFeed, Display, Follower, finished_batches, progress_display
 from ._redact import redact_url
@@ -214,54 +214,7 @@ def _fetch_files(wanted: list[Wanted], dest_dir: Path, config: Configuration, ma
     """Fetch ``wanted`` (each file once) into ``dest_dir``: the paths, in order."""
     url_list = [w.url for w in wanted]
     names = [w.path for w in wanted]
-    done: dict[int, Path] = {}
-    adopt: dict[int, str] = {}
-    finished: dict[tuple[str, str], str] | None = None  # the journal's finished files, read once if needed
-    recheck: set[int] = set()  # already here, but not the version asked for: fetch it again
-    for i, (url, name, want) in enumerate(zip(url_list, names, (w.digest for w in wanted))):
-        path = dest_dir / name
-        if not path.exists():
-            continue
-        exp = None if want is None else want.sha256
-        entry = manifest.files.get(name)
-        if entry is not None and entry.url == redact_url(url) and entry.outdated_by(wanted[i].etag, wanted[i].size):
-            recheck.add(i)  # the listing describes a newer version than the one downloaded
-            continue
-        journal_digest = None
-        if entry is None:
-            if finished is None:
-                finished = _finished_in_journal(config)
-            journal_digest = finished.get((url, str(path)))
-        facts = FileFacts(url=url, expected=exp, entry=entry, entry_matches=entry is not None and entry.matches(path),
-                          journal_digest=journal_digest, overwrite=overwrite)
-        if facts.needs_digest():
-            facts = dataclasses.replace(facts, digest=sha256_file(path))
-        action, digest = file_action(facts)
-        if want is not None and not want.sha256 and action is not FileAction.FETCH:
-            # a digest of another algorithm: the file's own bytes decide, as a sha256 would
-            matches = want.of_file(path) == want.hexdigest
-            if action is FileAction.CONFLICT and matches:
-                action, digest = FileAction.ADOPT, sha256_file(path)  # the file the caller describes
-            elif action is not FileAction.CONFLICT and not matches:
-                action = FileAction.FETCH
-        if action is FileAction.FETCH:
-            recheck.add(i)  # not the file the caller describes: fetch it again (a new task); the download is checked
-            continue
-        if action is FileAction.SKIP:
-            done[i] = path
-        elif action is FileAction.ADOPT:
-            adopt[i] = digest or ""
-        elif action is FileAction.CONFLICT:
-            if entry is not None and entry.url == redact_url(url):
-                raise InvalidDestination(f"{path} changed since bgdl_nb downloaded it; delete it (or pass "
-                                         "overwrite=True) to download it again")
-            raise InvalidDestination(f"{path} exists and was not downloaded from {url} by bgdl_nb; it was "
-                                     "left untouched. Remove it, choose another dest, or pass overwrite=True")
-    for i, digest in adopt.items():
-        manifest.adopt(names[i], url_list[i], dest_dir / names[i], digest)
-        done[i] = dest_dir / names[i]
-    if adopt:
-        manifest.save()
+    done, recheck = files_here(wanted, dest_dir, manifest, overwrite, lambda: _finished_in_journal(config))
     if len(done) == len(url_list):
         if callback is not None:
             CallbackFeed(callback, [], len(done)).close()

@@ -15,6 +15,7 @@ import dataclasses
 import datetime as _dt
 import enum
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,9 +27,11 @@ from ._private import private_tree, write_new_file
 from ._redact import redact_url
 
 if TYPE_CHECKING:
+    from ._listing import Wanted
     from ._task import DownloadTask
 
-__all__ = ["MANIFEST_NAME", "FileAction", "FileFacts", "Manifest", "ManifestEntry", "file_action", "sha256_file"]
+__all__ = ["MANIFEST_NAME", "FileAction", "FileFacts", "Manifest", "ManifestEntry", "file_action", "files_here",
+           "sha256_file"]
 
 MANIFEST_NAME = ".bgdl-manifest.json"
 
@@ -205,3 +208,63 @@ def file_action(facts: FileFacts) -> tuple[FileAction, str | None]:
     if not facts.overwrite and not ours:
         return FileAction.CONFLICT, None
     return FileAction.FETCH, None
+
+
+def files_here(wanted: Sequence[Wanted], dest_dir: Path, manifest: Manifest, overwrite: bool,
+               journal_finished: Callable[[], dict[tuple[str, str], str]]) -> tuple[dict[int, Path], set[int]]:
+    """What ``fetch()`` does about the wanted files already in ``dest_dir``: those it keeps
+    (skipped, or adopted into the manifest, which is saved) by position, and the positions
+    to fetch again (not the version asked for). A file that is someone else's, or changed
+    since bgdl_nb wrote it, is refused with :class:`InvalidDestination` before any request.
+    ``journal_finished`` reads the session's finished files, once, when a decision needs it."""
+    url_list = [w.url for w in wanted]
+    names = [w.path for w in wanted]
+    done: dict[int, Path] = {}
+    adopt: dict[int, str] = {}
+    finished: dict[tuple[str, str], str] | None = None  # the journal's finished files, read once if needed
+    recheck: set[int] = set()  # already here, but not the version asked for: fetch it again
+    for i, (url, name, want) in enumerate(zip(url_list, names, (w.digest for w in wanted))):
+        path = dest_dir / name
+        if not path.exists():
+            continue
+        exp = None if want is None else want.sha256
+        entry = manifest.files.get(name)
+        if entry is not None and entry.url == redact_url(url) and entry.outdated_by(wanted[i].etag, wanted[i].size):
+            recheck.add(i)  # the listing describes a newer version than the one downloaded
+            continue
+        journal_digest = None
+        if entry is None:
+            if finished is None:
+                finished = journal_finished()
+            journal_digest = finished.get((url, str(path)))
+        facts = FileFacts(url=url, expected=exp, entry=entry, entry_matches=entry is not None and entry.matches(path),
+                          journal_digest=journal_digest, overwrite=overwrite)
+        if facts.needs_digest():
+            facts = dataclasses.replace(facts, digest=sha256_file(path))
+        action, digest = file_action(facts)
+        if want is not None and not want.sha256 and action is not FileAction.FETCH:
+            # a digest of another algorithm: the file's own bytes decide, as a sha256 would
+            matches = want.of_file(path) == want.hexdigest
+            if action is FileAction.CONFLICT and matches:
+                action, digest = FileAction.ADOPT, sha256_file(path)  # the file the caller describes
+            elif action is not FileAction.CONFLICT and not matches:
+                action = FileAction.FETCH
+        if action is FileAction.FETCH:
+            recheck.add(i)  # not the file the caller describes: fetch it again (a new task); the download is checked
+            continue
+        if action is FileAction.SKIP:
+            done[i] = path
+        elif action is FileAction.ADOPT:
+            adopt[i] = digest or ""
+        elif action is FileAction.CONFLICT:
+            if entry is not None and entry.url == redact_url(url):
+                raise InvalidDestination(f"{path} changed since bgdl_nb downloaded it; delete it (or pass "
+                                         "overwrite=True) to download it again")
+            raise InvalidDestination(f"{path} exists and was not downloaded from {url} by bgdl_nb; it was "
+                                     "left untouched. Remove it, choose another dest, or pass overwrite=True")
+    for i, digest in adopt.items():
+        manifest.adopt(names[i], url_list[i], dest_dir / names[i], digest)
+        done[i] = dest_dir / names[i]
+    if adopt:
+        manifest.save()
+    return done, recheck

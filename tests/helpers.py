@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -94,3 +98,24 @@ def run_in_kernel(kc, code: str, timeout: float = 120) -> str:
     reply = kc.execute_interactive(code, timeout=timeout, output_hook=hook)
     assert reply["content"]["status"] == "ok", "".join(out)
     return "".join(out)
+
+
+def kill_mid_file_and_run_again(origin, name: str, script: str, *args: str, state_dir: Path,
+                                at_least: int) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a child Python; once ``at_least`` bytes of resource ``name`` are on
+    their way, SIGKILL the child and the transfer service (as a crash would), then run the
+    same script again to its end and return what it did."""
+    import bgdl_nb as bg
+
+    command = [sys.executable, "-c", script, *args]
+    child = subprocess.Popen(command, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: origin.bytes_sent(name) >= at_least or child.poll() is not None, timeout=60,
+                   what=f"{at_least} bytes of {name} to be on their way")
+        status = bg.service_status(state_dir)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.communicate()
+    if status is not None:
+        os.kill(status["pid"], signal.SIGKILL)
+    return subprocess.run(command, env=os.environ.copy(), capture_output=True, text=True, timeout=120)

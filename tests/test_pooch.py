@@ -5,17 +5,13 @@ kill of the client and the service mid-file, is_available, and bad input."""
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 import bgdl_nb as bg
 
-from helpers import wait_until
+from helpers import kill_mid_file_and_run_again
 
 pooch = pytest.importorskip("pooch")
 bgdl_pooch = pytest.importorskip("bgdl_nb.pooch")
@@ -113,17 +109,8 @@ def test_a_kill_mid_file_then_the_same_call_continues_with_a_range_request(origi
     url = origin.url("big.bin", size, rate=4 * MB)
     known = origin.sha256("big.bin", size)
     cache = tmp_path / "cache"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, url, known, str(cache)], env=os.environ.copy(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_until(lambda: origin.bytes_sent("big.bin") >= 4 * MB or child.poll() is not None, timeout=60,
-               what="4 MiB to be on their way")
-    status = bg.service_status(state_dir)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    if status is not None:
-        os.kill(status["pid"], signal.SIGKILL)
-    got = subprocess.run([sys.executable, "-c", CHILD, url, known, str(cache)], env=os.environ.copy(),
-                         capture_output=True, text=True, timeout=120)
+    got = kill_mid_file_and_run_again(origin, "big.bin", CHILD, url, known, str(cache), state_dir=state_dir,
+                                      at_least=4 * MB)
     assert got.returncode == 0, got.stderr
     path = got.stdout.strip().splitlines()[-1]
     assert hashlib.sha256(open(path, "rb").read()).hexdigest() == known

@@ -21,7 +21,8 @@ require("ipywidgets")
 
 import ipywidgets as w  # noqa: E402
 
-from .widgets import _format_eta, _serve_clicks, _Speed, format_bytes  # noqa: E402
+from .describe import _format_eta, format_bytes  # noqa: E402
+from .widgets import _serve_clicks, _Speed  # noqa: E402
 
 if TYPE_CHECKING:
     from .._cluster import ClusterJob

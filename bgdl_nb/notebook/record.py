@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 
 from .._task import DownloadTask
-from .widgets import describe, one_per_file
+from .describe import describe, one_per_file
 
 __all__ = ["MAX_ROWS", "static_record"]
 
