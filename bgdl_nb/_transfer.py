@@ -237,6 +237,18 @@ def netrc_auth(parts: SplitResult, config: Configuration) -> str | None:
     return "Basic " + base64.b64encode(f"{login or ''}:{password or ''}".encode()).decode("ascii")
 
 
+def readable(text: str) -> str:
+    """A header as text that can be journaled and shown. aiohttp keeps bytes that are not
+    UTF-8 (a Latin-1 file name or ETag from an old server) as surrogate escapes, which no
+    JSON encoder or terminal accepts; those headers are read as ISO-8859-1 instead, as
+    HTTP/1.1 historically defines header bytes (a task once hung at 0 bytes on one)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("latin-1")
+    return text
+
+
 @dataclass
 class Opened:
     """An open response: status, headers and the body still to read."""
@@ -295,7 +307,7 @@ async def open_response(
                     sent["Authorization"] = auth
             response = await client.get(current, headers=sent, allow_redirects=False, proxy=proxy_for(parts, config))
         if response.status in _REDIRECTS and "Location" in response.headers:
-            target = urljoin(current, response.headers["Location"])
+            target = urljoin(current, readable(response.headers["Location"]))
             response.release()
             check_url(target, what="redirect target")
             if urlsplit(current).scheme == "https" and urlsplit(target).scheme == "http" \
@@ -306,7 +318,8 @@ async def open_response(
             on_redirect(response.status, target)
             current = target
             continue
-        opened = Opened(current, response.status, dict(response.headers), response)
+        opened = Opened(current, response.status, {readable(k): readable(v) for k, v in response.headers.items()},
+                        response)
         try:
             yield opened
         finally:

@@ -547,3 +547,69 @@ def test_a_task_whose_lapsed_claim_another_machine_took_over_stops_before_writin
             task.resume().wait(30)
     assert dest.read_bytes() == b"the other machine's file"
     assert origin.requests_for("taken.bin") == []
+
+
+class _RawServer:
+    """A server that writes its response bytes as given: header bytes no HTTP library would
+    produce (Latin-1, 0xFF), as old servers send them. Port 0 on loopback; it stops with the test."""
+
+    def __init__(self, head: bytes, body: bytes) -> None:
+        import socket
+        import threading
+
+        self.head, self.body = head, body
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.requests = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                try:
+                    conn.recv(65536)
+                    self.requests += 1
+                    conn.sendall(self.head % len(self.body) + b"Connection: close\r\n\r\n" + self.body)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("use_service", [False, True], ids=["in-process", "service"])
+@pytest.mark.parametrize("head", [
+    b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\nETag: "caf\xe9"\r\n'
+    b'Content-Disposition: attachment; filename="caf\xe9.csv"\r\n',
+    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Odd: \xff\xfe\x80\r\nLast-Modified: Mon, 07 D\xe9c 2026\r\n",
+], ids=["latin1-etag-and-name", "bytes-that-are-no-text"])
+def test_header_bytes_that_are_not_utf8_end_in_a_file(tmp_path, state_dir, use_service, head):
+    """A task once stayed RUNNING at 0 bytes for ever in the service (and failed as an
+    internal error in process) on one Latin-1 byte in a header: now the headers are read
+    as ISO-8859-1, the file completes, and a server name with such a byte is made safe."""
+    body = bytes(range(256)) * 400
+    server = _RawServer(head, body)
+    try:
+        config = bg.Configuration.background(f"latin-{use_service}", use_service=use_service)
+        [path] = bg.fetch(f"http://127.0.0.1:{server.port}/export", tmp_path / "out", configuration=config,
+                          name_from_server=True, progress=False, timeout=60)
+    finally:
+        server.stop()
+    assert path.read_bytes() == body
+    if b"filename" in head:
+        assert path.name == "caf_.csv"
+        import json
+        recorded = json.loads((tmp_path / "out" / ".bgdl-manifest.json").read_text(encoding="utf-8"))
+        assert recorded["files"]["caf_.csv"]["validator"] == '"café"'  # the server's bytes, read as Latin-1
