@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ._exceptions import InvalidDestination
+from ._exceptions import BgdlError, InvalidDestination
 from ._private import private_tree, write_new_file
 from ._redact import redact_url
 
@@ -138,7 +138,13 @@ class Manifest:
             private_tree(self.lock.parent.parent, self.lock.parent.name)  # <state dir>/locks, both checked
         with filelock.FileLock(str(self.lock), timeout=60) if self.lock is not None else contextlib.nullcontext():
             if self._stamp() != self._written:  # another writer saved since: keep its entries too
-                merged = self._read()
+                try:
+                    merged = self._read()
+                except InvalidDestination:  # overwritten with something else while we downloaded
+                    raise BgdlError(
+                        f"{self.path} was replaced with something that is not a bgdl_nb manifest while files "
+                        "were downloading; the downloaded files are kept. Move that file away and run the same "
+                        "command again: it records them again without downloading them") from None
                 merged.update((n, self.files[n]) for n in self._mine)
                 self.files = merged
             # one entry per line, encoded once: saved twice a second while thousands of files

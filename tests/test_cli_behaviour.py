@@ -237,3 +237,31 @@ def test_a_service_that_does_not_answer_is_named_by_the_status_within_seconds(st
         os.kill(pid, signal.SIGCONT)
     assert done.returncode == 1 and done.stdout == "", done
     assert done.stderr.count("\n") == 1 and f"transfer service (pid {pid}) is not answering" in done.stderr
+
+
+def test_a_manifest_overwritten_mid_run_is_exit_1_saying_how_to_go_on(origin, tmp_path):
+    """Garbage written over the manifest while files download: the run fails (exit 1, not
+    the exit 2 of bad input), says how to go on, keeps the files; doing what it says works."""
+    urls = [origin.url("first.bin", 100_000), origin.url("later.bin", 6 * MB, total_rate=2 * MB)]
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "bgdl_nb.cli", "fetch", *urls, "-o", str(out), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        manifest = out / ".bgdl-manifest.json"
+        wait_until(lambda: manifest.exists() or proc.poll() is not None, timeout=60, what="the first file's record")
+        assert proc.poll() is None, proc.communicate()
+        manifest.write_text("not a manifest {")  # as a careless script or another tool might
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, err
+    assert "was replaced with something that is not a bgdl_nb manifest" in err and "Move that file away" in err
+    assert (out / "first.bin").stat().st_size == 100_000  # what was downloaded is kept
+    manifest.rename(tmp_path / "garbage.json")
+    served = len(origin.requests_for("first.bin"))
+    again = run_cli("fetch", *urls, "-o", str(out), "-q")
+    assert again.returncode == 0, again.stderr
+    assert len(origin.requests_for("first.bin")) == served  # recorded again, not downloaded again
+    assert (out / "later.bin").stat().st_size == 6 * MB
