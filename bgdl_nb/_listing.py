@@ -34,18 +34,23 @@ if TYPE_CHECKING:
     from ._manifest import Manifest
     from ._task import DownloadTask
 
-__all__ = ["Wanted", "check_relative_path", "file_name_for", "read_listing", "served_name", "server_file_name",
+__all__ = ["Wanted", "check_relative_path", "file_name_for", "read_listing", "safe_name", "served_name", "server_file_name",
            "unique_names", "wanted_files"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
 
+def safe_name(raw: str) -> str:
+    """``raw`` as one file name of ours: unsafe characters replaced, never hidden, at most
+    200 characters ("" when nothing is left). URL names, server names and cache folders
+    all pass here."""
+    return _SAFE.sub("_", raw).lstrip(".")[:200]
+
+
 def file_name_for(url: str) -> str:
     """A safe file name from the URL's last path segment (never a path, never hidden)."""
-    raw = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-    name = _SAFE.sub("_", raw).lstrip(".")[:200]
-    return name or "download"
+    return safe_name(unquote(urlsplit(url).path.rsplit("/", 1)[-1])) or "download"
 
 
 def unique_names(urls: Sequence[str]) -> list[str]:
@@ -210,8 +215,7 @@ def server_file_name(headers: Mapping[str, str]) -> str | None:
         return None
     if not raw:
         return None
-    name = _SAFE.sub("_", str(raw).replace("\\", "/").rsplit("/", 1)[-1]).lstrip(".")[:200]
-    return name or None
+    return safe_name(str(raw).replace("\\", "/").rsplit("/", 1)[-1]) or None
 
 
 def served_name(task: DownloadTask, path: Path, name: str, manifest: Manifest,
@@ -262,10 +266,10 @@ def wanted_files(urls: str | Iterable[str] | None, manifest: Any, base_url: str 
         check_url(url)
     digests = expected_digests(url_list, sha256, hashes)
     order = list(dict.fromkeys(url_list))  # the same URL twice: one task, one file, the same path for both
-    chosen: dict[str, Digest | None] = {}
+    chosen: dict[str, Digest | None] = dict.fromkeys(order)
     for url, digest in zip(url_list, digests):
-        if chosen.setdefault(url, digest) != digest and digest is not None:
-            if chosen[url] is not None:
+        if digest is not None:
+            if chosen[url] not in (None, digest):
                 raise InvalidInput(f"{url} is given twice with different digests")
             chosen[url] = digest
     position = {url: i for i, url in enumerate(order)}

@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from ._exceptions import DiskFull, UnpackError
+from ._files import nearest_existing
 from ._redact import redact_url
 
 if TYPE_CHECKING:
@@ -97,16 +98,10 @@ def _tar_members(archive: Path, tf: tarfile.TarFile) -> Iterator[tuple[tarfile.T
 
 
 def _room(archive: Path, target: Path, need: int) -> None:
-    free = shutil.disk_usage(_existing(target)).free
+    free = shutil.disk_usage(nearest_existing(target)).free
     if need > free:
-        raise DiskFull(f"{archive.name} unpacks to {need} bytes but {_existing(target)} has {free} free; free "
+        raise DiskFull(f"{archive.name} unpacks to {need} bytes but {nearest_existing(target)} has {free} free; free "
                        "some space or pass extract_dir= on a larger file system (the archive is kept)")
-
-
-def _existing(path: Path) -> Path:
-    while not path.exists():
-        path = path.parent
-    return path
 
 
 def _extract(archive: Path, kind: str, target: Path, replaceable: set[Path]) -> list[Path]:

@@ -46,11 +46,11 @@ __all__ = ["BgdlFileSystem", "cache_path_for"]
 def cache_path_for(url: str) -> str:
     """Where ``url`` is kept inside the cache folder: ``host/path``, each segment made safe
     (a query string adds a short digest, so two queries of one path are two files)."""
-    from ._listing import file_name_for
+    from ._listing import safe_name
 
     parts = urlsplit(url)
-    host = file_name_for("/" + parts.netloc.replace(":", "_")) if parts.netloc else "local"
-    segments = [file_name_for("/" + unquote(s)) for s in parts.path.split("/") if s not in ("", ".", "..")]
+    host = (safe_name(parts.netloc.replace(":", "_")) or "download") if parts.netloc else "local"
+    segments = [safe_name(unquote(s)) or "download" for s in parts.path.split("/") if s not in ("", ".", "..")]
     if not segments:
         segments = ["index"]
     if parts.query:
