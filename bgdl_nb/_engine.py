@@ -246,9 +246,10 @@ class Engine(EngineBase):
         self._enqueue(run)
         return True
 
-    def note(self, kind: EventKind, detail: str) -> Event:
-        """Journal a session-level event (a reattach, a launch) and emit it."""
-        return self._emit(kind, None, detail=detail)
+    def note(self, kind: EventKind, detail: str, tid: int | None = None, **fields: Any) -> Event:
+        """Journal an event that no transfer emits (a reattach, a launch; of task ``tid`` when
+        given, an unpacked archive) and emit it."""
+        return self._emit(kind, None if tid is None else self._runs.get(tid), detail=detail, **fields)
 
     def suspend(self, tid: int) -> None:
         run = self._runs[tid]
@@ -303,9 +304,8 @@ class Engine(EngineBase):
             self._set(run, sha256=sha256, expected_hash=expected_hash)
 
     def note_unpacked(self, tid: int | None, size: int, detail: str) -> None:
-        """Log that fetch(unpack=True) extracted task ``tid``'s file (a row of the event log)."""
-        self._emit(EventKind.UNPACKED, self._runs.get(tid) if tid is not None else None, total_bytes_written=size,
-                   detail=detail)
+        """The control behind fetch(unpack=True)'s row of the event log for task ``tid``."""
+        self.note(EventKind.UNPACKED, detail, tid, total_bytes_written=size)
 
     def set_priority(self, tid: int, priority: float) -> None:
         self._set(self._runs[tid], priority=priority)
