@@ -47,10 +47,10 @@ from ._exceptions import (
 )
 from ._fetch import fetch, fetch_async
 from ._hosts.service.control import service_status
-from ._scheduler import WaitReason
 from ._session import Session
 from ._states import TaskState
 from ._task import DownloadTask, Progress, Request, Response
+from ._waits import WaitReason
 
 __version__ = "0.1.0"
 

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
     from ._config import Configuration
     from ._journal import TaskRecord
-    from ._scheduler import Wait
+    from ._waits import Wait
 
 INLINE_HASH_BYTES = 1024 * 1024
 """Bodies up to this size are hashed on the event loop as they arrive, not on the hash thread."""

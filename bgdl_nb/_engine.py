@@ -11,7 +11,7 @@ The engine
 
 * schedules through the pure policy of :mod:`bgdl_nb._scheduler` (slots, hosts,
   priority, begin dates, discretionary work, backoff, disk), and a waiting task always
-  has a :class:`~bgdl_nb._scheduler.Wait` (text for people, an enum for programs);
+  has a :class:`~bgdl_nb._waits.Wait` (text for people, an enum for programs);
 * runs attempts (:mod:`bgdl_nb._attempt`) and retries them after
   :func:`~bgdl_nb._resume.retry_delay`, resetting the count whenever one made progress;
 * changes a task's state only through :meth:`Engine._move`, which checks the transition
@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ._attempt import CHECKPOINT_BYTES, Attempt, RestartNeeded, RetryableStatus, TaskRun
+from ._bandwidth import TokenBucket
 from ._config import Configuration
 from ._engine_base import EngineBase, Sink, Snapshot, _NullSink, _Report
 from ._events import Event, EventKind
@@ -53,8 +54,9 @@ from ._finalise import Finaliser
 from ._journal import Store, TaskRecord
 from ._redact import add_secret_params
 from ._resume import retry_delay
-from ._scheduler import LAUNCH, RETRY, Item, Scheduler, TokenBucket, Wait, WaitReason
+from ._scheduler import Item, Scheduler
 from ._states import TaskState
+from ._waits import LAUNCH, RETRY, Wait, WaitReason
 
 if TYPE_CHECKING:
     import aiohttp

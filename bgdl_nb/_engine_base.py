@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._attempt import TaskRun
+from ._bandwidth import TokenBucket
 from ._claims import claim, release
 from ._config import Configuration
 from ._events import Event, EventKind
@@ -28,7 +29,7 @@ from ._files import add_mark, partial_size, truncate_partial, unlink
 from ._journal import Store, TaskRecord
 from ._redact import redact_text, redact_url
 from ._resume import ResumeState, Validator, encode_resume_data
-from ._scheduler import Scheduler, TokenBucket
+from ._scheduler import Scheduler
 from ._states import TaskState, check_transition
 from ._transfer import new_client
 

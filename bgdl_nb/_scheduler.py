@@ -34,7 +34,6 @@ clock cannot, and a jump of the wall clock only shifts when waiting tasks start.
 
 from __future__ import annotations
 
-import enum
 import heapq
 import itertools
 import time
@@ -42,47 +41,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Item", "Plan", "Scheduler", "TokenBucket", "Wait", "WaitReason", "in_window"]
+from ._waits import BEGIN, DISCRETIONARY, DISK, HOST, PAUSED, RETRY, SLOT, Wait, WaitReason
 
-
-class WaitReason(str, enum.Enum):
-    """Why a RUNNING task does not transfer yet: the ``reason`` column of ``waiting`` rows."""
-
-    SLOT = "waiting for a free slot"
-    HOST = "host connection limit"
-    DISCRETIONARY = "discretionary"
-    DISK = "insufficient disk"
-    BEGIN = "earliest begin date"
-    RETRY = "retry backoff"
-    LAUNCH = "launch rate limit"
-    PAUSED = "session paused"
-    SHARED = "shares a transfer"  # another session's task transfers the same file
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class Wait(str):
-    """A waiting reason as shown to people (``"host connection limit (6 per host)"``)
-    that also carries its :class:`WaitReason` as data (``.reason``), so nobody has to
-    parse the text."""
-
-    reason: WaitReason
-
-    def __new__(cls, reason: WaitReason, text: str | None = None) -> Wait:
-        obj = super().__new__(cls, reason.value if text is None else text)
-        obj.reason = reason
-        return obj
-
-
-SLOT = Wait(WaitReason.SLOT)
-HOST = Wait(WaitReason.HOST)
-DISCRETIONARY = Wait(WaitReason.DISCRETIONARY)
-DISK = Wait(WaitReason.DISK)
-BEGIN = Wait(WaitReason.BEGIN)
-RETRY = Wait(WaitReason.RETRY)
-LAUNCH = Wait(WaitReason.LAUNCH)
-PAUSED = Wait(WaitReason.PAUSED)
+__all__ = ["Item", "Plan", "Scheduler", "in_window"]
 
 
 @dataclass
@@ -415,38 +376,3 @@ class Scheduler:
         if item is None or tid in self.running:
             return
         self._push_ready(item)
-
-
-class TokenBucket:
-    """A bandwidth limit: ``rate`` bytes per second with bursts up to ``burst`` bytes.
-
-    :meth:`reserve` takes ``n`` bytes and says how long to wait before sending more, so
-    over any window of ``t`` seconds at most ``rate * t + burst`` bytes pass. ``rate``
-    ``None`` means no limit; it can change at any time.
-    """
-
-    def __init__(self, rate: float | None, burst: float | None = None, *, now: float = 0.0) -> None:
-        self.rate = rate
-        self.burst = burst if burst is not None else (rate / 4 if rate else 0.0)
-        self.tokens = self.burst
-        self.stamp = now
-
-    def set_rate(self, rate: float | None, now: float, burst: float | None = None) -> None:
-        self._refill(now)
-        self.rate = rate
-        self.burst = burst if burst is not None else (rate / 4 if rate else 0.0)
-        self.tokens = min(self.tokens, self.burst)
-
-    def _refill(self, now: float) -> None:
-        if self.rate is not None and now > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = max(self.stamp, now)
-
-    def reserve(self, n: int, now: float) -> float:
-        """Account for ``n`` bytes just received; return seconds to pause (0 when none)."""
-        if self.rate is None:
-            return 0.0
-        self._refill(now)
-        self.tokens -= n
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
-

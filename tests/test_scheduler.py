@@ -8,7 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bgdl_nb._scheduler import BEGIN, DISCRETIONARY, DISK, HOST, PAUSED, RETRY, SLOT, Item, Scheduler, TokenBucket
+from bgdl_nb._bandwidth import TokenBucket
+from bgdl_nb._scheduler import Item, Scheduler
+from bgdl_nb._waits import BEGIN, DISCRETIONARY, DISK, HOST, PAUSED, RETRY, SLOT
 
 
 class Clock:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .._events import EVENT_COLUMNS, Event, EventKind
-from .._scheduler import WaitReason
+from .._waits import WaitReason
 from . import require
 
 if TYPE_CHECKING:

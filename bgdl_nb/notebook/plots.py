@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
-from .._scheduler import WaitReason
+from .._waits import WaitReason
 from . import require
 
 if TYPE_CHECKING:
