@@ -16,13 +16,12 @@ import asyncio
 import hashlib
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ._digests import Digest
 from ._events import EventKind
-from ._exceptions import ChecksumMismatch, InvalidDestination, NetworkError, TransferError, UnexpectedResponse
+from ._exceptions import ChecksumMismatch, InvalidDestination, NetworkError, UnexpectedResponse
 from ._files import (
     CHECKPOINT_BYTES,
     MARK_BYTES,
@@ -37,6 +36,7 @@ from ._files import (
 )
 from ._finalise import Finaliser
 from ._resume import Outcome, Validator, accepts_ranges, decide, resume_headers, validator_from_headers
+from ._run import Reporter, RestartNeeded, RetryableStatus, TaskRun
 from ._segments import MIN_SEGMENT, Segment, Segmented, SegmentsChanged, check_on_disk, compact
 from ._transfer import LowSpeed, open_response
 
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
     import aiohttp
 
     from ._config import Configuration
-    from ._journal import TaskRecord
-    from ._waits import Wait
 
 INLINE_HASH_BYTES = 1024 * 1024
 """Bodies up to this size are hashed on the event loop as they arrive, not on the hash thread."""
@@ -63,7 +61,7 @@ SPLIT_WARMUP = 0.25
 SPLIT_WINDOW = 0.25
 """Seconds over which one connection's speed is measured before a split is decided."""
 
-__all__ = ["CHECKPOINT_BYTES", "Attempt", "Reporter", "RestartNeeded", "RetryableStatus", "TaskRun", "finalise"]
+__all__ = ["CHECKPOINT_BYTES", "Attempt", "finalise"]
 
 
 class _SpeedProbe:
@@ -82,75 +80,6 @@ class _SpeedProbe:
             self.start, self.due = (now, position), now + SPLIT_WINDOW
             return None
         return (position - self.start[1]) / (now - self.start[0])
-
-
-@dataclass(eq=False)
-class TaskRun:
-    """The engine's private, live state of one task: its journal record and what is not
-    journaled (the byte count ahead of the durable offset, the waiting reason, the running
-    digest, the retry counters)."""
-
-    record: TaskRecord
-    received: int = 0
-    waiting: Wait | None = None
-    hasher: Any = None
-    hashed: int = -1          # bytes handed to the hasher (-1: none)
-    hashing: Any = None       # a future done once the hasher has seen them all
-    failures: int = 0         # consecutive failed attempts without progress
-    restarts: int = 0
-    version: int = 0          # snapshots taken: a host keeps the newest it has seen
-    resumed_once: bool = False  # resume() was called in this engine's life
-    claim_released: bool = False  # its file is in place and its destination's claim gone
-
-    @property
-    def task_identifier(self) -> int:
-        return self.record.task_identifier
-
-
-class RestartNeeded(Exception):
-    """The partial file was discarded; ask again from byte 0."""
-
-
-class RetryableStatus(TransferError):
-    """A 408, 425, 429 or 5xx: the engine retries after ``retry_after`` or its backoff."""
-
-    def __init__(self, message: str, *, status: int, retry_after: float | None, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.status = status
-        self.retry_after = retry_after
-
-
-class Reporter(Protocol):
-    """What an attempt tells the engine."""
-
-    def emit(self, kind: EventKind, **fields: Any) -> None:
-        """Journal and publish an event of this task."""
-
-    def update(self, **changes: Any) -> None:
-        """Change fields of the task's record (journaled)."""
-
-    def checkpoint(self, offset: int) -> None:
-        """The first ``offset`` bytes of the partial file are written: journal the offset."""
-
-    def restart(self, reason: str) -> None:
-        """The partial file cannot be continued: discard it (with ``reason`` in the log)."""
-
-    def mark(self, offset: int, digest: str) -> None:
-        """The sha256 of the first ``offset`` bytes, to check them before a later resume."""
-
-    def learned_total(self, total: int) -> None:
-        """The resource's length became known (the disk preflight uses it)."""
-
-    def release_claim(self) -> None:
-        """The file is in place: give up its destination's claim (blocking; beside the loop)."""
-
-    def transferred(self) -> None:
-        """Every byte is in and the connection is back in the pool: another task may
-        transfer while this one's file is verified, made durable and renamed."""
-
-    def throttle(self, nbytes: int) -> float:
-        """Seconds to pause after ``nbytes`` to honour the bandwidth limit."""
-
 
 
 def _open_at(path: str, offset: int | None) -> int:

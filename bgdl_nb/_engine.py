@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ._attempt import CHECKPOINT_BYTES, Attempt, RestartNeeded, RetryableStatus, TaskRun
+from ._attempt import CHECKPOINT_BYTES, Attempt
 from ._bandwidth import TokenBucket
 from ._config import Configuration
 from ._engine_base import EngineBase, Sink, Snapshot, _NullSink, _Report
@@ -54,6 +54,7 @@ from ._finalise import Finaliser
 from ._journal import Store, TaskRecord
 from ._redact import add_secret_params
 from ._resume import retry_delay
+from ._run import RestartNeeded, RetryableStatus, TaskRun
 from ._scheduler import Item, Scheduler
 from ._states import TaskState
 from ._waits import LAUNCH, RETRY, Wait, WaitReason

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._attempt import TaskRun
 from ._bandwidth import TokenBucket
 from ._claims import claim, release
 from ._config import Configuration
@@ -29,6 +28,7 @@ from ._files import add_mark, partial_size, truncate_partial, unlink
 from ._journal import Store, TaskRecord
 from ._redact import redact_text, redact_url
 from ._resume import ResumeState, Validator, encode_resume_data
+from ._run import TaskRun
 from ._scheduler import Scheduler
 from ._states import TaskState, check_transition
 from ._transfer import new_client

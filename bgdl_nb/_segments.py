@@ -42,8 +42,8 @@ from ._files import CHECKPOINT_BYTES, HASH_BLOCK, MARK_BYTES, read_partial, star
 from ._transfer import LowSpeed
 
 if TYPE_CHECKING:
-    from ._attempt import Reporter, TaskRun
     from ._config import Configuration
+    from ._run import Reporter, TaskRun
 
 __all__ = ["MIN_SEGMENT", "Segment", "Segmented", "SegmentsChanged", "check_on_disk", "compact", "contiguous", "split",
            "steal", "take"]

@@ -51,9 +51,9 @@ def test_a_chunk_that_crosses_the_end_of_its_piece_is_counted(tmp_path):
     part of the chunk before the boundary is written and counted, and the stream stops."""
     import asyncio
 
-    from bgdl_nb._attempt import TaskRun
     from bgdl_nb._config import Configuration
     from bgdl_nb._journal import TaskRecord
+    from bgdl_nb._run import TaskRun
     from bgdl_nb._segments import Segmented
 
     class Report:  # the Reporter seam: the engine's side is not under test here

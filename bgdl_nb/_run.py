@@ -1,0 +1,86 @@
+"""A task's run: the engine's live state of one task (:class:`TaskRun`), what an attempt
+tells the engine (:class:`Reporter`), and the two ways an attempt ends that are not
+failures of the task (:class:`RestartNeeded`, :class:`RetryableStatus`). The engine, an
+:class:`~bgdl_nb._attempt.Attempt` and the segments of a split file share them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._events import EventKind
+from ._exceptions import TransferError
+
+if TYPE_CHECKING:
+    from ._journal import TaskRecord
+    from ._waits import Wait
+
+__all__ = ["Reporter", "RestartNeeded", "RetryableStatus", "TaskRun"]
+
+
+@dataclass(eq=False)
+class TaskRun:
+    """The engine's private, live state of one task: its journal record and what is not
+    journaled (the byte count ahead of the durable offset, the waiting reason, the running
+    digest, the retry counters)."""
+
+    record: TaskRecord
+    received: int = 0
+    waiting: Wait | None = None
+    hasher: Any = None
+    hashed: int = -1          # bytes handed to the hasher (-1: none)
+    hashing: Any = None       # a future done once the hasher has seen them all
+    failures: int = 0         # consecutive failed attempts without progress
+    restarts: int = 0
+    version: int = 0          # snapshots taken: a host keeps the newest it has seen
+    resumed_once: bool = False  # resume() was called in this engine's life
+    claim_released: bool = False  # its file is in place and its destination's claim gone
+
+    @property
+    def task_identifier(self) -> int:
+        return self.record.task_identifier
+
+
+class RestartNeeded(Exception):
+    """The partial file was discarded; ask again from byte 0."""
+
+
+class RetryableStatus(TransferError):
+    """A 408, 425, 429 or 5xx: the engine retries after ``retry_after`` or its backoff."""
+
+    def __init__(self, message: str, *, status: int, retry_after: float | None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class Reporter(Protocol):
+    """What an attempt tells the engine."""
+
+    def emit(self, kind: EventKind, **fields: Any) -> None:
+        """Journal and publish an event of this task."""
+
+    def update(self, **changes: Any) -> None:
+        """Change fields of the task's record (journaled)."""
+
+    def checkpoint(self, offset: int) -> None:
+        """The first ``offset`` bytes of the partial file are written: journal the offset."""
+
+    def restart(self, reason: str) -> None:
+        """The partial file cannot be continued: discard it (with ``reason`` in the log)."""
+
+    def mark(self, offset: int, digest: str) -> None:
+        """The sha256 of the first ``offset`` bytes, to check them before a later resume."""
+
+    def learned_total(self, total: int) -> None:
+        """The resource's length became known (the disk preflight uses it)."""
+
+    def release_claim(self) -> None:
+        """The file is in place: give up its destination's claim (blocking; beside the loop)."""
+
+    def transferred(self) -> None:
+        """Every byte is in and the connection is back in the pool: another task may
+        transfer while this one's file is verified, made durable and renamed."""
+
+    def throttle(self, nbytes: int) -> float:
+        """Seconds to pause after ``nbytes`` to honour the bandwidth limit."""
