@@ -290,7 +290,7 @@ def test_two_identifiers_share_one_transfer_of_the_same_file(origin, tmp_path, s
 
 
 def test_events_carry_only_the_fields_that_changed_since_the_task_was_last_sent():
-    from bgdl_nb._hosts.service.server import _changed
+    from bgdl_nb._hosts.service.hosted import changed_fields as _changed
 
     shown: dict = {}
     record = {"task_identifier": 3, "state": "running", "destination": "/d/x", "url": "http://h/x",

@@ -22,7 +22,7 @@ sees every event exactly once (the old ones with the attach, the new ones after 
 
 The path of one event, service case, after this step::
 
-    Engine._emit ─► journal (seq) ─► Endpoint's engine.flush ─► sink (_Hosted) ─► frame
+    Engine._emit ─► journal (seq) ─► Endpoint's engine.flush ─► sink (Hosted) ─► frame
       ─► socket ─► client reader ─► HostCore.on_event ─► Delivery ─► delegate
 """
 

@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +39,8 @@ from ..._resume import load_key
 from ..._states import TaskState
 from ..commands import Ack, Control, Create, Events, control_from_wire, records_from_wire
 from ..endpoint import Endpoint
+from .hosted import Client, Hosted, changed_fields
+from .launch import launch
 from .protocol import (
     PROTOCOL_VERSION,
     decode,
@@ -79,84 +78,6 @@ def _chosen(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if k in defaults and k != "environment" and v != defaults[k]}
 
 
-class _Client:
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-        self.identifiers: set[str] = set()
-        self.launched: set[str] = set()  # identifiers this client was launched for
-        self.pid: object = None  # the client process, as it said when it attached
-
-    def send(self, message: dict[str, Any]) -> None:
-        self.send_frames(encode(message))
-
-    def send_frames(self, data: bytes) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(data)
-
-
-class _Hosted:
-    """One identifier's engine in the service, and the sink its output goes to."""
-
-    def __init__(self, service: Service, identifier: str, endpoint: Endpoint, fields: dict[str, Any]) -> None:
-        self.service = service
-        self.identifier = identifier
-        self.endpoint = endpoint
-        self.engine = endpoint.engine
-        self.fields = fields  # the configuration the engine runs with, as clients send it
-        self.clients: set[_Client] = set()
-        self.rate = 0.0
-        self._last: tuple[float, int] | None = None
-        self.launches = 0  # since an interactive client last attached
-        self.launched: Any = None  # the running launch_command process
-        self.unattended: list[str] = []  # how tasks ended while no client was attached (completed, failed)
-        self.told = 0  # how many of those the person has been notified of
-        self.frames: list[bytes] | None = None  # the events of a batch under way, encoded
-        self.shown: dict[int, dict[str, Any]] = {}  # each unfinished task's record as its clients last got it
-        self.engine.sink = self
-
-    def event(self, event: Event, snapshot: Snapshot | None) -> None:
-        self.service._broadcast(self, event, snapshot)
-
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """The events of one journal commit reach each client in one write, not one each."""
-        self.frames = []
-        try:
-            yield
-        finally:
-            data, self.frames = b"".join(self.frames), None
-            if data:
-                for client in self.clients:
-                    client.send_frames(data)
-
-    def counts(self, counts: dict[int, int]) -> None:
-        message = {"type": "progress", "identifier": self.identifier, "counts": {str(k): v for k, v in counts.items()}}
-        for client in self.clients:
-            client.send(message)
-        self.service.sharing.progress(self, counts)
-
-
-_ALWAYS_SENT = ("task_identifier", "state", "destination")  # what a client's mirror reads of every update
-_ABSENT = object()
-
-
-def _changed(shown: dict[int, dict[str, Any]], snapshot: Snapshot) -> Snapshot:
-    """``snapshot`` with only the record's fields that changed since its task was last sent
-    (every client got that one: the whole record comes with a task's first event and with
-    the snapshots a client attaches with). Most events change a field or two of thirty."""
-    record = snapshot["record"]
-    tid = record["task_identifier"]
-    before = shown.get(tid)
-    if record["state"] == TaskState.COMPLETED:
-        shown.pop(tid, None)
-    else:
-        shown[tid] = record
-    if before is None:
-        return snapshot
-    delta = {k: v for k, v in record.items() if k in _ALWAYS_SENT or before.get(k, _ABSENT) != v}
-    return {**snapshot, "record": delta}
-
-
 class Service:
     """The service's state and request handlers; :meth:`run` is its whole life."""
 
@@ -165,8 +86,8 @@ class Service:
         self.run_dir = runtime_dir(state_dir)
         self.socket_path = self.run_dir / "service.sock"
         self.idle_timeout = idle_timeout
-        self.hosted: dict[str, _Hosted] = {}
-        self.clients: set[_Client] = set()
+        self.hosted: dict[str, Hosted] = {}
+        self.clients: set[Client] = set()
         self.started = time.time()
         self.key = load_key(state_dir)
         self.sharing = Sharing(self.hosted)
@@ -254,7 +175,7 @@ class Service:
             except BgdlError as exc:  # an in-process session holds it: leave it alone
                 log.info("not loading %s: %s", identifier, exc)
 
-    async def _host(self, identifier: str, fields: dict[str, Any]) -> _Hosted:
+    async def _host(self, identifier: str, fields: dict[str, Any]) -> Hosted:
         hosted = self.hosted.get(identifier)
         if hosted is not None:
             return hosted
@@ -273,19 +194,19 @@ class Service:
         endpoint = Endpoint(Configuration.background(identifier, state_directory=self.state_dir), self.key,
                             holder=f"transfer service pid {os.getpid()}", state_dir=self.state_dir, settings=settings)
         fields = chosen
-        hosted = _Hosted(self, identifier, endpoint, fields)
+        hosted = Hosted(self, identifier, endpoint, fields)
         endpoint.open(announce=False)  # attaching clients are announced one by one
         self.hosted[identifier] = hosted
         return hosted
 
-    async def _unload(self, hosted: _Hosted) -> None:
+    async def _unload(self, hosted: Hosted) -> None:
         await hosted.endpoint.close("detach")
         hosted.endpoint.close_store()
         self.hosted.pop(hosted.identifier, None)
 
-    def _broadcast(self, hosted: _Hosted, event: Event, snapshot: Snapshot | None) -> None:
+    def _broadcast(self, hosted: Hosted, event: Event, snapshot: Snapshot | None) -> None:
         frame = encode({"type": "event", "identifier": hosted.identifier, "event": event.as_dict(),
-                        "task": None if snapshot is None else _changed(hosted.shown, snapshot)})
+                        "task": None if snapshot is None else changed_fields(hosted.shown, snapshot)})
         if hosted.frames is not None:
             hosted.frames.append(frame)
         else:
@@ -297,65 +218,14 @@ class Service:
                 and not hosted.clients:
             if event.event != EventKind.FINISHED.value:
                 hosted.unattended.append(event.event)
-            asyncio.get_running_loop().call_soon(self._launch, hosted)
-
-    def _launch(self, hosted: _Hosted) -> None:
-        """sessionSendsLaunchEvents: tell the person about events nobody is there to see
-        and, with a launch command, run it."""
-        config = hosted.engine.config
-        if not config.sessions_send_launch_events or hosted.clients:
-            return
-        if not config.launch_command:
-            self._tell(hosted)
-            return
-        if hosted.launched is not None and hosted.launched.poll() is None:
-            return  # the process launched before will receive these events too
-        import subprocess
-        import threading
-        hosted.launches += 1
-        log_path = self.run_dir / f"launch-{hosted.identifier}.log"
-        try:
-            with open(log_path, "ab") as out:
-                proc = subprocess.Popen(
-                    list(config.launch_command), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                    start_new_session=True, cwd=config.launch_directory or None,
-                    env={**os.environ, "BGDL_LAUNCHED_FOR": hosted.identifier, "BGDL_STATE_DIR": str(self.state_dir)})
-        except OSError as exc:  # a command or folder that is gone: say so where the person looks
-            hosted.engine.note(EventKind.LAUNCHED, f"launch {hosted.launches}: could not run "
-                               f"{' '.join(config.launch_command)} in {config.launch_directory}: {exc}")
-            return
-        threading.Thread(target=proc.wait, name="bgdl-launch-reaper", daemon=True).start()
-        hosted.launched = proc
-        delay = config.launch_delay * 2 ** (hosted.launches - 1)
-        hosted.engine.note(EventKind.LAUNCHED, (
-            f"launch {hosted.launches}: ran {' '.join(config.launch_command)} (pid {proc.pid}); tasks it creates "
-            f"wait {delay:g} s; output in {log_path}"))
-
-    def _tell(self, hosted: _Hosted) -> None:
-        """Once every task of a session nobody watches has ended: a desktop notification
-        where there is a desktop (the count is also in ``bgdl service status``)."""
-        if hosted.engine.busy or not hosted.unattended or hosted.told == len(hosted.unattended):
-            return
-        hosted.told = len(hosted.unattended)
-        failed = hosted.unattended.count(EventKind.FAILED.value)
-        text = (f"{len(hosted.unattended) - failed} finished" + (f", {failed} failed" if failed else "")
-                + f" while no notebook was attached; open Session(Configuration.background({hosted.identifier!r})) "
-                "to receive their events")
-        log.info("session %s: %s", hosted.identifier, text)
-        notify = shutil.which("notify-send")
-        if notify and (os.environ.get("DBUS_SESSION_BUS_ADDRESS") or os.environ.get("DISPLAY")):
-            import subprocess
-            with contextlib.suppress(OSError):
-                subprocess.Popen([notify, "--app-name=bgdl_nb", f"bgdl_nb: {hosted.identifier}", text],
-                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 start_new_session=True)
+            asyncio.get_running_loop().call_soon(launch, hosted, self.run_dir, self.state_dir)
 
     # connections -------------------------------------------------------------------------
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock: socket.socket = writer.get_extra_info("socket")
         uid = peer_uid(sock)
-        client = _Client(writer)
+        client = Client(writer)
         if not peer_allowed(uid):
             client.send({"id": 0, "ok": False, "error": {
                 "type": "SessionError", "message": f"refused: uid {uid} does not own this transfer service"}})
@@ -384,7 +254,7 @@ class Service:
                                                               "its session; the transfers go on here")
             writer.close()
 
-    async def _handle(self, client: _Client, request: dict[str, Any]) -> dict[str, Any]:
+    async def _handle(self, client: Client, request: dict[str, Any]) -> dict[str, Any]:
         rid = request.get("id", 0)
         try:
             op = request.get("op")
@@ -409,7 +279,7 @@ class Service:
             log.exception("request %s failed", request.get("op"))
             return {"id": rid, "ok": False, "error": {"type": "BgdlError", "message": f"service error: {exc}"}}
 
-    async def _op_attach(self, client: _Client, request: dict[str, Any]) -> dict[str, Any]:
+    async def _op_attach(self, client: Client, request: dict[str, Any]) -> dict[str, Any]:
         identifier = request["identifier"]
         existed = identifier in self.hosted or Configuration.background(
             identifier, state_directory=self.state_dir).journal_path().exists()
@@ -446,20 +316,20 @@ class Service:
         return {"tasks": attached.snapshots, "backlog": [e.as_dict() for e in attached.backlog],
                 "reattached": existed, "bandwidth_limit": engine.bandwidth_limit, "settings_kept": kept}
 
-    def _endpoint(self, client: _Client, request: dict[str, Any]) -> Endpoint:
+    def _endpoint(self, client: Client, request: dict[str, Any]) -> Endpoint:
         identifier = request["identifier"]
         if identifier not in client.identifiers or identifier not in self.hosted:
             raise InvalidInput(f"attach to {identifier!r} first")
         return self.hosted[identifier].endpoint
 
-    async def _op_create(self, client: _Client, request: dict[str, Any]) -> dict[str, Any]:
+    async def _op_create(self, client: Client, request: dict[str, Any]) -> dict[str, Any]:
         [snap] = self._create(client, request, [request["record"]], resume=False)
         return snap
 
-    async def _op_create_many(self, client: _Client, request: dict[str, Any]) -> list[dict[str, Any]]:
+    async def _op_create_many(self, client: Client, request: dict[str, Any]) -> list[dict[str, Any]]:
         return self._create(client, request, request["records"], resume=bool(request.get("resume")))
 
-    def _create(self, client: _Client, request: dict[str, Any], fields: list[dict[str, Any]],
+    def _create(self, client: Client, request: dict[str, Any], fields: list[dict[str, Any]],
                 resume: bool) -> list[Snapshot]:
         identifier = request["identifier"]
         endpoint = self._endpoint(client, request)
@@ -483,22 +353,22 @@ class Service:
             snaps = [engine.snapshot(snap["record"]["task_identifier"]) for snap in snaps]
         return snaps
 
-    async def _op_control(self, client: _Client, request: dict[str, Any]) -> Any:
+    async def _op_control(self, client: Client, request: dict[str, Any]) -> Any:
         command = control_from_wire(request.get("name"), request.get("args", []))
         return self._endpoint(client, request).handle(command)
 
-    async def _op_cancel_with_resume_data(self, client: _Client, request: dict[str, Any]) -> str | None:
+    async def _op_cancel_with_resume_data(self, client: Client, request: dict[str, Any]) -> str | None:
         data = await self._endpoint(client, request).cancel_with_resume_data(int(request["task"]))
         return None if data is None else base64.b64encode(data).decode()
 
-    async def _op_events(self, client: _Client, request: dict[str, Any]) -> list[dict[str, Any]]:
+    async def _op_events(self, client: Client, request: dict[str, Any]) -> list[dict[str, Any]]:
         events = self._endpoint(client, request).handle(Events(int(request.get("since", 0))))
         return [e.as_dict() for e in events]
 
-    async def _op_ack(self, client: _Client, request: dict[str, Any]) -> None:
+    async def _op_ack(self, client: Client, request: dict[str, Any]) -> None:
         self._endpoint(client, request).handle(Ack(int(request["seq"]), request.get("finished_path")))
 
-    async def _op_detach(self, client: _Client, request: dict[str, Any]) -> None:
+    async def _op_detach(self, client: Client, request: dict[str, Any]) -> None:
         identifier = request["identifier"]
         if request.get("mode") == "cancel" and identifier in self.hosted:
             engine = self.hosted[identifier].engine
@@ -509,7 +379,7 @@ class Service:
         if identifier in self.hosted:
             self.hosted[identifier].clients.discard(client)
 
-    async def _op_status(self, client: _Client, request: dict[str, Any]) -> dict[str, Any]:
+    async def _op_status(self, client: Client, request: dict[str, Any]) -> dict[str, Any]:
         sessions = {}
         for identifier, hosted in self.hosted.items():
             count, running = hosted.engine.summary()
@@ -520,7 +390,7 @@ class Service:
         return {"pid": os.getpid(), "uptime": round(time.time() - self.started, 1), "protocol": PROTOCOL_VERSION,
                 "clients": len(self.clients) - 1, "sessions": sessions, "state_dir": str(self.state_dir)}
 
-    async def _op_shutdown(self, client: _Client, request: dict[str, Any]) -> dict[str, Any]:
+    async def _op_shutdown(self, client: Client, request: dict[str, Any]) -> dict[str, Any]:
         self._stop.set()
         return {"stopping": os.getpid()}
 

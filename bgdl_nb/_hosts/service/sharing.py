@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..._events import Event, EventKind
 
 if TYPE_CHECKING:
-    from .server import _Hosted
+    from .hosted import Hosted
 
 __all__ = ["Sharing"]
 
@@ -25,12 +25,12 @@ _ENDS = (EventKind.COMPLETED.value, EventKind.FAILED.value)
 class Sharing:
     """Leaders and their followers across the service's hosted identifiers."""
 
-    def __init__(self, hosted: dict[str, _Hosted]) -> None:
+    def __init__(self, hosted: dict[str, Hosted]) -> None:
         self.hosted = hosted
         self.followers: dict[tuple[str, int], list[tuple[str, int]]] = {}  # leader -> followers
         self._led: set[tuple[str, int]] = set()  # followers (never leaders themselves)
 
-    def link(self, hosted: _Hosted, record: dict[str, Any]) -> None:
+    def link(self, hosted: Hosted, record: dict[str, Any]) -> None:
         """A task was created in ``hosted``: make it follow a running twin, if there is one."""
         destination, url = record.get("destination"), record["url"]
         if not destination:
@@ -45,7 +45,7 @@ class Sharing:
                 self._led.add(follower)
                 return
 
-    def progress(self, hosted: _Hosted, counts: dict[int, int]) -> None:
+    def progress(self, hosted: Hosted, counts: dict[int, int]) -> None:
         """Live byte counts of leaders reach their followers."""
         for tid, received in counts.items():
             for identifier, follower in self.followers.get((hosted.identifier, tid), ()):
@@ -53,7 +53,7 @@ class Sharing:
                 if target is not None:
                     target.engine.mirror_progress(follower, received, None)
 
-    def relay(self, hosted: _Hosted, event: Event, snapshot: dict[str, Any]) -> None:
+    def relay(self, hosted: Hosted, event: Event, snapshot: dict[str, Any]) -> None:
         """A leader's progress and outcome reach its followers."""
         key = (hosted.identifier, event.task_identifier or 0)
         followers = self.followers.get(key)

@@ -1,0 +1,98 @@
+"""A session the transfer service hosts (:class:`Hosted`: its endpoint, the clients attached
+to it, what they were last sent) and one attached client connection (:class:`Client`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from ..._states import TaskState
+from .protocol import encode
+
+if TYPE_CHECKING:
+    from ..._engine import Snapshot
+    from ..._events import Event
+    from ..endpoint import Endpoint
+    from .server import Service
+
+__all__ = ["Client", "Hosted", "changed_fields"]
+
+
+class Client:
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.identifiers: set[str] = set()
+        self.launched: set[str] = set()  # identifiers this client was launched for
+        self.pid: object = None  # the client process, as it said when it attached
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.send_frames(encode(message))
+
+    def send_frames(self, data: bytes) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(data)
+
+
+class Hosted:
+    """One identifier's engine in the service, and the sink its output goes to."""
+
+    def __init__(self, service: Service, identifier: str, endpoint: Endpoint, fields: dict[str, Any]) -> None:
+        self.service = service
+        self.identifier = identifier
+        self.endpoint = endpoint
+        self.engine = endpoint.engine
+        self.fields = fields  # the configuration the engine runs with, as clients send it
+        self.clients: set[Client] = set()
+        self.rate = 0.0
+        self._last: tuple[float, int] | None = None
+        self.launches = 0  # since an interactive client last attached
+        self.launched: Any = None  # the running launch_command process
+        self.unattended: list[str] = []  # how tasks ended while no client was attached (completed, failed)
+        self.told = 0  # how many of those the person has been notified of
+        self.frames: list[bytes] | None = None  # the events of a batch under way, encoded
+        self.shown: dict[int, dict[str, Any]] = {}  # each unfinished task's record as its clients last got it
+        self.engine.sink = self
+
+    def event(self, event: Event, snapshot: Snapshot | None) -> None:
+        self.service._broadcast(self, event, snapshot)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """The events of one journal commit reach each client in one write, not one each."""
+        self.frames = []
+        try:
+            yield
+        finally:
+            data, self.frames = b"".join(self.frames), None
+            if data:
+                for client in self.clients:
+                    client.send_frames(data)
+
+    def counts(self, counts: dict[int, int]) -> None:
+        message = {"type": "progress", "identifier": self.identifier, "counts": {str(k): v for k, v in counts.items()}}
+        for client in self.clients:
+            client.send(message)
+        self.service.sharing.progress(self, counts)
+
+
+_ALWAYS_SENT = ("task_identifier", "state", "destination")  # what a client's mirror reads of every update
+_ABSENT = object()
+
+
+def changed_fields(shown: dict[int, dict[str, Any]], snapshot: Snapshot) -> Snapshot:
+    """``snapshot`` with only the record's fields that changed since its task was last sent
+    (every client got that one: the whole record comes with a task's first event and with
+    the snapshots a client attaches with). Most events change a field or two of thirty."""
+    record = snapshot["record"]
+    tid = record["task_identifier"]
+    before = shown.get(tid)
+    if record["state"] == TaskState.COMPLETED:
+        shown.pop(tid, None)
+    else:
+        shown[tid] = record
+    if before is None:
+        return snapshot
+    delta = {k: v for k, v in record.items() if k in _ALWAYS_SENT or before.get(k, _ABSENT) != v}
+    return {**snapshot, "record": delta}
