@@ -35,7 +35,7 @@ def claim_path(destination: str | os.PathLike[str]) -> Path:
 
 @functools.lru_cache(maxsize=4096)  # asked when a task claims its destination and when it lets it go
 def _claim_path(destination: str) -> Path:
-    return _beside(Path(destination), ".bgdl-claim")
+    return _beside(destination, ".bgdl-claim")
 
 
 CLAIM_LEASE = 120.0

@@ -26,6 +26,7 @@ import asyncio
 import errno
 import logging
 import math
+import os
 import random
 import secrets
 import time
@@ -35,6 +36,7 @@ from urllib.parse import urlsplit
 
 from ._attempt import CHECKPOINT_BYTES, Attempt
 from ._bandwidth import TokenBucket
+from ._claims import claim_path
 from ._config import Configuration
 from ._engine_base import EngineBase, Sink, Snapshot, _NullSink, _Report
 from ._events import Event, EventKind
@@ -189,7 +191,10 @@ class Engine(EngineBase):
         record.state = TaskState.SUSPENDED
         if not record.partial_path:
             record.partial_path = str(partial_path_for(record.destination, record.task_identifier, self.work_dir))
-        if record.destination:  # one writer per destination, across sessions, processes and machines
+        if record.destination and os.path.lexists(claim_path(record.destination)):
+            # one writer per destination, across sessions, processes and machines: a claim
+            # already there is judged now (refused while its task can still write); else the
+            # task claims its destination when it first runs, so creating costs no file
             try:
                 self._claim(record)
             except OSError as exc:  # nothing is journaled yet: the task does not exist

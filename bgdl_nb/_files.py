@@ -189,20 +189,22 @@ def partial_path_for(destination: str | None, task_identifier: int, work_dir: Pa
     file system's limit is shortened in the partial's name (the final name is kept)."""
     token = os.urandom(4).hex()
     if destination:
-        return _beside(Path(destination), ".bgdl-part", token)
+        return _beside(destination, ".bgdl-part", token)
     folder = private_dir(work_dir / "partial", "the partial files' folder")
     return folder / f"{task_identifier}-{token}.bgdl-part"
 
 
-def _beside(destination: Path, suffix: str, token: str = "") -> Path:
+def _beside(destination: str | os.PathLike[str], suffix: str, token: str = "") -> Path:
     """A hidden file beside ``destination``: ``.<name>[.token]<suffix>``, with the name
-    shortened when the result would pass the file system's limit."""
+    shortened when the result would pass the file system's limit (string work, not
+    pathlib's: a batch of 10,000 tasks asks this twice per task)."""
+    folder, name = os.path.split(os.fspath(destination))
     tail = f".{token}{suffix}" if token else suffix
-    name = os.fsencode(destination.name)
-    room = name_max(destination.parent) - 1 - len(os.fsencode(tail))
-    if len(name) > room:
-        name = name[: room - 1] + b"~"
-    return destination.with_name(f".{os.fsdecode(name)}{tail}")
+    raw = os.fsencode(name)
+    room = _name_max(folder) - 1 - len(os.fsencode(tail))
+    if len(raw) > room:
+        raw = raw[: room - 1] + b"~"
+    return Path(os.path.join(folder, f".{os.fsdecode(raw)}{tail}"))
 
 
 def inbox_path(url: str, task_identifier: int, work_dir: Path) -> Path:

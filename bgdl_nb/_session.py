@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import datetime as _dt
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -43,21 +44,33 @@ _live: set[Host] = set()  # every open host, closed at interpreter exit
 _registry_lock = threading.RLock()
 
 
-def check_destination(destination: str | os.PathLike[str], *, overwrite: bool) -> Path:
-    """Validate a destination file path without creating anything."""
+def check_destination(destination: str | os.PathLike[str], *, overwrite: bool,
+                      folders: dict[Path, tuple[Path, int]] | None = None) -> Path:
+    """Validate a destination file path without creating anything. ``folders`` keeps what
+    was learnt of each folder (its nearest existing ancestor, writable, and its name limit)
+    across the destinations of one call, so a batch checks each folder once."""
     path = Path(destination).expanduser().absolute()
-    limit = name_max(nearest_existing(path.parent))
+    known = None if folders is None else folders.get(path.parent)
+    parent, limit = known or (nearest_existing(path.parent), 0)
+    if known is None:
+        limit = name_max(parent)
     if len(os.fsencode(path.name)) > limit:
         raise InvalidDestination(f"the file name {path.name[:40]}… is {len(os.fsencode(path.name))} bytes long; this "
                                  f"file system allows {limit}: choose a shorter name")
-    if path.is_dir():
+    try:
+        mode: int | None = os.stat(path).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
         raise InvalidDestination(f"destination {path} is a directory; give a file path inside it")
-    parent = nearest_existing(path.parent)
-    if not parent.is_dir():
-        raise InvalidDestination(f"destination {path} cannot be created: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InvalidDestination(f"destination {path} is not writable (no write permission on {parent})")
-    if path.exists() and not overwrite:
+    if known is None:
+        if not parent.is_dir():
+            raise InvalidDestination(f"destination {path} cannot be created: {parent} is not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise InvalidDestination(f"destination {path} is not writable (no write permission on {parent})")
+        if folders is not None:
+            folders[path.parent] = (parent, limit)
+    if mode is not None and not overwrite:
         raise InvalidDestination(
             f"destination {path} already exists and was left untouched; remove it, choose another path, "
             "or pass overwrite=True to replace it atomically once the download is complete")
@@ -195,9 +208,10 @@ class Session:
         """
         records = []
         claimed: set[str] = set()
+        folders: dict[Path, tuple[Path, int]] = {}  # each folder is checked (and made) once for the batch
         for spec in specs:
             spec = dict(spec)
-            record = self._task_record(spec.pop("request"), spec.pop("destination", None), **spec)
+            record = self._task_record(spec.pop("request"), spec.pop("destination", None), folders=folders, **spec)
             if record.destination is not None:
                 if record.destination in claimed:
                     raise InvalidDestination(f"{record.destination} is named by two tasks of one call")
@@ -210,7 +224,8 @@ class Session:
                      earliest_begin_date: float | _dt.datetime | None = None,
                      count_of_bytes_client_expects_to_receive: int | None = None, sha256: str | None = None,
                      hash: str | None = None, overwrite: bool = False,
-                     is_discretionary: bool | None = None) -> TaskRecord:
+                     is_discretionary: bool | None = None,
+                     folders: dict[Path, tuple[Path, int]] | None = None) -> TaskRecord:
         """Validate a task's arguments (before any I/O) and build its record."""
         req = request if isinstance(request, Request) else Request(request)
         check_url(req.url)
@@ -218,13 +233,15 @@ class Session:
         if not 0.0 <= float(priority) <= 1.0:
             raise InvalidInput(f"priority must be between 0.0 and 1.0, got {priority}")
         [digest] = expected_digests([req.url], sha256, hash)
-        dest = None if destination is None else check_destination(destination, overwrite=overwrite)
+        seen = None if folders is None else len(folders)
+        dest = None if destination is None else check_destination(destination, overwrite=overwrite, folders=folders)
         host = self._live_host
         if dest is not None:
             busy = host.destination_busy(str(dest))
             if busy is not None:
                 raise InvalidDestination(f"task {busy} already downloads to {dest}; wait for it or cancel it first")
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            if folders is None or len(folders) != seen:  # a folder new to this batch: make it
+                dest.parent.mkdir(parents=True, exist_ok=True)
         return TaskRecord(
             0, req.url, headers=dict(req.headers), destination=None if dest is None else str(dest),
             description=description, priority=float(priority),
