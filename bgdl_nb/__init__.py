@@ -12,6 +12,9 @@ URLSession background downloads, in Python's naming::
     task = session.download_task("https://example.org/big.parquet", destination="data/big.parquet")
     task.resume()
     path = task.wait()          # or: path = await task
+
+    with bg.open("https://example.org/big.parquet", "data/big.parquet") as f:
+        footer = f.seek(-8, 2) and f.read()   # read while the rest downloads
 """
 
 from typing import TYPE_CHECKING, Any
@@ -27,12 +30,14 @@ from ._exceptions import (
     ChecksumMismatch,
     DiskFull,
     FetchError,
+    FileChanged,
     HTTPStatusError,
     InvalidConfiguration,
     InvalidDestination,
     InvalidInput,
     InvalidResumeData,
     NetworkError,
+    ReadTimeout,
     SessionBusy,
     SessionError,
     SessionInvalidated,
@@ -47,6 +52,8 @@ from ._exceptions import (
 )
 from ._fetch import fetch, fetch_async
 from ._hosts.service.control import service_status
+from ._open import BackgroundFile
+from ._open import open as open  # bg.open; not in __all__, so `from bgdl_nb import *` keeps the builtin
 from ._session import Session
 from ._states import TaskState
 from ._task import DownloadTask, Progress, Request, Response
@@ -67,6 +74,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'bgdl_nb' has no attribute {name!r}")
 
 __all__ = [
+    "BackgroundFile",
     "BgdlError",
     "BlockedDestination",
     "Cancelled",
@@ -79,6 +87,7 @@ __all__ = [
     "Event",
     "EventKind",
     "FetchError",
+    "FileChanged",
     "HTTPStatusError",
     "InvalidConfiguration",
     "InvalidDestination",
@@ -86,6 +95,7 @@ __all__ = [
     "InvalidResumeData",
     "NetworkError",
     "Progress",
+    "ReadTimeout",
     "Request",
     "Response",
     "Session",

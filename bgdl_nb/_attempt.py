@@ -35,6 +35,7 @@ from ._files import (
     verify_prefix,
 )
 from ._finalise import Finaliser
+from ._reads import NEAR
 from ._resume import Outcome, Validator, accepts_ranges, decide, resume_headers, validator_from_headers
 from ._run import Reporter, RestartNeeded, RetryableStatus, TaskRun
 from ._segments import MIN_SEGMENT, Segment, Segmented, SegmentsChanged, check_on_disk, compact
@@ -227,7 +228,7 @@ class Attempt:
             else:
                 self.report.emit(EventKind.RESUMED_AT_OFFSET, total_bytes_written=offset,
                                  total_bytes_expected=rec.total)
-            if await self._receive(resp, offset, split_if_slow=split_if_slow):
+            if await self._receive(resp, offset, split_if_slow=split_if_slow, can_split=self._splittable()):
                 return await self._segmented(resp, at=run.received)  # the same body goes on from there
         return await self._finish()
 
@@ -308,9 +309,10 @@ class Attempt:
         await finalise(run, self.report, self.target, self.finaliser)
         return True
 
-    async def _receive(self, resp: Any, offset: int, *, split_if_slow: bool = False) -> bool:
+    async def _receive(self, resp: Any, offset: int, *, split_if_slow: bool = False, can_split: bool = False) -> bool:
         """Write the body from ``offset`` to its end, hashing it; True when it stopped early
-        because ``split_if_slow`` and this one connection proved slow (:data:`SPLIT_BELOW`):
+        because ``split_if_slow`` and this one connection proved slow (:data:`SPLIT_BELOW`),
+        or because a reader waits for bytes well ahead of it and the file ``can_split``:
         the bytes so far are written, journaled and handed to the hasher, and the rest of
         the body is for :meth:`_segmented`."""
         run, rec = self.run, self.run.record
@@ -341,6 +343,15 @@ class Attempt:
                         await asyncio.wrap_future(self.hashing.settled())
                 position += len(chunk)
                 run.received = position
+                if run.wants:
+                    self.report.served()
+                    ahead = min(w.start for w in run.wants)
+                    if can_split and ahead - position > NEAR and rec.total is not None \
+                            and rec.total - position >= 2 * MIN_SEGMENT:
+                        self.report.emit(EventKind.SEGMENTED, total_bytes_written=position, detail=(
+                            f"a reader waits for byte {ahead}: the file is split so that its bytes come next"))
+                        slow = True
+                        break
                 pause = self.report.throttle(len(chunk))
                 if pause > 0:
                     await asyncio.sleep(pause)

@@ -24,8 +24,9 @@ from ._claims import claim, release
 from ._config import Configuration
 from ._events import Event, EventKind
 from ._exceptions import BgdlError, ChecksumMismatch, InvalidInput
-from ._files import add_mark, partial_size, truncate_partial, unlink
+from ._files import add_mark, partial_size, unlink
 from ._journal import Store, TaskRecord
+from ._reads import Want, covered, reader_view, written_ranges
 from ._redact import redact_text, redact_url
 from ._resume import ResumeState, Validator, encode_resume_data
 from ._run import TaskRun
@@ -114,6 +115,9 @@ class _Report:
     def throttle(self, nbytes: int) -> float:
         return self.engine.bucket.reserve(nbytes, time.monotonic())
 
+    def served(self) -> None:
+        self.engine._served(self.run)
+
 
 
 class EngineBase:
@@ -162,6 +166,28 @@ class EngineBase:
     def events(self, since: int = 0) -> list[Event]:
         return self.store.events(since)
 
+    def want_bytes(self, tid: int, start: int, end: int) -> dict[str, Any]:
+        """The control behind :func:`bgdl_nb.open`: what a reader of task ``tid``'s file may
+        read now; bytes ``[start, end)`` not written yet are fetched next and a
+        ``read_wait`` row tells when they are (:mod:`bgdl_nb._reads`)."""
+        run = self._runs[tid]
+        answer = reader_view(run)
+        if run.record.state is TaskState.RUNNING and not covered(answer["ranges"], start, end):
+            if not any(w.start == start and w.end == end for w in run.wants):
+                run.wants.append(Want(start, end))
+            if run.split is not None:
+                run.split.want(start, end)
+        return answer
+
+    def _served(self, run: TaskRun) -> None:
+        """Journal a ``read_wait`` row for each reader whose bytes are now all written."""
+        ranges = written_ranges(run)
+        for want in [w for w in run.wants if covered(ranges, w.start, w.end)]:
+            run.wants.remove(want)
+            self._emit(EventKind.READ_WAIT, run, bytes_written=want.end - want.start,
+                       total_bytes_written=run.received, total_bytes_expected=run.record.total,
+                       detail=f"bytes {want.start}-{want.end - 1} after {time.monotonic() - want.since:.3f} s")
+
     def destination_owner(self, destination: str) -> int | None:
         """The unfinished task writing ``destination``, if any."""
         return self._destinations.get(destination)
@@ -202,8 +228,11 @@ class EngineBase:
         rec = run.record
         self._emit(EventKind.RESTARTED, run, total_bytes_written=run.received, detail=reason)
         run.hasher, run.hashed, run.hashing = None, -1, None
-        if partial_size(rec.partial_path) > 0:
-            truncate_partial(rec.partial_path, 0)
+        run.wants.clear()  # its readers learn of the restart from the row above
+        if partial_size(rec.partial_path) >= 0:
+            # a new file, not the old one emptied: a reader holding the old one open reads
+            # the old version whole and is told; it never sees bytes of both
+            unlink(rec.partial_path)
         run.received = 0
         self._set(run, offset=0, validator_kind=None, validator_value=None, accepts_ranges=False, total=None,
                   segments=None, marks=None)
@@ -262,6 +291,9 @@ class EngineBase:
             self._claimed.pop(tid, None)
         if not finished and error is None:
             rec.location = None
+        if run.wants and error is None and finished:
+            self._served(run)  # the last bytes a reader waited for
+        run.wants.clear()
         changes = {"error": None if error is None else error.to_dict(), "finished_at": time.time()}
         if error is None:
             self._move(run, TaskState.COMPLETED, EventKind.COMPLETED, changes, total_bytes_written=run.received,

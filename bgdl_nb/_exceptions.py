@@ -22,7 +22,9 @@ The tree::
     │   ├── NetworkError              connection reset, TLS, a body cut short
     │   │   └── CannotConnect         connection refused, unknown host: fails fast
     │   ├── TransferTimeout           no bytes within timeout_interval_for_request,
-    │   │                             or the task outlived timeout_interval_for_resource
+    │   │   │                         or the task outlived timeout_interval_for_resource
+    │   │   └── ReadTimeout           bgdl_nb.open(): a read's bytes did not come in its timeout
+    │   ├── FileChanged               bgdl_nb.open(): the resource changed while it was read
     │   ├── Cancelled                 the task was cancelled by the user
     │   ├── DiskFull                  the destination's file system ran out of space
     │   ├── ChecksumMismatch          the finished bytes do not hash to the expected digest
@@ -50,12 +52,14 @@ __all__ = [
     "ChecksumMismatch",
     "DiskFull",
     "FetchError",
+    "FileChanged",
     "HTTPStatusError",
     "InvalidConfiguration",
     "InvalidDestination",
     "InvalidInput",
     "InvalidResumeData",
     "NetworkError",
+    "ReadTimeout",
     "SessionBusy",
     "SessionError",
     "SessionInvalidated",
@@ -190,6 +194,16 @@ class TransferTimeout(TransferError):
     """No data arrived in time, or the task outlived its resource timeout."""
 
 
+class ReadTimeout(TransferTimeout):
+    """A read of a file still downloading (:func:`bgdl_nb.open`) did not get its bytes
+    within the reader's ``timeout``; the download goes on."""
+
+
+class FileChanged(TransferError):
+    """The resource changed on its server while its file was being read
+    (:func:`bgdl_nb.open`): the bytes read so far are of the old version; open it again."""
+
+
 class Cancelled(TransferError):
     """The task was cancelled."""
 
@@ -277,7 +291,7 @@ _TYPES: dict[str, type[BgdlError]] = {
         InvalidConfiguration, SessionError, SessionBusy, SessionInvalidated, TransferError,
         NetworkError, CannotConnect, TransferTimeout, Cancelled, DiskFull, ChecksumMismatch, HTTPStatusError,
         UnsafeFile, BlockedDestination,
-        UnexpectedResponse, UnsafeLocation, UnpackError,
+        UnexpectedResponse, UnsafeLocation, UnpackError, ReadTimeout, FileChanged,
     )
 }
 

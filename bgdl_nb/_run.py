@@ -5,7 +5,7 @@ failures of the task (:class:`RestartNeeded`, :class:`RetryableStatus`). The eng
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._events import EventKind
@@ -13,6 +13,8 @@ from ._exceptions import TransferError
 
 if TYPE_CHECKING:
     from ._journal import TaskRecord
+    from ._reads import Want
+    from ._segments import Segmented
     from ._waits import Wait
 
 __all__ = ["Reporter", "RestartNeeded", "RetryableStatus", "TaskRun"]
@@ -35,6 +37,8 @@ class TaskRun:
     version: int = 0          # snapshots taken: a host keeps the newest it has seen
     resumed_once: bool = False  # resume() was called in this engine's life
     claim_released: bool = False  # its file is in place and its destination's claim gone
+    wants: list[Want] = field(default_factory=list)  # bytes readers wait for (bgdl_nb.open)
+    split: Segmented | None = None  # the segments of the attempt under way, when its file is split
 
     @property
     def task_identifier(self) -> int:
@@ -84,3 +88,7 @@ class Reporter(Protocol):
 
     def throttle(self, nbytes: int) -> float:
         """Seconds to pause after ``nbytes`` to honour the bandwidth limit."""
+
+    def served(self) -> None:
+        """New bytes are written while readers wait (:attr:`TaskRun.wants`): tell those
+        whose bytes are all there."""

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from ._events import EventKind
 from ._exceptions import NetworkError, TransferError
 from ._files import CHECKPOINT_BYTES, HASH_BLOCK, MARK_BYTES, read_partial, start_writeback, verify_prefix
+from ._reads import NEAR, carve, first_missing
 from ._transfer import LowSpeed
 
 if TYPE_CHECKING:
@@ -219,6 +220,7 @@ class Segmented:
         self.failures = 0
         self.error: BaseException | None = None
         self._target = 1
+        self.priority: list[Segment] = []  # pieces a reader waits for: the next ones any connection takes
         self._received = sum(g.pos - g.start for g in self.segments)
         self._unjournaled = 0
         self.reported = self._received
@@ -244,12 +246,15 @@ class Segmented:
         when continuing journaled regions."""
         if os.fstat(self.fd).st_size < self.total:
             os.ftruncate(self.fd, self.total)  # preallocated: every piece writes in place
+        self.run.split = self
         if first is not None:
             head = take(self.segments, self.piece)
             assert head is not None
             self._spawn(self._worker(head, first))
         else:
             self._spawn(self._worker(None, None))
+        for wanted in list(self.run.wants):  # readers that asked before the file was split
+            self.want(wanted.start, wanted.end)
         self._checkpoint(force=True)
         grower = asyncio.get_running_loop().create_task(self._grow())
         digest = asyncio.get_running_loop().create_task(self._follow())
@@ -275,6 +280,7 @@ class Segmented:
             for seg in self.segments:
                 seg.owned = False
             self._checkpoint(force=True)
+            self.run.split = None
             self.progress()
         await self._hash_to(self.total)
         self.run.hasher, self.run.hashed, self.run.hashing = self.hasher, self.total, None
@@ -310,7 +316,36 @@ class Segmented:
         while len(self.workers) < self._target and any(g.remaining and not g.owned for g in self.segments):
             self._spawn(self._worker(None, None))
 
+    def want(self, start: int, end: int) -> None:
+        """A reader waits for bytes ``[start, end)``: unless a connection is about to write
+        them, a piece starts at the first missing one and is the next piece fetched, by a
+        connection of its own or, at the host's limit, by the connection with the most
+        bytes left, which stops where it is for it (see :mod:`bgdl_nb._reads`)."""
+        at = first_missing(self.segments, start, end)
+        if at is None:
+            return
+        holder = next(s for s in self.segments if s.start <= at < s.end)
+        if holder.owned and at - holder.pos <= NEAR:
+            return  # its connection is nearly there
+        if any(p.start == at for p in self.priority):
+            return
+        piece = carve(self.segments, at)
+        self.priority.append(piece)
+        if len(self.workers) < self.limit:
+            self._spawn(self._worker(None, None))
+            return
+        victim = max((s for s in self.segments if s.owned), key=lambda s: s.remaining, default=None)
+        if victim is not None and victim.remaining > NEAR:
+            rest = Segment(victim.pos, victim.end, victim.pos)
+            victim.end = victim.pos  # it stops after the chunk it writes; its worker takes the piece
+            self.segments.insert(self.segments.index(victim) + 1, rest)
+
     def _next(self) -> Segment | None:
+        while self.priority:
+            piece = self.priority.pop(0)
+            if piece.remaining and not piece.owned and any(s is piece for s in self.segments):
+                piece.owned = True
+                return piece
         return take(self.segments, self.piece) or steal(self.segments)
 
     async def _worker(self, piece: Segment | None, first: Any | None) -> None:
@@ -321,6 +356,8 @@ class Segmented:
             finally:
                 first.abort()  # the rest of that body belongs to other pieces: stop it arriving
         while True:
+            if len(self.workers) > self._target and not self.priority:
+                return  # a connection added for a reader: the file has its count again
             piece = self._next()
             if piece is None:
                 return
@@ -364,7 +401,7 @@ class Segmented:
         """An open-ended response reached its piece's end: take the next piece if nobody
         has it (the first connection streams on instead of asking again)."""
         index = self.segments.index(segment)
-        if index + 1 < len(self.segments):
+        if index + 1 < len(self.segments) and not self.priority:  # a reader's piece comes first
             after = self.segments[index + 1]
             if not after.owned and after.start == segment.end and after.pos == after.start and after.remaining:
                 piece = take(self.segments, self.piece)
@@ -401,6 +438,8 @@ class Segmented:
                 self._unjournaled += len(part)
                 data = data[len(part):]
             got += len(chunk)
+            if self.run.wants:
+                self.report.served()
             pause = self.report.throttle(len(chunk))
             if pause > 0:
                 await asyncio.sleep(pause)

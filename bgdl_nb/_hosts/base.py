@@ -81,8 +81,9 @@ class Host(Protocol):
     def create_many(self, records: list[TaskRecord], resume: bool) -> list[DownloadTask]:
         """Create tasks (and resume them) in one call."""
 
-    def control(self, name: str, *args: Any) -> None:
-        """resume, suspend, cancel, set_priority, pause, unpause or set_bandwidth_limit."""
+    def control(self, name: str, *args: Any) -> Any:
+        """resume, suspend, cancel, set_priority, pause, unpause, set_bandwidth_limit, or
+        another of :data:`~bgdl_nb._hosts.commands.ControlName`; returns the engine's answer."""
 
     def cancel_with_resume_data(self, task_identifier: int) -> Call:
         """Cancel a task keeping its partial bytes; its resume data as an awaitable future."""
@@ -339,12 +340,13 @@ class HostCore:
     def attach_session(self, session: Any, delegate: SessionDelegate | None) -> None:
         self.delivery.session, self.delivery.delegate = session, delegate
 
-    def control(self, send: Callable[[], Any]) -> None:
-        """Have the host ``send`` a control to the engine, and show a task snapshot it
-        answers with (a change that has no event of its own)."""
+    def control(self, send: Callable[[], Any]) -> Any:
+        """Have the host ``send`` a control to the engine, show a task snapshot it answers
+        with (a change that has no event of its own), and return the answer."""
         result = send()
         if isinstance(result, dict) and "record" in result:
             self.mirror.apply(result)
+        return result
 
     def backlog(self, event: Event) -> None:
         """An event the delegate missed while no session was attached."""

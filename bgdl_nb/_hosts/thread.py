@@ -173,9 +173,9 @@ class ThreadHost:
         snaps = self.thread.call(self.endpoint.handle, Create(tuple(records), resume)).result()
         return [self.core.mirror.view(snap) for snap in snaps]
 
-    def control(self, name: str, *args: Any) -> None:
+    def control(self, name: str, *args: Any) -> Any:
         command = Control(name, args)  # type: ignore[arg-type]  # checked by Control itself
-        self.core.control(lambda: self.thread.call(self.endpoint.handle, command).result())
+        return self.core.control(lambda: self.thread.call(self.endpoint.handle, command).result())
 
     def cancel_with_resume_data(self, task_identifier: int) -> Call:
         return self.thread.submit(self.endpoint.cancel_with_resume_data(task_identifier))

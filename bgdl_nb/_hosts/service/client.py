@@ -260,12 +260,13 @@ class ServiceHost:
                               records=[dict(vars(r)) for r in records])  # plain values: encoded at once
         return [self.core.mirror.view(snap) for snap in snaps]
 
-    def control(self, name: str, *args: Any) -> None:
+    def control(self, name: str, *args: Any) -> Any:
         command = Control(name, args)  # type: ignore[arg-type]  # checked here, before it travels
-        self.core.control(lambda: self._request("control", identifier=self.identifier, name=command.name,
-                                                args=list(command.args)))
+        answer = self.core.control(lambda: self._request("control", identifier=self.identifier, name=command.name,
+                                                         args=list(command.args)))
         if name == "set_bandwidth_limit":
             self._bandwidth = args[0]
+        return answer
 
     def cancel_with_resume_data(self, task_identifier: int) -> Call:
         inner = self._submit("cancel_with_resume_data", identifier=self.identifier, task=task_identifier)
