@@ -14,9 +14,11 @@ user could make first.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
+import secrets
 import socket
 import time
 from pathlib import Path
@@ -86,18 +88,7 @@ def claim(destination: str | os.PathLike[str], owner: dict[str, Any], lease: flo
     host = _hostname()
     body = json.dumps({**owner, "pid": os.getpid(), "host": host, "lease": lease}).encode()
     for _ in range(5):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            try:
-                os.write(fd, body)  # a few hundred bytes: one write
-            except BaseException:  # a full disk, say: an empty claim must not block the next try
-                os.close(fd)
-                unlink(path)
-                raise
-            os.close(fd)
+        if _place(path, body):
             return
         try:
             raw = path.read_bytes()
@@ -132,12 +123,54 @@ def claim(destination: str | os.PathLike[str], owner: dict[str, Any], lease: flo
     raise InvalidDestination(f"{destination}: could not claim it (its claim file {path} keeps changing)")
 
 
+def _place(path: Path, body: bytes) -> bool:
+    """Write a new claim file at ``path`` holding ``body``, or say ``False`` when one is
+    there. The claim is written whole to a private name and linked into place, so another
+    claimer never reads half a claim (a task's first run claims while other tasks are
+    being created). A file system without hard links gets ``O_EXCL`` and one write."""
+    spare = _beside(path, f".{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        fd = os.open(spare, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o600)
+    except FileExistsError:
+        return False  # a name chosen at random is taken: treat it as a race lost, try again
+    try:
+        try:
+            os.write(fd, body)  # a few hundred bytes: one write
+        finally:
+            os.close(fd)
+        try:
+            os.link(spare, path, follow_symlinks=False)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+                raise
+            return _place_in_one_write(path, body)
+        return True
+    finally:
+        unlink(spare)
+
+
+def _place_in_one_write(path: Path, body: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o600)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, body)
+    except BaseException:  # a full disk, say: an empty claim must not block the next try
+        os.close(fd)
+        unlink(path)
+        raise
+    os.close(fd)
+    return True
+
+
 def _remove_stale_claim(path: Path, raw: bytes) -> None:
     """Remove the claim file at ``path`` if it still holds ``raw`` (the stale claim judged
     by the caller). Two claimers taking over one stale claim serialise on an ``flock`` of
     that very file, which only its owner can open: of the two, one removes it and the
     other finds it gone or replaced. No lock lives in a folder another user could make."""
-    import errno
     import fcntl
     try:
         fd = os.open(path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))

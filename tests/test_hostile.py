@@ -302,6 +302,39 @@ def test_a_claim_whose_task_can_no_longer_run_is_taken_over(origin, tmp_path):
     assert not claim_path(dest).exists()
 
 
+def test_a_claim_file_is_never_seen_half_written(tmp_path):
+    # a task claims at its first run while other tasks are being created and judge the claims
+    # already there: one that read an empty claim refused its destination as "being claimed"
+    import threading
+
+    from bgdl_nb._claims import claim, claim_path
+
+    destinations = [tmp_path / f"f{i}" for i in range(2000)]
+    empty, finished = [], threading.Event()
+
+    def watch() -> None:
+        for dest in destinations:
+            path = claim_path(dest)
+            while not finished.is_set():
+                try:
+                    raw = path.read_bytes()
+                except FileNotFoundError:
+                    continue
+                empty.extend([dest] if not raw else [])
+                break
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for dest in destinations:
+            claim(dest, {"journal": None, "identifier": "race", "task": 1, "engine": "nonce"})
+    finally:
+        finished.set()
+        watcher.join(30)
+    assert not empty
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(claim_path(d).name for d in destinations)
+
+
 def test_bytes_altered_while_no_process_held_the_partial_file_are_caught_before_continuing(origin, tmp_path):
     """No digest was given, so only bgdl_nb's own record of the bytes it wrote can tell: a
     byte changed on disk between two runs makes the next run continue from the last
