@@ -104,13 +104,23 @@ def open(  # bg.open, beside the builtin: never star-imported (not in bgdl_nb.__
         raise InvalidInput(f"bg.open() takes a URL, a Request or a DownloadTask, not {type(url_or_request).__name__}")
     url = url_or_request
     check_url(url)
-    from ._fetch import default_identifier, fetch
+    from ._fetch import default_identifier
     from ._listing import file_name_for
-    from ._session import Session, _registry, _registry_lock
     target = Path.cwd() if dest is None else Path(dest).expanduser().absolute()
     folder = dest is None or target.is_dir() or os.fspath(dest).endswith(("/", os.sep))
     path = target / file_name_for(url) if folder else target
     config = configuration or Configuration.background(identifier or default_identifier(path.parent))
+    entry = {"url": url, "path": path.name, **({"hash": sha256} if sha256 else {})}
+    return open_entry(entry, path.parent, config, timeout=timeout, verified=verified)
+
+
+def open_entry(entry: dict[str, Any], folder: Path, config: Configuration, *, timeout: float | None = None,
+               verified: bool = False) -> BackgroundFile:
+    """Open the file a listing's ``entry`` names under ``folder`` (``url``, ``path`` and
+    what else :func:`bgdl_nb.fetch` reads of an entry), downloading it in the background
+    session of ``config`` as :func:`open` does."""
+    from ._fetch import fetch
+    from ._session import Session, _registry, _registry_lock
     if not config.is_background:
         raise InvalidInput("bg.open() needs a background configuration (its download outlives the kernel)")
     with _registry_lock:
@@ -118,10 +128,9 @@ def open(  # bg.open, beside the builtin: never star-imported (not in bgdl_nb.__
     session = Session(config)
     try:
         # fetch() finds or creates the task (one per URL and file), or finds the file done
-        fetch(manifest=[{"url": url, "path": path.name, **({"hash": sha256} if sha256 else {})}],
-              dest=path.parent, configuration=config, wait=False, progress=False)
+        [path] = fetch(manifest=[entry], dest=folder, configuration=config, wait=False, progress=False)
         session._live_host.sync()
-        task = next((t for t in reversed(session.all_tasks()) if t.original_request.url == url
+        task = next((t for t in reversed(session.all_tasks()) if t.original_request.url == entry["url"]
                      and t.destination == path and t.state is not TaskState.COMPLETED), None)
         return BackgroundFile(task, path=path, session=None if shared else session, timeout=timeout,
                               verified=verified)

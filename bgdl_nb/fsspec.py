@@ -25,6 +25,7 @@ target filesystem. The filesystem is registered under ``bgdl`` through the
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -76,6 +77,13 @@ class BgdlFileSystem(ChainedFileSystem):  # type: ignore[misc]
         Ask the server for the file's ``ETag`` and size before using a cached copy.
     progress
         Show bgdl_nb's progress panel (or terminal bars) while a file downloads.
+    read_while_downloading
+        Open files through :func:`bgdl_nb.open`: a read returns as soon as its bytes are
+        here (they are fetched first), while the rest of the file downloads, so
+        ``pd.read_parquet`` reads the footer and the columns it needs without waiting for
+        the whole file. Such reads come before the file's digest can be checked.
+    read_timeout
+        With ``read_while_downloading``: seconds one read may wait for its bytes.
     **fetch_options
         More keywords for :func:`bgdl_nb.fetch` (``timeout``, ``hashes``...).
     """
@@ -85,6 +93,7 @@ class BgdlFileSystem(ChainedFileSystem):  # type: ignore[misc]
     def __init__(self, target_protocol: str | None = None, target_options: dict[str, Any] | None = None,
                  fs: Any = None, cache_storage: str | os.PathLike[str] = "bgdl-cache", identifier: str | None = None,
                  configuration: Configuration | None = None, check_files: bool = True, progress: bool = False,
+                 read_while_downloading: bool = False, read_timeout: float | None = None,
                  fo: str | None = None, **fetch_options: Any) -> None:
         super().__init__()
         if fs is not None and target_protocol is not None:
@@ -97,6 +106,8 @@ class BgdlFileSystem(ChainedFileSystem):  # type: ignore[misc]
         self.configuration = configuration
         self.check_files = check_files
         self.progress = progress
+        self.read_while_downloading = read_while_downloading
+        self.read_timeout = read_timeout
         self.fetch_options = fetch_options
 
     @classmethod
@@ -128,12 +139,14 @@ class BgdlFileSystem(ChainedFileSystem):  # type: ignore[misc]
             entry["size"] = size if isinstance(size, int) and size >= 0 else None
         return entry
 
+    def _config(self) -> Configuration:
+        return self.configuration or Configuration.background(self.identifier or _identifier(self.cache_storage))
+
     def _fetch(self, entries: list[dict[str, Any]], dest: Path, callback: Any = None) -> list[Path]:
         from ._fetch import fetch
 
-        identifier = None if self.configuration is not None else (self.identifier or _identifier(self.cache_storage))
-        return fetch(manifest=entries, dest=dest, identifier=identifier, configuration=self.configuration,
-                     progress=self.progress, callback=callback, **self.fetch_options)
+        return fetch(manifest=entries, dest=dest, configuration=self._config(), progress=self.progress,
+                     callback=callback, **self.fetch_options)
 
     def local_path(self, path: str) -> Path:
         """Download ``path`` (a URL) into the cache if needed; its local path."""
@@ -144,7 +157,13 @@ class BgdlFileSystem(ChainedFileSystem):  # type: ignore[misc]
     def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
         if mode not in ("rb", "r"):
             raise InvalidInput(f"bgdl:: files are read-only; open them with mode 'rb', not {mode!r}")
-        return open(self.local_path(path), "rb")  # fsspec's caller closes it
+        if self.read_while_downloading:
+            from ._open import open_entry
+            url = self._strip_protocol(path)
+            reader = open_entry(self._entry(url, cache_path_for(url)), self.cache_storage, self._config(),
+                                timeout=self.read_timeout)
+            return io.BufferedReader(reader, buffer_size=1024 * 1024)  # fsspec's caller closes it
+        return open(self.local_path(path), "rb")
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
         with open(self.local_path(path), "rb") as f:

@@ -111,3 +111,32 @@ def test_a_kill_mid_file_then_the_same_open_continues_with_a_range_request(origi
     assert hashlib.sha256(local.read_bytes()).hexdigest() == origin.sha256("big.bin", size)
     ranges = [r.headers.get("Range") for r in origin.requests_for("big.bin") if r.method == "GET"]
     assert any(r and not r.startswith("bytes=0-") for r in ranges), ranges  # continued, not from byte 0
+
+
+def test_read_while_downloading_reads_a_parquet_column_through_bg_open(nginx, tmp_path):
+    """``bgdl={"read_while_downloading": True}``: pandas reads the footer and one column of
+    a Parquet file while it downloads (read_wait rows show the reads that waited), and the
+    whole file lands afterwards."""
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame({name: rng.random(1_000_000) for name in "abcd"})
+    parquet = io.BytesIO()
+    frame.to_parquet(parquet, row_group_size=250_000, compression=None)
+    nginx.publish("wide.parquet", parquet.getvalue())
+    url = f"{nginx.base_url}/limited/wide.parquet"
+    options = {"bgdl": {"cache_storage": str(tmp_path / "cache"), "identifier": "rwd", "read_while_downloading": True,
+                        "read_timeout": 60}}
+    column = pd.read_parquet("bgdl::" + url, columns=["c"], storage_options=options)
+    assert column["c"].equals(frame["c"])
+    session = bg.Session(bg.Configuration.background("rwd"))
+    try:
+        [task] = session.all_tasks()
+        events = session.events
+        assert (events.event == "read_wait").any(), events.event.value_counts()
+        local = task.wait(60)
+    finally:
+        session.close()
+    assert hashlib.sha256(local.read_bytes()).digest() == hashlib.sha256(parquet.getvalue()).digest()
