@@ -13,7 +13,7 @@ URLSession background downloads, in Python's naming::
     task.resume()
     path = task.wait()          # or: path = await task
 
-    with bg.open("https://example.org/big.parquet", "data/big.parquet") as f:
+    with bg.open("https://example.org/big.parquet", "data") as f:
         footer = f.seek(-8, 2) and f.read()   # read while the rest downloads
 """
 

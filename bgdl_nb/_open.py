@@ -39,9 +39,10 @@ __all__ = ["BackgroundFile", "open"]
 
 def open(  # bg.open, beside the builtin: never star-imported (not in bgdl_nb.__all__)
     url_or_request: str | Request | DownloadTask,
-    dest: str | os.PathLike[str] | None = None,
+    dest: str | os.PathLike[str] = "data",
     identifier: str | None = None,
     *,
+    name: str | None = None,
     configuration: Configuration | None = None,
     timeout: float | None = None,
     verified: bool = False,
@@ -55,9 +56,9 @@ def open(  # bg.open, beside the builtin: never star-imported (not in bgdl_nb.__
         The URL (or a :class:`Request` without headers) to download, or a task of a
         session already created (``session.download_task(...)``), to read its file.
     dest
-        The file's path, or a folder to put it in under its URL's name (default: the
-        current folder). Opening the same URL and ``dest`` again, from a new kernel too,
-        reattaches to the same download and reuses its bytes.
+        The folder to download into, as in :func:`bgdl_nb.fetch` (default ``data``): the
+        same URL, folder and identifier opened or fetched again, from a new kernel too,
+        reattach to the same download and reuse its bytes.
     identifier
         The background session; by default the one :func:`bgdl_nb.fetch` uses for the
         destination's folder, so ``fetch`` and ``open`` share their downloads.
@@ -66,6 +67,9 @@ def open(  # bg.open, beside the builtin: never star-imported (not in bgdl_nb.__
     timeout
         Seconds one read may wait for its bytes (:class:`ReadTimeout` after that; the
         download goes on). ``None``: as long as the download is under way.
+    name
+        The file's name (or a path under ``dest``); by default the last part of the URL's
+        path, as :func:`bgdl_nb.fetch` names it.
     verified
         Wait until the whole file is downloaded and its digest checked before the first
         read returns.
@@ -88,7 +92,7 @@ def open(  # bg.open, beside the builtin: never star-imported (not in bgdl_nb.__
     Examples
     --------
     >>> import pyarrow.parquet as pq                                   # doctest: +SKIP
-    >>> with bg.open("https://example.org/big.parquet", "data/") as f:  # doctest: +SKIP
+    >>> with bg.open("https://example.org/big.parquet", "data") as f:  # doctest: +SKIP
     ...     print(pq.ParquetFile(f).metadata)                           # the footer first
     """
     if timeout is not None and not timeout > 0:
@@ -105,13 +109,15 @@ def open(  # bg.open, beside the builtin: never star-imported (not in bgdl_nb.__
     url = url_or_request
     check_url(url)
     from ._fetch import default_identifier
-    from ._listing import file_name_for
-    target = Path.cwd() if dest is None else Path(dest).expanduser().absolute()
-    folder = dest is None or target.is_dir() or os.fspath(dest).endswith(("/", os.sep))
-    path = target / file_name_for(url) if folder else target
-    config = configuration or Configuration.background(identifier or default_identifier(path.parent))
-    entry = {"url": url, "path": path.name, **({"hash": sha256} if sha256 else {})}
-    return open_entry(entry, path.parent, config, timeout=timeout, verified=verified)
+    folder = Path(dest).expanduser().absolute()
+    if folder.exists() and not folder.is_dir():
+        raise InvalidInput(f"dest={os.fspath(dest)!r} is a file; bg.open() takes the folder to download into, as "
+                           f"bg.fetch() does (name= gives the file's name in it)")
+    if name is not None and (not isinstance(name, str) or not name.strip() or name.endswith(("/", os.sep))):
+        raise InvalidInput(f"name must be a file name (or a path under dest), not {name!r}")
+    config = configuration or Configuration.background(identifier or default_identifier(folder))
+    entry = {"url": url, **({"path": name} if name else {}), **({"hash": sha256} if sha256 else {})}
+    return open_entry(entry, folder, config, timeout=timeout, verified=verified)
 
 
 def open_entry(entry: dict[str, Any], folder: Path, config: Configuration, *, timeout: float | None = None,

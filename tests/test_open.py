@@ -43,7 +43,7 @@ def host(request, monkeypatch):
 
 def test_reads_at_the_end_the_middle_and_the_start_come_first_and_are_the_servers_bytes(origin, tmp_path, host):
     url = origin.url("big.bin", SIZE, rate=RATE)
-    with bg.open(url, tmp_path / "data" / "big.bin", timeout=30) as f:
+    with bg.open(url, tmp_path / "data", timeout=30) as f:
         assert f.size == SIZE
         f.seek(-100_000, os.SEEK_END)
         assert f.read() == _bytes("big.bin", SIZE - 100_000, SIZE)
@@ -120,7 +120,7 @@ READER = textwrap.dedent("""
 
 def test_a_reader_killed_mid_read_and_a_new_one_reuse_the_bytes_already_here(origin, tmp_path, host):
     url = origin.url("kept.bin", SIZE, rate=RATE)
-    dest = str(tmp_path / "kept.bin")
+    dest = str(tmp_path)
     first = subprocess.run([sys.executable, "-c", READER, url, dest, str(SIZE - MB), str(MB), "kill"],
                            capture_output=True, timeout=60, cwd=tmp_path)
     assert first.returncode == -9, first.stderr.decode()[-2000:]
@@ -181,4 +181,23 @@ def test_bad_arguments_are_refused_before_any_io(tmp_path):
         bg.open(bg.Request("http://127.0.0.1:9/x.bin", headers={"A": "b"}), tmp_path)
     with pytest.raises(bg.InvalidInput):
         bg.open("ftp://example.org/x.bin", tmp_path)
+    with pytest.raises(bg.InvalidInput, match="name must be a file name"):
+        bg.open("http://127.0.0.1:9/x.bin", tmp_path, name="folder/")
     assert not any(tmp_path.iterdir())
+    (tmp_path / "x.bin").write_bytes(b"a file already here")
+    with pytest.raises(bg.InvalidInput, match=r"is a file; bg.open\(\) takes the folder to download into"):
+        bg.open("http://127.0.0.1:9/x.bin", tmp_path / "x.bin")
+
+
+def test_open_and_fetch_with_one_folder_share_one_download_and_name_picks_the_file(origin, tmp_path):
+    # the folder does not exist yet: dest is a folder all the same, as fetch reads it
+    url = origin.url("shared-name.bin", 2 * MB, rate=RATE)
+    with bg.open(url, tmp_path / "new", timeout=30) as f:
+        f.seek(-1000, os.SEEK_END)
+        assert f.read() == _bytes("shared-name.bin", 2 * MB - 1000, 2 * MB)
+        [path] = bg.fetch(url, tmp_path / "new", progress=False)
+        assert path == Path(f.name) == tmp_path / "new" / "shared-name.bin"
+    assert sum(1 for r in origin.requests_for("shared-name.bin") if not r.headers.get("Range")) == 1
+    with bg.open(url, tmp_path / "new", name="sub/renamed.bin", timeout=30, verified=True) as g:
+        assert g.read() == _bytes("shared-name.bin", 0, 2 * MB)
+        assert Path(g.name) == tmp_path / "new" / "sub" / "renamed.bin"
