@@ -152,6 +152,16 @@ def test_notebook_runs_twice_in_the_same_folder(name, tmp_path):
                               "present and matching files skipped without a request: True",
                               "the server named it report-2026.csv"):
                     assert shown in text, f"run {run} of 07 does not show {shown!r}:\n{text[-3000:]}"
+            if name.startswith("08"):
+                for shown in ("the last 65,536 bytes match the server's: True", "they match the server's: True",
+                              "scan.bin 30,000,000 bytes, identical to the server's: True",
+                              "200000 rows of one column; mean 49.95"):
+                    assert shown in text, f"run {run} of 08 does not show {shown!r}:\n{text[-3000:]}"
+                tail = re.search(r"read the last 65,536 in [0-9.]+ s with ([0-9,]+) of them on disk", text)
+                assert tail, text[-2000:]
+                here = int(tail[1].replace(",", ""))
+                # the first run read the end before most of the file was here; the second found it whole
+                assert (here < 15_000_000) if run == 1 else (here == 30_000_000), tail[0]
             # the notebook's last cell stops its demo origin: nothing is left running
             wait_until(lambda: _origins_stopped(tmp_path), timeout=30, what=f"run {run}'s demo origin to stop")
     finally:
