@@ -62,7 +62,7 @@ elif way == "fsspec":
 else:
     import io
     import bgdl_nb as bg
-    raw = bg.open(url, out + "/data.parquet", "bench-open", timeout=120)
+    raw = bg.open(url, out, "bench-open", timeout=120)
     source = io.BufferedReader(raw, 4 << 20)
 table = pq.ParquetFile(source).read(columns=[column])
 read = time.perf_counter() - start
