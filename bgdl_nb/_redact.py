@@ -17,8 +17,8 @@ import threading
 from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["REDACTED", "SECRET_HEADERS", "SECRET_QUERY_PARAMS", "add_secret_params", "redact_headers",
-           "redact_text", "redact_url"]
+__all__ = ["REDACTED", "SECRET_HEADERS", "SECRET_QUERY_PARAMS", "add_secret_params", "redact_headers", "redact_text",
+           "redact_url", "same_file"]
 
 REDACTED = "REDACTED"
 
@@ -35,7 +35,7 @@ SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x
 
 _lock = threading.Lock()
 _patterns: list[str] = [p.lower() for p in SECRET_QUERY_PARAMS]
-_URL = re.compile(r"https?://[^\s'\"<>\]\)]+", re.IGNORECASE)
+_URL = re.compile(r"https?://[^\s'\"<>\]\)]*[^\s'\"<>\]\):,.;!?]", re.IGNORECASE)  # not a sentence's punctuation
 
 
 def _compile(patterns: Iterable[str]) -> re.Pattern[str]:
@@ -57,6 +57,12 @@ def add_secret_params(names: Iterable[str]) -> None:
 
 def _secret(name: str) -> bool:
     return _matcher.match(name.lower()) is not None
+
+
+def same_file(url: str, other: str) -> bool:
+    """Whether two URLs name one file: equal apart from their secret query values, as two
+    links to one object signed at different times are."""
+    return url == other or redact_url(url) == redact_url(other)
 
 
 def redact_url(url: str) -> str:

@@ -113,6 +113,15 @@ def test_secrets_in_urls_and_headers_are_never_shown(origin, tmp_path, state_dir
     assert request.headers["Authorization"] == BEARER
 
 
+def test_a_url_redacted_in_a_sentence_keeps_the_punctuation_after_it():
+    from bgdl_nb._redact import redact_text
+
+    said = redact_text("  http://h/x.bin?size=4&sig=0: the link expired; see http://h/y?token=abc, "
+                       "or http://u:pw@h/z?x=1:2.")
+    assert said == ("  http://h/x.bin?size=4&sig=REDACTED: the link expired; see http://h/y?token=REDACTED, "
+                    "or http://u:REDACTED@h/z?x=1:2.")
+
+
 @pytest.mark.parametrize("headers", [{"Range": "bytes=0-99"}, {"if-range": '"x"'}, {"Accept-Encoding": "gzip"}])
 def test_headers_that_would_make_the_file_wrong_are_refused_before_any_io(origin, tmp_path, headers):
     session = bg.Session()
