@@ -37,7 +37,7 @@ from ._files import (
 from ._finalise import Finaliser
 from ._reads import NEAR
 from ._resume import Outcome, Validator, accepts_ranges, decide, resume_headers, validator_from_headers
-from ._run import Reporter, RestartNeeded, RetryableStatus, TaskRun
+from ._run import LINK_REFUSED, Reporter, RestartNeeded, RetryableStatus, TaskRun, link_refused
 from ._segments import MIN_SEGMENT, Segment, Segmented, SegmentsChanged, check_on_disk, compact
 from ._transfer import LowSpeed, open_response
 
@@ -201,6 +201,8 @@ class Attempt:
                 raise RetryableStatus(f"{resp.url} answered HTTP {resp.status}", status=resp.status,
                                       retry_after=decision.retry_after)
             if decision.outcome is Outcome.FAIL:
+                if resp.status in LINK_REFUSED and offset > 0 and validator is not None:
+                    raise link_refused(resp.status, offset, rec.url)  # the partial file stays, for a new link
                 unlink(rec.partial_path)
                 if decision.client_error:
                     raise UnexpectedResponse(f"{resp.url}: {decision.reason}", status=resp.status, url=rec.url)

@@ -311,6 +311,22 @@ class Engine(EngineBase):
         if run.record.state is not TaskState.COMPLETED:
             self._set(run, sha256=sha256, expected_hash=expected_hash)
 
+    def relink(self, tid: int, url: str) -> None:
+        """A new link to the task's file (its URL apart from secret query values: a link
+        signed again): the task goes on with it from the bytes it has. A transfer under way
+        stops and starts again from its durable offset, so the old link is not used again."""
+        run = self._runs[tid]
+        rec = run.record
+        if rec.state is TaskState.COMPLETED or rec.url == url:
+            return
+        self._set(run, url=url, current_url=None)
+        self.note(EventKind.RELINKED, "a new link to the same file; the download continues with it", tid,
+                  total_bytes_written=rec.offset)
+        if tid in self._jobs:
+            self._stop_job(tid)
+            self._enqueue(run)
+            self._schedule()
+
     def note_unpacked(self, tid: int | None, size: int, detail: str) -> None:
         """The control behind fetch(unpack=True)'s row of the event log for task ``tid``."""
         self.note(EventKind.UNPACKED, detail, tid, total_bytes_written=size)

@@ -35,6 +35,7 @@ class EventKind(str, enum.Enum):
     FINISHED = "finished"          # did_finish_downloading_to: the file is complete
     COMPLETED = "completed"        # did_complete_with_error(error=None)
     FAILED = "failed"              # did_complete_with_error(error=...)
+    RELINKED = "relinked"          # a new link to the same file (signed again) took over the task; it continues
     READ_WAIT = "read_wait"        # bgdl_nb.open() waited for bytes not yet here; detail: the region, the wait
     UNPACKED = "unpacked"          # fetch(unpack=True) extracted the file; detail has the members, bytes is their total
     DETACHED = "detached"          # the process closed the session; its tasks wait for a reattach

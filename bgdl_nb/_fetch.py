@@ -286,10 +286,12 @@ def _fetch_on_cluster(client: Any, urls: list[str], dest_dir: Path, names: list[
 
 def _tasks_for(session: Session, wanted: list[Wanted], dest_dir: Path, done: dict[int, Path], overwrite: bool,
                recheck: Collection[int] = ()) -> dict[int, DownloadTask]:
+    # a task is found by its file: the URL apart from secret query values (a link signed
+    # again names the same file) and the path; newest last, so the newest task per file wins
     existing: dict[tuple[str, Path], DownloadTask] = {}
-    for known in session.all_tasks():  # newest last, so the newest task per file wins
+    for known in session.all_tasks():
         if known.destination is not None:
-            existing[(known.original_request.url, known.destination)] = known
+            existing[(redact_url(known.original_request.url), known.destination)] = known
     tasks: dict[int, DownloadTask] = {}
     fresh: dict[int, dict[str, object]] = {}
     for i, want in enumerate(wanted):
@@ -297,8 +299,11 @@ def _tasks_for(session: Session, wanted: list[Wanted], dest_dir: Path, done: dic
             continue
         url, path = want.url, dest_dir / want.path
         exp = None if want.digest is None else str(want.digest)
-        task = existing.get((url, path))
+        task = existing.get((redact_url(url), path))
+        relinked = task is not None and task.original_request.url != url  # a new link: it takes over
         if task is not None and task.state is not TaskState.COMPLETED:
+            if relinked:
+                session._live_host.control("relink", task.task_identifier, url)
             if want.digest is not None and task.expected_digest != exp:  # given now, after a run without it
                 session._live_host.control("expect_digest", task.task_identifier, want.digest.sha256,
                                            None if want.digest.sha256 else exp)
@@ -311,7 +316,8 @@ def _tasks_for(session: Session, wanted: list[Wanted], dest_dir: Path, done: dic
         replace = overwrite or path.exists()
         if resume is not None:
             try:
-                tasks[i] = session.download_task_with_resume_data(resume, path, overwrite=replace).resume()
+                tasks[i] = session.download_task_with_resume_data(resume, path, overwrite=replace,
+                                                                  url=url if relinked else None).resume()
                 continue
             except BgdlError:
                 pass  # the partial file is gone: start again below

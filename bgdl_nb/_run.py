@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._events import EventKind
-from ._exceptions import TransferError
+from ._exceptions import HTTPStatusError, TransferError
 
 if TYPE_CHECKING:
     from ._journal import TaskRecord
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ._segments import Segmented
     from ._waits import Wait
 
-__all__ = ["Reporter", "RestartNeeded", "RetryableStatus", "TaskRun"]
+__all__ = ["LINK_REFUSED", "Reporter", "RestartNeeded", "RetryableStatus", "TaskRun", "link_refused"]
 
 
 @dataclass(eq=False)
@@ -47,6 +47,20 @@ class TaskRun:
 
 class RestartNeeded(Exception):
     """The partial file was discarded; ask again from byte 0."""
+
+
+LINK_REFUSED = frozenset({401, 403, 410})
+"""Statuses of a link that stopped working while its file downloads (a signed link that
+expired, access withdrawn): the bytes already here are kept for a new link."""
+
+
+def link_refused(status: int, offset: int, url: str) -> HTTPStatusError:
+    """The error that ends a task whose link answered ``status`` once ``offset`` bytes were
+    here; the engine attaches resume data, and a new link to the same file continues."""
+    return HTTPStatusError(
+        f"the link answered HTTP {status} after {offset:,} bytes had arrived (a signed link that expired, or "
+        "access withdrawn); those bytes are kept: run the same download again with a new link to the same file "
+        "and it continues from them", status=status, url=url)
 
 
 class RetryableStatus(TransferError):

@@ -40,6 +40,7 @@ from ._events import EventKind
 from ._exceptions import NetworkError, TransferError
 from ._files import CHECKPOINT_BYTES, HASH_BLOCK, MARK_BYTES, read_partial, start_writeback, verify_prefix
 from ._reads import NEAR, carve, first_missing
+from ._run import LINK_REFUSED, link_refused
 from ._transfer import LowSpeed
 
 if TYPE_CHECKING:
@@ -387,6 +388,8 @@ class Segmented:
         if resp.status == 200:
             raise SegmentsChanged("server answered a segment's range request with the whole resource "
                                   "(it changed, or stopped honouring ranges)")
+        if resp.status in LINK_REFUSED:
+            raise link_refused(resp.status, self.run.received, self.run.record.url)
         if resp.status != 206:
             raise TransferError(f"segment request answered HTTP {resp.status}", url=self.run.record.url)
         match = _CONTENT_RANGE.match(headers.get("content-range", ""))

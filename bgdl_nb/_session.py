@@ -28,7 +28,7 @@ from ._events import Event
 from ._exceptions import InvalidDestination, InvalidInput, InvalidResumeData, SessionInvalidated
 from ._files import name_max, nearest_existing
 from ._journal import TaskRecord
-from ._redact import add_secret_params
+from ._redact import add_secret_params, redact_url, same_file
 from ._resume import decode_resume_data, load_key
 from ._task import DownloadTask, Request
 
@@ -254,8 +254,13 @@ class Session:
 
     def download_task_with_resume_data(self, resume_data: bytes,
                                        destination: str | os.PathLike[str] | None = None,
-                                       *, overwrite: bool = False) -> DownloadTask:
+                                       *, overwrite: bool = False, url: str | None = None) -> DownloadTask:
         """Create a task that continues where ``resume_data`` left off.
+
+        ``url`` is a new link to the same file, for a link that expired: the same URL
+        apart from its secret query values (a presigned link signed again). The bytes of
+        the resume data are continued from it; the server's validators still decide
+        whether they may be (a file that changed starts again, never mixed).
 
         Raises :class:`InvalidResumeData` (with no side effects) for data that is empty,
         foreign, truncated, altered, or from a newer bgdl_nb, and for data whose partial
@@ -263,8 +268,14 @@ class Session:
         user's state directory): signed data still never points the engine at a file
         elsewhere.
         """
+        if url is not None:
+            check_url(url)
         root = self.configuration.resolved_state_dir()
         state = decode_resume_data(resume_data, load_key(root), root / "secrets")
+        if url is not None and not same_file(url, state.url):
+            raise InvalidInput(f"url={redact_url(url)!r} is not a new link to the resume data's file "
+                               f"{redact_url(state.url)}: only its secret query values (a signature) may differ; "
+                               "start a new download_task() for another file")
         target = destination if destination is not None else state.destination
         dest = None if target is None else check_destination(target, overwrite=overwrite)
         partial = Path(state.partial_path).resolve()
@@ -277,11 +288,11 @@ class Session:
                 f"the resume data's partial file {partial} is outside bgdl_nb's state directory {root}; "
                 "start a new download_task() for the URL instead")
         record = TaskRecord(
-            0, state.url, headers=dict(state.headers), destination=None if dest is None else str(dest),
+            0, url or state.url, headers=dict(state.headers), destination=None if dest is None else str(dest),
             partial_path=state.partial_path, offset=state.offset, total=state.total,
             validator_kind=state.validator.kind if state.validator else None,
             validator_value=state.validator.value if state.validator else None,
-            accepts_ranges=True, current_url=state.current_url, overwrite=overwrite,
+            accepts_ranges=True, current_url=None if url else state.current_url, overwrite=overwrite,
         )
         [task] = self._live_host.create_many([record], False)
         return task

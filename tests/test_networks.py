@@ -160,3 +160,41 @@ def test_a_proxy_that_is_down_is_named_as_the_proxy(origin, tmp_path):
         task = session.download_task(origin.url("p.bin", 1000), tmp_path / "p.bin").resume()
         with pytest.raises(bg.CannotConnect, match=f"cannot connect to the proxy 127.0.0.1:{port} .*HTTP_PROXY"):
             task.wait(30)
+
+
+@both
+@pytest.mark.parametrize("expired", [False, True], ids=["old-link-working", "old-link-expired"])
+def test_a_link_signed_again_takes_over_its_task_and_continues_its_bytes(origin, tmp_path, use_service, expired):
+    """A re-run with a freshly signed link to the same object (only its signature differs),
+    as S3, GCS and CDNs hand out, continues the old link's task from its partial bytes,
+    whether the old link still streams or has expired (then the task failed, keeping them)."""
+    size = 8 * MB
+
+    def link(sig: int) -> str:
+        return origin.url("object.bin", size, rate=4 * MB, sig=sig)
+
+    with _session(use_service, f"relink-{expired}", connections_per_file=1) as session:
+        bg.fetch(link(0), tmp_path, configuration=session.configuration, wait=False, progress=False)
+        [task] = session.all_tasks()
+        wait_for_bytes(task, MB)
+        if expired:
+            task.suspend()
+            wait_until(lambda: task.state is bg.TaskState.SUSPENDED, what="the suspend")
+            origin.rotate_signatures()  # the old link answers 403 from now on
+            task.resume()
+            with pytest.raises(bg.HTTPStatusError, match=r"HTTP 403 after [\d,]+ bytes had arrived \(a signed link "
+                               r"that expired.*those bytes are kept: run the same download again with a new link"):
+                task.wait(30)
+            assert task.error.resume_data is not None
+            assert "127.0.0.1" not in str(task.error)  # the URL is said once, by whoever shows the error
+        else:
+            origin.rotate_signatures()  # the stream under way goes on; a new request with the old link would fail
+        [path] = bg.fetch(link(1), tmp_path, configuration=session.configuration, progress=False)
+        log, tasks = session.events, session.all_tasks()
+    assert sha256_of(path) == origin.sha256("object.bin", size)
+    files = origin.requests_for("object.bin")
+    assert sum(1 for r in files if "Range" not in r.headers) == 1, "the new link started the file again from byte 0"
+    assert files[-1].query["sig"] == "1" and files[-1].status == 206
+    assert origin.bytes_sent("object.bin") <= size + MB
+    assert (log.event == "relinked").any() is not expired  # a live task takes the link; a failed one is continued
+    assert len(tasks) == (2 if expired else 1)

@@ -19,7 +19,7 @@ __all__ = ["CONTROLS", "Ack", "Command", "Control", "ControlName", "Create", "Ev
 
 ControlName = Literal["resume", "resume_many", "suspend", "suspend_many", "cancel", "set_priority", "pause",
                       "unpause", "set_bandwidth_limit", "configure", "expect_digest",
-                      "note_unpacked", "want_bytes"]
+                      "note_unpacked", "want_bytes", "relink"]
 """The engine controls a host forwards for ``task.resume()`` and friends."""
 
 CONTROLS: frozenset[str] = frozenset(get_args(ControlName))
