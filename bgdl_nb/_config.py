@@ -193,7 +193,7 @@ class Configuration:
 
     secret_query_params: tuple[str, ...] = ()
     """More query parameter names whose values are secrets (``*`` as a wildcard), on top
-    of :data:`bgdl_nb._redact.SECRET_QUERY_PARAMS` (token, signature, key, X-Amz-*, …):
+    of :data:`bgdl_nb._redact.SECRET_QUERY_PARAMS` (``token``, ``signature``, ``key``, ``X-Amz-*``, …):
     they are shown as ``REDACTED`` in messages, event rows, ``repr`` and the CLI."""
 
     retry_after_cap: float = 3600.0
@@ -322,10 +322,12 @@ class Configuration:
 
     @property
     def is_background(self) -> bool:
+        """Whether this is a background configuration (it has an identifier)."""
         return self.identifier is not None
 
     @property
     def runs_in_service(self) -> bool:
+        """Whether this configuration's sessions run in the transfer service."""
         if not self.is_background:
             return False
         if self.use_service is not None:
@@ -347,9 +349,11 @@ class Configuration:
             os.environ if self.environment is None else self.environment), launch_directory=launch_directory)
 
     def resolved_state_dir(self) -> Path:
+        """The state directory in use: ``state_directory``, or the one :func:`state_dir` picks."""
         return state_dir(self.state_directory)
 
     def journal_path(self) -> Path:
+        """The journal of this background session (:class:`InvalidConfiguration` for a default one)."""
         if self.identifier is None:
             raise InvalidConfiguration("a default configuration has no journal")
         return self.resolved_state_dir() / "sessions" / f"{self.identifier}.sqlite3"

@@ -95,4 +95,5 @@ class Event:
     reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The row as a dict of its columns."""
         return {name: getattr(self, name) for name in EVENT_COLUMNS}  # every field is a plain value

@@ -199,12 +199,15 @@ class BackgroundFile(io.RawIOBase):
     # the file protocol -------------------------------------------------------------------
 
     def readable(self) -> bool:
+        """True: the file can be read."""
         return True
 
     def seekable(self) -> bool:
+        """True: the file can be read at any offset, also one not downloaded yet."""
         return True
 
     def tell(self) -> int:
+        """The offset of the next read."""
         return self._pos
 
     @property
@@ -224,6 +227,8 @@ class BackgroundFile(io.RawIOBase):
         return sum(b - a for a, b in self._ranges)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move to ``offset`` (from the start, the current offset or the end, as for any file);
+        returns the new offset. Seeking from the end waits for the file's length."""
         if self.closed:
             raise ValueError("seek of a closed file")
         if whence == io.SEEK_SET:
@@ -240,6 +245,10 @@ class BackgroundFile(io.RawIOBase):
         return pos
 
     def readinto(self, buffer: Any) -> int:
+        """Read into ``buffer`` from the current offset; returns the number of bytes read
+        (0 at the end). Bytes not here yet are fetched first and waited for, at most
+        ``timeout`` seconds (:class:`~bgdl_nb.ReadTimeout`); :class:`~bgdl_nb.FileChanged`
+        when the download had to start again on a new version."""
         if self.closed:
             raise ValueError("read of a closed file")
         view = memoryview(buffer).cast("B")
@@ -262,6 +271,7 @@ class BackgroundFile(io.RawIOBase):
         return got
 
     def close(self) -> None:
+        """Close the file; the download goes on."""
         if self.closed:
             return
         if self._listener is not None and self.task is not None:

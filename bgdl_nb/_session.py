@@ -139,6 +139,7 @@ class Session:
 
     @property
     def identifier(self) -> str | None:
+        """The background session's identifier (``None`` for a default session)."""
         return self.configuration.identifier
 
     @property
@@ -313,6 +314,7 @@ class Session:
                       key=lambda t: t.task_identifier)
 
     def task(self, task_identifier: int) -> DownloadTask:
+        """The task with ``task_identifier`` (``KeyError`` when the session has none)."""
         return self._live_host.tasks[task_identifier]
 
     def event_log(self, since_seq: int = 0) -> list[Event]:
@@ -380,6 +382,7 @@ class Session:
         self._live_host.listeners.append(listener)
 
     def remove_listener(self, listener: Callable[[Event], None]) -> None:
+        """Stop calling ``listener`` (one added with :meth:`add_listener`)."""
         self._live_host.listeners.remove(listener)
 
     def wait(self, tasks: Iterable[DownloadTask] | None = None, timeout: float | None = None) -> list[Path]:

@@ -65,6 +65,7 @@ class Progress:
 
     @property
     def fraction_completed(self) -> float:
+        """Completed units over total units, from 0.0 to 1.0 (1.0 for a total of zero)."""
         if not self.total_unit_count:
             return 1.0 if self.total_unit_count == 0 else 0.0
         return min(1.0, self.completed_unit_count / self.total_unit_count)
@@ -103,10 +104,12 @@ class DownloadTask:
 
     @property
     def task_description(self) -> str | None:
+        """The description given at creation (``fetch`` gives the file's path)."""
         return self._record.description
 
     @property
     def original_request(self) -> Request:
+        """The request as created, before any redirect."""
         return Request(self._record.url, dict(self._record.headers))
 
     @property
@@ -116,12 +119,14 @@ class DownloadTask:
 
     @property
     def destination(self) -> Path | None:
+        """Where the finished file goes (``None``: a temporary location handed to the delegate)."""
         return None if self._record.destination is None else Path(self._record.destination)
 
     # state -----------------------------------------------------------------------------
 
     @property
     def state(self) -> TaskState:
+        """The task's state: suspended, running, canceling or completed."""
         return TaskState(self._record.state)
 
     @property
@@ -137,6 +142,7 @@ class DownloadTask:
 
     @property
     def response(self) -> Response | None:
+        """The server's last response (status and headers), once one arrived."""
         rec = self._record
         if rec.status is None:
             return None
@@ -145,14 +151,17 @@ class DownloadTask:
 
     @property
     def error(self) -> BgdlError | None:
+        """Why the task ended without its file (``None`` while it runs, or when it succeeded)."""
         return None if self._record.error is None else BgdlError.from_dict(self._record.error)
 
     @property
     def count_of_bytes_received(self) -> int:
+        """Bytes of the file received so far (live, four times a second while it transfers)."""
         return self._received
 
     @property
     def count_of_bytes_expected_to_receive(self) -> int | None:
+        """The file's length, once the server gave it."""
         return self._record.total
 
     @property
@@ -217,6 +226,7 @@ class DownloadTask:
 
     @property
     def progress(self) -> Progress:
+        """Bytes received against the file's length, as a :class:`Progress`."""
         return Progress(self._received, self._record.total)
 
     @property
@@ -283,6 +293,7 @@ class DownloadTask:
             ) from None
 
     def done(self) -> bool:
+        """Whether the task has ended (with its file or with an error)."""
         return self._done.done()
 
     def __await__(self) -> Generator[Any, None, Path]:
