@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from notebook_runner import run_all, text_of
 
 from helpers import wait_until
 
@@ -43,56 +44,6 @@ def _path_without_our_scripts() -> str:
     return os.pathsep.join(keep)
 
 
-def _run_all(path: Path, env: dict[str, str]) -> list[list[dict]]:
-    """Run every code cell of ``path`` in order in a kernel started in its folder; return
-    each cell's output messages. A cell tagged ``restart-kernel`` kills the kernel: it is
-    run, the kernel's death is awaited, and a new kernel takes the next cell at once."""
-    from jupyter_client.manager import KernelManager
-
-    nb = nbformat.read(path, as_version=4)
-    km = KernelManager(kernel_name="python3")
-    km.start_kernel(cwd=str(path.parent), env=env)
-    kc = km.client()
-    kc.start_channels()
-    outputs: list[list[dict]] = []
-    try:
-        kc.wait_for_ready(timeout=60)
-        for cell in nb.cells:
-            if cell.cell_type != "code":
-                continue
-            messages: list[dict] = []
-            if "restart-kernel" in cell.metadata.get("tags", []):
-                kc.execute(cell.source)
-                wait_until(lambda: not km.is_alive(), timeout=30, what="the cell to kill its kernel")
-                km.restart_kernel(now=True)
-                kc.wait_for_ready(timeout=60)
-                outputs.append(messages)
-                continue
-            try:
-                reply = kc.execute_interactive(cell.source, timeout=240, output_hook=messages.append)
-            except TimeoutError:  # name the cell that hung and what it had shown
-                raise AssertionError(f"{path.name}: this cell did not finish within 240 s:\n{cell.source}\n"
-                                     f"its output so far: {_text(messages)!r}") from None
-            errors = [m["content"] for m in messages if m["msg_type"] == "error"]
-            assert reply["content"]["status"] == "ok" and not errors, (
-                f"{path.name}, cell:\n{cell.source}\n\n" + "\n".join("\n".join(e["traceback"]) for e in errors))
-            outputs.append(messages)
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
-    return outputs
-
-
-def _text(messages: list[dict]) -> str:
-    parts = []
-    for m in messages:
-        if m["msg_type"] == "stream":
-            parts.append(m["content"]["text"])
-        elif m["msg_type"] in ("execute_result", "display_data", "update_display_data"):
-            parts.append(m["content"]["data"].get("text/plain", ""))
-    return "".join(parts)
-
-
 def _count(outputs: list[list[dict]], mime: str) -> int:
     return sum(mime in m["content"].get("data", {}) for cell in outputs for m in cell
                if m["msg_type"] in ("execute_result", "display_data"))
@@ -115,8 +66,8 @@ def test_notebook_runs_twice_in_the_same_folder(name, tmp_path):
     env = {**os.environ, "PATH": _path_without_our_scripts()}
     try:
         for run in (1, 2):
-            outputs = _run_all(tmp_path / name, env)
-            text = "".join(_text(cell) for cell in outputs)
+            outputs = run_all(tmp_path / name, env)
+            text = "".join(text_of(cell) for cell in outputs)
             if name.startswith("01"):
                 if run == 1:  # the second run finds both files complete and returns at once
                     assert _count(outputs, WIDGET), "fetch() showed no progress panel"
