@@ -32,7 +32,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from ._exceptions import UnsafeLocation
+from ._exceptions import BgdlError, DiskFull, SessionError, UnsafeLocation
 
 __all__ = ["ALLOW_INSECURE", "child_environment", "private_dir", "private_tree", "python_command", "read_private_file",
            "write_new_file"]
@@ -200,3 +200,18 @@ def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
             del env["PYTHONPATH"]
     env.update(extra or {})
     return env
+
+
+def state_write_error(exc: BaseException, what: str, folder: Path) -> BgdlError | None:
+    """The error to show when ``what`` (in the state folder ``folder``) could not be
+    written because its disk is full or read-only; ``None`` for any other failure. Both
+    say what to do, and both are passing: the same command works again once it can write."""
+    said, code = str(exc).lower(), getattr(exc, "errno", None)
+    if code == errno.ENOSPC or "disk is full" in said or "no space" in said:
+        return DiskFull(f"{what} cannot be written: no space is left on the disk of {folder}; free some space "
+                        "there and run the same command again (nothing is lost: what could not be written is "
+                        "written then)")
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly" in said or "read-only" in said:
+        return SessionError(f"{what} cannot be written: {folder} is read-only ({exc}); make it writable, or set "
+                            "BGDL_STATE_DIR to a folder that is, and run the same command again")
+    return None

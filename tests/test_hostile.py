@@ -4,6 +4,7 @@ unusual but valid inputs. Real sockets, real files, real symlinks; no mocks."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -278,6 +279,65 @@ def test_a_full_disk_at_the_start_is_one_line_and_a_rerun_after_freeing_space_co
     finally:
         if use_service:
             run_cli("service", "stop")
+
+
+@pytest.fixture
+def small_state_disk(tmp_path, monkeypatch):
+    """The state directory on a real 4 MiB file system of its own (a tmpfs; needs root)."""
+    import subprocess
+
+    from conftest import run_cli
+    disk = tmp_path / "state-disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    monkeypatch.setenv("BGDL_STATE_DIR", str(disk / "state"))
+    try:
+        yield disk
+    finally:
+        run_cli("service", "stop")
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def _fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            for _ in range(2000):  # bounded: 4 MiB are full after 1,024 writes
+                os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_journal_whose_disk_filled_works_again_once_space_is_freed_without_a_service_restart(
+        origin, tmp_path, small_state_disk):
+    """The journal's disk fills while the transfer service runs: each command says so in
+    one line, naming the folder and what to do, and once space is back the next command
+    works, in the same service, and the journal holds every file's rows."""
+    from conftest import run_cli
+
+    out = tmp_path / "out"
+    assert run_cli("fetch", origin.url("first.bin", 10_000), "-o", str(out), "--id", "filling", "-q").returncode == 0
+    service = (small_state_disk / "state" / "run" / "service.pid").read_text()
+    filler = _fill(small_state_disk)
+    many = [origin.url(f"more-{i}.bin", 1000) for i in range(40)]
+    for args in (("--id", "filling"), ("--id", "brand-new")):  # a journal in use, and one that cannot even be made
+        full = run_cli("fetch", *many, "-o", str(out), *args, "-q")
+        assert full.returncode == 1
+        [line] = [ln for ln in full.stderr.splitlines() if ln.startswith("bgdl: error:")]
+        assert re.search(r"cannot be written: no space is left on the disk of .*state.*; free some space there "
+                         r"and run the same command again", line), full.stderr
+    filler.unlink()
+    for identifier in ("filling", "brand-new"):
+        again = run_cli("fetch", *many, "-o", str(out), "--id", identifier, "-q")
+        assert again.returncode == 0, again.stderr
+    assert (small_state_disk / "state" / "run" / "service.pid").read_text() == service  # no restart was needed
+    assert all((out / f"more-{i}.bin").stat().st_size == 1000 for i in range(40))
+    log = run_cli("events", "--id", "filling", "--csv")
+    assert log.returncode == 0 and log.stdout.count(",finished,") == 41, log.stdout[-2000:]
 
 
 def test_one_destination_has_one_writer_across_sessions_and_processes(origin, tmp_path):

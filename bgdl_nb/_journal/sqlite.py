@@ -23,13 +23,14 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
 from .._events import Event
-from .._private import private_dir
+from .._private import private_dir, state_write_error
 from .._states import TaskState
 from .base import TASK_FIELDS, TaskRecord
 
@@ -58,6 +59,17 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_task ON events(task_identifier, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
+
+
+@dataclass
+class _Writes:
+    """Writes gathered for one hand-over to SQLite (see :meth:`SqliteStore._write`)."""
+
+    puts: dict[int, tuple[list[Any], int]]  # (row, offset)
+    changes: dict[int, dict[str, Any]]
+    offsets: dict[int, int]
+    events: list[tuple[Any, ...]]
+    meta: dict[str, str]
 
 
 class _NewerJournal(Exception):
@@ -118,11 +130,11 @@ class SqliteStore:
     def __init__(self, path: Path, identifier: str) -> None:
         self.path = Path(path)
         self.identifier = identifier
-        private_dir(self.path.parent, "the journal folder")
         try:
+            private_dir(self.path.parent, "the journal folder")
             self._open_journal()
-        except sqlite3.OperationalError:
-            raise  # locked or unreachable: never a reason to set a live journal aside
+        except (sqlite3.OperationalError, OSError) as exc:  # locked, full, read-only: never a reason to set it aside
+            self._raise(exc)
         except sqlite3.DatabaseError as exc:  # not a journal we can read: keep it, start a new one
             self.reset_reason = self._move_aside(f"it could not be read ({exc})")
             self._open_journal()
@@ -177,6 +189,7 @@ class SqliteStore:
         self._offsets: dict[int, int] = {}
         self._events: list[tuple[Any, ...]] = []
         self._meta: dict[str, str] = {}
+        self._sent: list[_Writes] = []  # handed to SQLite in the open transaction, not committed yet
         row = self._conn.execute("SELECT MAX(seq) FROM events").fetchone()
         ever = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
         self._seq = max(row[0] or 0, ever[0] if ever else 0)  # events are numbered here, never reusing one
@@ -206,35 +219,80 @@ class SqliteStore:
             self.flush()
 
     def _discard(self) -> None:
+        unsent = sum(len(w.events) for w in self._sent)
+        self._sent.clear()
         self._puts.clear()
         self._changes.clear()
         self._offsets.clear()
-        self._seq -= len(self._events)  # their numbers were never stored: the next events take them
+        self._seq -= unsent + len(self._events)  # their numbers were never stored: the next events take them
         self._events.clear()
         self._meta.clear()
         if self._open:
-            self._conn.execute("ROLLBACK")
             self._open = False
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+
+    def _take(self) -> _Writes:
+        """The gathered writes, moved out of the buffers."""
+        taken = _Writes(self._puts, self._changes, self._offsets, self._events, self._meta)
+        self._puts, self._changes, self._offsets, self._events, self._meta = {}, {}, {}, [], {}
+        return taken
+
+    def _restore(self) -> None:
+        """After a transaction failed (a full disk, say: SQLite has rolled it back), put every
+        write it held back in front of the ones gathered since, so the next commit writes
+        them all: a journal that could not be written for a while loses nothing and works
+        again once it can be."""
+        newer = self._take()
+        for older in [*self._sent, newer]:
+            for tid, put in older.puts.items():
+                self._changes.pop(tid, None)
+                self._offsets.pop(tid, None)
+                self._puts[tid] = put
+            for tid, changes in older.changes.items():
+                self._changes.setdefault(tid, {}).update(changes)
+            self._offsets.update(older.offsets)
+            self._events.extend(older.events)
+            self._meta.update(older.meta)
+        self._sent.clear()
+        self._open = False
+        with contextlib.suppress(sqlite3.Error):
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
 
     def _write(self) -> None:
         """Hand the gathered writes to SQLite, inside the open transaction (not committed)."""
         if not (self._puts or self._changes or self._offsets or self._events or self._meta):
             return
+        try:
+            self._send()
+        except (sqlite3.Error, OSError) as exc:
+            self._restore()
+            self._raise(exc)
+
+    def _raise(self, exc: BaseException) -> NoReturn:
+        shown = state_write_error(exc, f"the journal {self.path}", self.path.parent)
+        if shown is None:
+            raise exc
+        raise shown from exc
+
+    def _send(self) -> None:
         conn = self._conn
         if not self._open:
             conn.execute("BEGIN IMMEDIATE")
             self._open = True
-        if self._puts:
+        w = self._take()
+        self._sent.append(w)  # until the commit: a failed transaction gives them back (_restore)
+        if w.puts:
             cols = ", ".join(_TASK_COLUMNS)
             marks = ", ".join("?" for _ in _TASK_COLUMNS)
             conn.executemany(f"INSERT OR REPLACE INTO tasks ({cols}) VALUES ({marks})",
-                             [row for row, _ in self._puts.values()])
+                             [row for row, _ in w.puts.values()])
             conn.executemany('INSERT OR REPLACE INTO segments (task_identifier, idx, start, "end", offset) '
                              "VALUES (?, 0, 0, ?, ?)",
-                             [(tid, row[_TOTAL], offset) for tid, (row, offset) in self._puts.items()])
-            self._puts.clear()
+                             [(tid, row[_TOTAL], offset) for tid, (row, offset) in w.puts.items()])
         by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-        for tid, changes in self._changes.items():
+        for tid, changes in w.changes.items():
             by_columns.setdefault(tuple(changes), []).append((*changes.values(), tid))
         for names, rows in by_columns.items():
             assigns = ", ".join(f"{name} = ?" for name in names)
@@ -243,24 +301,25 @@ class SqliteStore:
                 at = names.index("total")
                 conn.executemany('UPDATE segments SET "end" = ? WHERE task_identifier = ? AND idx = 0',
                                  [(row[at], row[-1]) for row in rows])
-        self._changes.clear()
-        if self._offsets:
+        if w.offsets:
             conn.executemany("UPDATE segments SET offset = ? WHERE task_identifier = ? AND idx = 0",
-                             [(offset, tid) for tid, offset in self._offsets.items()])
-            self._offsets.clear()
-        if self._events:
-            conn.executemany(_EVENT_INSERT, self._events)
-            self._events.clear()
-        if self._meta:
-            conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", self._meta.items())
-            self._meta.clear()
+                             [(offset, tid) for tid, offset in w.offsets.items()])
+        if w.events:
+            conn.executemany(_EVENT_INSERT, w.events)
+        if w.meta:
+            conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", w.meta.items())
 
     def flush(self) -> None:
         """Write and commit everything gathered so far (nothing to do when nothing is)."""
         self._write()
         if self._open:
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("COMMIT")
+            except (sqlite3.Error, OSError) as exc:
+                self._restore()
+                self._raise(exc)
             self._open = False
+            self._sent.clear()
 
     def next_task_identifier(self) -> int:
         with self.atomic():

@@ -31,7 +31,7 @@ from typing import Any
 from ..._config import Configuration
 from ..._delegate import SessionDelegate
 from ..._events import Event
-from ..._exceptions import BgdlError, SessionBusy, SettingsKept, UnsafeLocation
+from ..._exceptions import BgdlError, DiskFull, SessionError, SettingsKept, UnsafeLocation
 from ..._journal import TaskRecord
 from ..._states import TaskState
 from ..._task import DownloadTask
@@ -188,7 +188,7 @@ class ServiceHost:
             try:
                 self._attach()
                 return
-            except (SessionBusy, UnsafeLocation, ServiceNotAnswering):  # trying again changes none of these
+            except (SessionError, UnsafeLocation, ServiceNotAnswering, DiskFull):  # trying again changes none
                 raise
             except BgdlError as exc:
                 if attempt == _RECONNECT_ATTEMPTS - 1:

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..._exceptions import BgdlError
+from ..._exceptions import BgdlError, DiskFull
 from ..._private import child_environment, python_command
 from .protocol import (
     PROTOCOL_VERSION,
@@ -90,6 +90,10 @@ def start_service(state_dir: Path, idle_timeout: float | None = None, timeout: f
         log_path = run / "service.log"
         if not ready:
             raise ServiceUnavailable(f"the transfer service did not start within {timeout:g} s; see {log_path}")
+        with contextlib.suppress(OSError):
+            if os.statvfs(state_dir).f_bavail == 0:  # not even its log could be written
+                raise DiskFull(f"the transfer service cannot start: no space is left on the disk of {state_dir}; "
+                               "free some space there and run the same command again")
         raise ServiceUnavailable(f"the transfer service exited as it started ({_last_line(log_path)}); see {log_path}")
     return int(line.split()[1])
 

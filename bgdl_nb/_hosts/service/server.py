@@ -35,6 +35,7 @@ from ..._engine import Snapshot
 from ..._events import Event, EventKind
 from ..._exceptions import BgdlError, InvalidDestination, InvalidInput
 from ..._journal import read_journal
+from ..._private import state_write_error
 from ..._resume import load_key
 from ..._states import TaskState
 from ..commands import Ack, Control, Create, Events, control_from_wire, records_from_wire
@@ -275,6 +276,12 @@ class Service:
             return {"id": rid, "ok": True, "result": result}
         except BgdlError as exc:
             return {"id": rid, "ok": False, "error": exc.to_dict()}
+        except OSError as exc:  # its state folder filled up or turned read-only: it can go on once that passes
+            shown = state_write_error(exc, "the transfer service's state", self.state_dir)
+            if shown is None:
+                log.exception("request %s failed", request.get("op"))
+                return {"id": rid, "ok": False, "error": {"type": "BgdlError", "message": f"service error: {exc}"}}
+            return {"id": rid, "ok": False, "error": shown.to_dict()}
         except Exception as exc:  # a bug here must not take the service down
             log.exception("request %s failed", request.get("op"))
             return {"id": rid, "ok": False, "error": {"type": "BgdlError", "message": f"service error: {exc}"}}
