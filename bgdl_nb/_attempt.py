@@ -107,7 +107,8 @@ async def _hasher_at(run: TaskRun, offset: int) -> Any:
         return run.hasher
     if offset == 0:
         return hashlib.sha256()
-    return await asyncio.to_thread(hash_prefix, run.record.partial_path, offset)
+    with run.working_locally("reading the partial file back for its digest"):
+        return await asyncio.to_thread(hash_prefix, run.record.partial_path, offset)
 
 
 class Attempt:
@@ -153,7 +154,8 @@ class Attempt:
         run, rec = self.run, self.run.record
         if offset == 0 or not rec.marks or (run.hasher is not None and run.hashed == offset):
             return offset  # nothing to check, or this process wrote the bytes and hashed them itself
-        hasher, good = await asyncio.to_thread(verify_prefix, rec.partial_path, offset, rec.marks)
+        with run.working_locally("checking the partial file's bytes"):
+            hasher, good = await asyncio.to_thread(verify_prefix, rec.partial_path, offset, rec.marks)
         if good < offset:
             truncate_partial(rec.partial_path, good)
             self.report.checkpoint(good)
@@ -280,8 +282,9 @@ class Attempt:
             segments = [Segment(0, at, at, crc=None), Segment(at, rec.total, at)]
             hasher, hashed = await _hasher_at(run, at), at
         if first is None and rec.segments:
-            found, hasher, hashed, changed = await asyncio.to_thread(
-                check_on_disk, rec.partial_path, rec.total, rec.segments, rec.marks)
+            with run.working_locally("checking the partial file's pieces"):
+                found, hasher, hashed, changed = await asyncio.to_thread(
+                    check_on_disk, rec.partial_path, rec.total, rec.segments, rec.marks)
             segments = found
             if changed:
                 written = sum(g.pos - g.start for g in found)
@@ -403,6 +406,11 @@ class Attempt:
 async def finalise(run: TaskRun, report: Reporter, target: Path, finaliser: Finaliser) -> None:
     """Verify the digest, then (with other files finishing at the same time) make the bytes
     durable, journal the intent, and rename into place."""
+    with run.working_locally("putting the finished file in place"):
+        await _finalise(run, report, target, finaliser)
+
+
+async def _finalise(run: TaskRun, report: Reporter, target: Path, finaliser: Finaliser) -> None:
     rec = run.record
     hasher = await _hasher_at(run, rec.offset)
     digest = hasher.hexdigest()

@@ -96,6 +96,7 @@ class Engine(EngineBase):
         self.bucket = TokenBucket(config.bandwidth_limit, now=time.monotonic())
         self.bytes_moved = 0  # every byte received by this engine (the service's throughput)
         self._seen: dict[int, int] = {}  # received as last published by the counts ticker
+        self._moving: dict[int, tuple[tuple[Any, ...], float]] = {}  # liveness: a running task's progress, since when
         self._ticker: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._wakeup: asyncio.TimerHandle | None = None
@@ -447,6 +448,51 @@ class Engine(EngineBase):
                     self._seen[tid] = counts[tid] = received
             if counts:
                 self.sink.counts(counts)
+            for run in self._stalled():
+                await self._stop_stalled(run)
+
+    def _stalled(self) -> list[TaskRun]:
+        """Liveness, checked rather than hoped for: a task in a slot either moves (bytes,
+        digest, durable offset) or says why it waits. One that does neither for longer than
+        the request timeout allows has hit a bug or a hang no timeout covers."""
+        now = time.monotonic()
+        for tid in [t for t in self._moving if t not in self._jobs]:
+            del self._moving[tid]  # out of its slot (backoff, suspend, end): its clock starts again
+        stalled = []
+        for tid in self._jobs:
+            run = self._runs[tid]
+            mark = (run.received, run.hashed, run.record.offset, run.waiting, run.record.location)
+            seen = self._moving.get(tid)
+            if seen is None or seen[0] != mark or run.waiting is not None or run.local:
+                self._moving[tid] = (mark, now)
+            elif now - seen[1] > self._stall_limit():
+                stalled.append(run)
+        return stalled
+
+    def _stall_limit(self) -> float:
+        limit = max(2 * self.config.timeout_interval_for_request, 10.0)
+        rate = self.bucket.rate
+        return limit + (float(1 << 20) / rate if rate else 0.0)  # a bandwidth limit spaces out the chunks
+
+    async def _stop_stalled(self, run: TaskRun) -> None:
+        rec, tid = run.record, run.task_identifier
+        quiet = time.monotonic() - self._moving.pop(tid)[1]
+        total = rec.total
+        if run.received:
+            doing = f"receiving bytes ({run.received:,} of {'?' if total is None else f'{total:,}'})"
+        else:
+            doing = "waiting for the first byte of the response"
+        job = self._stop_job(tid)
+        if job is not None:
+            await asyncio.gather(job, return_exceptions=True)
+        if rec.state is not TaskState.RUNNING:
+            return
+        log.error("bgdl_nb task %s made no progress for %.0f s while %s", tid, quiet, doing)
+        self._fail(run, TransferTimeout(
+            f"task {tid} made no progress for {quiet:.0f} s while {doing}, and had no reason to wait: it was "
+            "stopped instead of hanging; resume it (or run the same command again) to continue from the bytes "
+            "on disk", url=rec.url, task_identifier=tid))
+        self._schedule()
 
     async def _refresh_claims(self, tids: list[int]) -> None:
         """Renew the claims of ``tids`` (one hand-off to a thread); a task whose claim

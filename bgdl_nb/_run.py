@@ -5,6 +5,8 @@ failures of the task (:class:`RestartNeeded`, :class:`RetryableStatus`). The eng
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -39,6 +41,17 @@ class TaskRun:
     claim_released: bool = False  # its file is in place and its destination's claim gone
     wants: list[Want] = field(default_factory=list)  # bytes readers wait for (bgdl_nb.open)
     split: Segmented | None = None  # the segments of the attempt under way, when its file is split
+    local: str | None = None  # local work under way that moves no byte (checking or finishing the file)
+
+    @contextlib.contextmanager
+    def working_locally(self, what: str) -> Iterator[None]:
+        """Mark local work (reading a large partial file back, syncing the finished one):
+        no byte moves meanwhile, rightly, and the engine's liveness check knows it."""
+        self.local = what
+        try:
+            yield
+        finally:
+            self.local = None
 
     @property
     def task_identifier(self) -> int:

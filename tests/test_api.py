@@ -243,6 +243,38 @@ def test_a_stall_is_caught_by_the_idle_timeout(origin, tmp_path):
     s.close()
 
 
+def test_a_task_that_moves_no_byte_and_gives_no_reason_is_ended_saying_what_it_was_doing(origin, tmp_path,
+                                                                                        monkeypatch):
+    """The liveness check: a hang no timeout covers (here a bug at our own seam, an attempt
+    that never reads the response it has) ends the task with an error naming what it was
+    doing, instead of leaving it RUNNING at 0 bytes for ever; the engine goes on."""
+    import asyncio
+    import time
+
+    from bgdl_nb._attempt import Attempt
+
+    real = Attempt._receive
+    hung = []
+
+    async def never(self, *args, **kwargs):
+        if not hung:
+            hung.append(self.run.task_identifier)
+            await asyncio.Event().wait()  # stuck, holding the response and moving nothing
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Attempt, "_receive", never)
+    with bg.Session(bg.Configuration.default(timeout_interval_for_request=1, connections_per_file=1)) as s:
+        started = time.monotonic()
+        task = s.download_task(origin.url("stuck.bin", 100_000), tmp_path / "stuck.bin").resume()
+        with pytest.raises(bg.TransferTimeout, match=r"made no progress for \d+ s while waiting for the first "
+                           r"byte of the response, and had no reason to wait: it was stopped instead of hanging"):
+            task.wait(60)
+        assert 10 <= time.monotonic() - started < 30
+        assert task.state is bg.TaskState.COMPLETED and hung == [task.task_identifier]
+        after = s.download_task(origin.url("after.bin", 100_000), tmp_path / "after.bin").resume().wait(30)
+    assert sha256_of(after) == origin.sha256("after.bin", 100_000)
+
+
 def test_checksum_mismatch_keeps_nothing(session, origin, tmp_path):
     task = session.download_task(origin.url("sum", 100_000), tmp_path / "sum", sha256="0" * 64).resume()
     with pytest.raises(bg.ChecksumMismatch) as info:
