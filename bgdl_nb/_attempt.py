@@ -195,7 +195,7 @@ class Attempt:
         def on_redirect(status: int, target: str) -> None:
             self.report.emit(EventKind.REDIRECT, status=status, detail=target)
 
-        async with open_response(self.client, rec.url, headers, self.config, on_redirect) as resp:
+        async with run.connection(open_response(self.client, rec.url, headers, self.config, on_redirect)) as resp:
             self.report.update(current_url=resp.url, status=resp.status, response_headers=resp.headers)
             self.report.emit(EventKind.RESPONSE, status=resp.status, total_bytes_written=offset)
             decision = decide(resp.status, resp.headers, offset=offset, validator=validator, known_total=rec.total)
@@ -274,7 +274,8 @@ class Attempt:
         assert rec.total is not None and rec.validator_value is not None
 
         def opener(headers: dict[str, str]) -> Any:
-            return open_response(self.client, rec.url, {**rec.headers, **headers}, self.config, lambda *_: None)
+            return run.connection(open_response(self.client, rec.url, {**rec.headers, **headers}, self.config,
+                                                lambda *_: None))
 
         segments: list[Segment] | None = None
         hasher, hashed = hashlib.sha256(), 0  # the digest follows the contiguous prefix

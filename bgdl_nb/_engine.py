@@ -59,7 +59,7 @@ from ._resume import retry_delay
 from ._run import RestartNeeded, RetryableStatus, TaskRun
 from ._scheduler import Item, Scheduler
 from ._states import TaskState
-from ._waits import LAUNCH, RETRY, Wait, WaitReason
+from ._waits import HOST_TAKEN, LAUNCH, RETRY, Wait, WaitReason
 
 if TYPE_CHECKING:
     import aiohttp
@@ -97,6 +97,7 @@ class Engine(EngineBase):
         self.bytes_moved = 0  # every byte received by this engine (the service's throughput)
         self._seen: dict[int, int] = {}  # received as last published by the counts ticker
         self._moving: dict[int, tuple[tuple[Any, ...], float]] = {}  # liveness: a running task's progress, since when
+        self._starved: dict[int, float] = {}  # since when a task's requests all wait for the host's connections
         self._ticker: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._wakeup: asyncio.TimerHandle | None = None
@@ -458,9 +459,15 @@ class Engine(EngineBase):
         now = time.monotonic()
         for tid in [t for t in self._moving if t not in self._jobs]:
             del self._moving[tid]  # out of its slot (backoff, suspend, end): its clock starts again
+            self._starved.pop(tid, None)
         stalled = []
+        streams: dict[str, int] = {}
+        for tid in self._jobs:
+            host = self._host_of(self._runs[tid])
+            streams[host] = streams.get(host, 0) + self._runs[tid].streaming
         for tid in self._jobs:
             run = self._runs[tid]
+            self._note_host_wait(run, streams[self._host_of(run)], now)
             mark = (run.received, run.hashed, run.record.offset, run.waiting, run.record.location)
             seen = self._moving.get(tid)
             if seen is None or seen[0] != mark or run.waiting is not None or run.local:
@@ -468,6 +475,22 @@ class Engine(EngineBase):
             elif now - seen[1] > self._stall_limit():
                 stalled.append(run)
         return stalled
+
+    @staticmethod
+    def _host_of(run: TaskRun) -> str:
+        return urlsplit(run.record.url).netloc.lower()
+
+    def _note_host_wait(self, run: TaskRun, streams: int, now: float) -> None:
+        """A task whose requests all wait while the host's connections all stream (other
+        files of that host took them for their pieces) waits for the host: say so once it
+        has for a second, and stop saying so once one of its responses streams."""
+        tid = run.task_identifier
+        if run.opening and not run.streaming and streams >= self.config.http_maximum_connections_per_host:
+            since = self._starved.setdefault(tid, now)
+            if now - since >= 1.0 and run.waiting is None:
+                self._wait(run, HOST_TAKEN)
+        elif self._starved.pop(tid, None) is not None and run.waiting is HOST_TAKEN:
+            run.waiting = None  # the next progress row carries it
 
     def _stall_limit(self) -> float:
         limit = max(2 * self.config.timeout_interval_for_request, 10.0)

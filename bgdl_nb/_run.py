@@ -6,7 +6,7 @@ failures of the task (:class:`RestartNeeded`, :class:`RetryableStatus`). The eng
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -42,6 +42,29 @@ class TaskRun:
     wants: list[Want] = field(default_factory=list)  # bytes readers wait for (bgdl_nb.open)
     split: Segmented | None = None  # the segments of the attempt under way, when its file is split
     local: str | None = None  # local work under way that moves no byte (checking or finishing the file)
+    opening: int = 0          # requests waiting for their response (or for a connection of the host's pool)
+    streaming: int = 0        # responses being read
+
+    @contextlib.asynccontextmanager
+    async def connection(self, opening: contextlib.AbstractAsyncContextManager[Any]) -> AsyncIterator[Any]:
+        """Enter ``opening`` (an :func:`~bgdl_nb._transfer.open_response`), counting the
+        request while it waits for its response and the response while it is read: a
+        task whose every request waits while the host's connections are all streaming
+        waits for the host, and the engine says so."""
+        self.opening += 1
+        entered = False
+        try:
+            async with opening as resp:
+                self.opening -= 1
+                entered = True
+                self.streaming += 1
+                try:
+                    yield resp
+                finally:
+                    self.streaming -= 1
+        finally:
+            if not entered:
+                self.opening -= 1
 
     @contextlib.contextmanager
     def working_locally(self, what: str) -> Iterator[None]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["BEGIN", "DISCRETIONARY", "DISK", "HOST", "LAUNCH", "PAUSED", "RETRY", "SLOT", "Wait", "WaitReason"]
+__all__ = ["BEGIN", "DISCRETIONARY", "DISK", "HOST", "HOST_TAKEN", "LAUNCH", "PAUSED", "RETRY", "SLOT", "Wait",
+           "WaitReason"]
 
 
 class WaitReason(str, enum.Enum):
@@ -41,6 +42,7 @@ class Wait(str):
 
 SLOT = Wait(WaitReason.SLOT)
 HOST = Wait(WaitReason.HOST)
+HOST_TAKEN = Wait(WaitReason.HOST, "host connection limit: other files of this host hold its connections")
 DISCRETIONARY = Wait(WaitReason.DISCRETIONARY)
 DISK = Wait(WaitReason.DISK)
 BEGIN = Wait(WaitReason.BEGIN)

@@ -142,3 +142,24 @@ def test_retry_backoff_gives_the_slot_to_another_task(origin, tmp_path):
     paths = [(r.path, r.status) for r in origin.log]
     assert paths == [("/files/flaky", 503), ("/files/other", 200), ("/files/flaky", 200)]
     s.close()
+
+
+@pytest.mark.parametrize("use_service", [False, True], ids=["in-process", "service"])
+def test_a_task_whose_requests_wait_for_the_hosts_connections_says_so(origin, tmp_path, use_service):
+    """Another file of the host holds all its connections for its pieces: the task in a
+    slot moves no byte, and shows the reason (it used to read 0 B with no reason at all),
+    and goes on once the connections are free."""
+    config = bg.Configuration.background(f"host-taken-{use_service}", use_service=use_service,
+                                         http_maximum_connections_per_host=2, connections_per_file=2)
+    with bg.Session(config) as s:
+        big = s.download_task(origin.url("hog.bin", 64 * MB, rate=2 * MB), tmp_path / "hog.bin").resume()
+        wait_for_bytes(big, MB)
+        small = s.download_task(origin.url("starved.bin", MB), tmp_path / "starved.bin").resume()
+        wait_until(lambda: small.waiting_reason == "host connection limit: other files of this host hold its "
+                   "connections", timeout=20, what="the reason to show")
+        assert small.count_of_bytes_received == 0 and small.state is bg.TaskState.RUNNING
+        big.cancel()
+        assert small.wait(30).stat().st_size == MB
+        assert small.waiting_reason is None
+        waits = s.events.query("event == 'waiting' and task_identifier == @small.task_identifier")
+    assert "host connection limit" in " ".join(waits.detail.astype(str))
