@@ -7,12 +7,15 @@ connection resets partway, stalls (the connection held open and silent: the clie
 up after its 60 s read timeout and continues from its durable offset), 503 with Retry-After,
 and for a few files a new version published while the job runs (the client must notice
 and restart them, never mixing the versions). Then, round after round, ``bgdl fetch``
-runs in a child process against a fresh state directory; after a random delay the
-child, the transfer service or both are killed with SIGKILL (a client whose service was
-killed goes on: it starts a new service, which reattaches to the journal); after the last
-kill the job is left to finish. Every file is then compared with the origin's versions (a
-file that finished before its new version appeared is whole at the older one; anything
-else is corrupt), and the bytes the origin served with the bytes of the files.
+runs in a child process against a fresh state directory, half the time with files split
+over four connections (``--connections 4``); after a random delay the child, the
+transfer service or both are killed with SIGKILL (a client whose service was killed goes
+on: it starts a new service, which reattaches to the journal). After a kill of both, 4 KiB
+in the middle of a random partial file are overwritten while no process holds it: the
+next run must find and re-fetch them. After the last kill the job is left to finish.
+Every file is then compared with the origin's versions (a file that finished before its
+new version appeared is whole at the older one; anything else is corrupt), and the bytes
+the origin served with the bytes of the files.
 
 Run:   python benchmarks/torture.py [--files 50] [--seed 7] [--kills 20]
 Prints a Markdown table (faults tried, files byte-identical, bytes re-fetched).
@@ -38,6 +41,19 @@ from bgdl_nb.demo.origin import Origin
 MIB = 1024 * 1024
 
 
+def _alter_a_partial(out: Path, rng: random.Random) -> bool:
+    """Overwrite 4 KiB in the middle of the written bytes of a random partial file."""
+    partials = sorted(p for p in out.glob(".*.bgdl-part") if p.stat().st_size > 3 * 4096)
+    if not partials:
+        return False
+    victim = rng.choice(partials)
+    at = rng.randrange(4096, victim.stat().st_size - 2 * 4096)
+    with open(victim, "r+b") as f:
+        f.seek(at)
+        f.write(bytes(rng.randrange(256) for _ in range(4096)))
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=50)
@@ -56,7 +72,7 @@ def main() -> int:
         urls = []
         for i in range(args.files):
             name, size = f"shard-{i:03d}.bin", rng.randint(1, 8) * MIB
-            switches: dict[str, object] = {"rate": 8 * MIB}
+            switches: dict[str, object] = {"rate": 2 * MIB}
             kind = rng.choice(["none", "reset", "stall", "503", "reset+503"])
             if "reset" in kind:
                 switches.update(reset_after=rng.randint(1, size - 1), faults=rng.randint(1, 3))
@@ -79,8 +95,10 @@ def main() -> int:
         while not finished:
             rounds += 1
             if child is None:
-                child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                         text=True)
+                split = ["--connections", "4"] if rng.random() < 0.5 else []
+                faults["runs with files split over 4 connections"] += bool(split)
+                child = subprocess.Popen([*command, *split], env=env, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE, text=True)
             if rounds == 3:
                 for name in changed:  # a new version appears while partial files of the old one exist
                     origin.bump(name)
@@ -103,6 +121,8 @@ def main() -> int:
                     child.wait()
                     faults["SIGKILL of the client"] += 1
                     child = None  # the next round runs the same command again
+                if victim == "both" and _alter_a_partial(out, rng):
+                    faults["4 KiB of a partial file altered while no process held it"] += 1
                 sys.stderr.write(f"round {rounds}: killed the {victim} at {time.monotonic() - started:.1f} s\n")
                 continue
             finished = child.returncode == 0

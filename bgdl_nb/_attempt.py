@@ -150,19 +150,27 @@ class Attempt:
     async def verify_prefix(self, offset: int) -> int:
         """Check the bytes before ``offset`` against the digests journaled while they were
         written; continue from the last point that still agrees (a byte altered on disk
-        while no process held the file never reaches a finished file)."""
+        while no process held the file never reaches a finished file). Bytes past the
+        newest mark cannot be checked (a process killed before it marked them): they are
+        fetched again, at most about a mark's worth."""
         run, rec = self.run, self.run.record
-        if offset == 0 or not rec.marks or (run.hasher is not None and run.hashed == offset):
+        if offset == 0 or (run.hasher is not None and run.hashed == offset):
             return offset  # nothing to check, or this process wrote the bytes and hashed them itself
+        marks = [m for m in rec.marks or [] if m[0] <= offset]
+        if not marks:
+            return offset  # nothing marked yet (the first MiB, or resume data from before marks): trusted
+        vouched = marks[-1][0]
         with run.working_locally("checking the partial file's bytes"):
-            hasher, good = await asyncio.to_thread(verify_prefix, rec.partial_path, offset, rec.marks)
+            hasher, good = await asyncio.to_thread(verify_prefix, rec.partial_path, vouched, marks)
         if good < offset:
             truncate_partial(rec.partial_path, good)
             self.report.checkpoint(good)
-            self.report.update(marks=[m for m in rec.marks if m[0] <= good] or None)
+            self.report.update(marks=[m for m in marks if m[0] <= good] or None)
+        if good < vouched:
             self.report.emit(EventKind.RESTARTED, total_bytes_written=good, total_bytes_expected=rec.total,
                              detail=f"bytes of the partial file changed on disk since they were written (between "
-                                    f"byte {good} and {offset}); continuing from byte {good}, the last verified point")
+                                    f"byte {good} and {vouched}); continuing from byte {good}, the last verified "
+                                    "point")
         run.hasher, run.hashed, run.hashing = hasher, good, None
         return good
 

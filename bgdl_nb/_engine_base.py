@@ -245,7 +245,7 @@ class EngineBase:
         state = ResumeState(url=rec.url, headers=dict(rec.headers), partial_path=rec.partial_path,
                             offset=rec.offset, total=rec.total,
                             validator=Validator(rec.validator_kind, rec.validator_value),
-                            destination=rec.destination, current_url=rec.current_url)
+                            destination=rec.destination, current_url=rec.current_url, marks=rec.marks)
         return encode_resume_data(state, self.key, self.config.resolved_state_dir() / "secrets")
 
     def _owner(self, tid: int) -> dict[str, Any]:

@@ -214,9 +214,10 @@ def inbox_path(url: str, task_identifier: int, work_dir: Path) -> Path:
     return folder / f"{task_identifier}-{name}"
 
 
-MARK_BYTES = 4 * 1024 * 1024
+MARK_BYTES = 1024 * 1024
 """A mark (the digest of the bytes so far) is journaled at most every this many bytes, and
-at the end of each attempt; a resume checks the partial file against them."""
+at the end of each attempt; a resume checks the partial file against them and fetches
+again what lies past the newest one (a process killed before it marked those bytes)."""
 
 MAX_MARKS = 24
 """Marks kept per task: older ones are thinned out, so the record stays small."""

@@ -39,6 +39,7 @@ import time as _time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ._exceptions import InvalidResumeData
 from ._private import private_dir, read_private_file
@@ -287,6 +288,7 @@ class ResumeState:
     validator: Validator | None
     destination: str | None = None
     current_url: str | None = None
+    marks: list[list[Any]] | None = None  # digests of the partial file's prefixes, checked before continuing
 
 
 def load_key(directory: Path) -> bytes:
@@ -386,6 +388,7 @@ def decode_resume_data(data: object, key: bytes, vault: Path | None = None) -> R
             validator=Validator(str(validator["kind"]), str(validator["value"])) if validator else None,
             destination=payload.get("destination"),
             current_url=payload.get("current_url"),
+            marks=[[int(m[0]), str(m[1])] for m in payload["marks"]] if payload.get("marks") else None,
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InvalidResumeData(f"resume data is malformed ({exc}){hint}") from None

@@ -294,6 +294,7 @@ class Session:
             validator_kind=state.validator.kind if state.validator else None,
             validator_value=state.validator.value if state.validator else None,
             accepts_ranges=True, current_url=None if url else state.current_url, overwrite=overwrite,
+            marks=state.marks,
         )
         [task] = self._live_host.create_many([record], False)
         return task

@@ -433,6 +433,49 @@ def test_bytes_altered_while_no_process_held_the_partial_file_are_caught_before_
     assert second.headers["Range"] == f"bytes={8 * MB}-" and stopped_at > 8 * MB + 12345
 
 
+def test_bytes_altered_past_the_newest_mark_of_a_killed_process_are_fetched_again(origin, tmp_path, state_dir):
+    """A process killed with SIGKILL marks nothing at the end: the bytes it journaled past
+    its newest mark cannot be checked, so the next run fetches them again instead of
+    trusting them (4 KiB altered there used to end in a corrupt file and exit 0)."""
+    import signal
+    import subprocess
+    import sys
+
+    from bgdl_nb._journal import read_journal
+
+    size = 3 * MB
+    url = origin.url("killed.bin", size, rate=MB)
+    child = subprocess.Popen([sys.executable, "-c", "import sys, bgdl_nb as bg; bg.fetch(sys.argv[1], sys.argv[2], "
+                              "identifier='killed', progress=False)", url, str(tmp_path)],
+                             env={**os.environ, "BGDL_IN_PROCESS": "1"})
+    journal = state_dir / "sessions" / "killed.sqlite3"
+
+    def journaled() -> int:
+        try:
+            tasks, _ = read_journal(journal, "killed")
+        except Exception:
+            return 0
+        return tasks[0].offset if tasks else 0
+
+    try:
+        wait_until(lambda: journaled() >= MB + MB // 2, timeout=30, what="1.5 MiB journaled")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    [partial] = tmp_path.glob(".killed.bin.*.bgdl-part")
+    at = journaled() - 64 * 1024  # bytes the journal counts, past the 1 MiB mark
+    with open(partial, "r+b") as f:
+        f.seek(at)
+        f.write(bytes(4096))
+    [path] = bg.fetch(url, tmp_path, identifier="killed", progress=False,
+                      configuration=bg.Configuration.background("killed", use_service=False))
+    assert sha256_of(path) == origin.sha256("killed.bin", size)
+    ranges = [r.headers.get("Range") for r in origin.requests_for("killed.bin")]
+    assert ranges[0] is None and len(ranges) == 2, ranges
+    continued = int(ranges[1].split("=")[1].rstrip("-"))
+    assert 0 < continued <= at, ranges  # from a verified point before the altered bytes, not from byte 0
+
+
 FAULTS = [  # (module, attribute): one step of a task's life in the engine each
     ("bgdl_nb._attempt", "open_response"),
     ("bgdl_nb._attempt", "decide"),
