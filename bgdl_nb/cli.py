@@ -143,7 +143,22 @@ def _cmd_list(args: argparse.Namespace) -> int:
         total = "?" if t.total is None else str(t.total)
         print(f"{t.task_identifier:>5}  {t.outcome:<10} {t.offset:>14} {total:>14}  {t.status or '':>6}  "
               f"{redact_url(t.url)} -> {t.destination or '(inbox)'}{err}")
+    if any(t.outcome == "running" for t in tasks):
+        _say_if_the_service_is_not_answering()
     return 0
+
+
+def _say_if_the_service_is_not_answering() -> None:
+    """The journal says "running"; a transfer service that does not answer moves nothing,
+    and whoever reads the list must know (the list itself reads the journal, not the service)."""
+    from ._hosts.service.control import service_status
+    from ._hosts.service.protocol import ServiceNotAnswering
+    try:
+        service_status()
+    except ServiceNotAnswering as exc:
+        print(f"bgdl: the tasks shown as running may not be moving: {exc}", file=sys.stderr)
+    except BgdlError:
+        pass  # no service, or one this user cannot ask: the list stands as the journal has it
 
 
 def _cmd_events(args: argparse.Namespace) -> int:

@@ -239,6 +239,26 @@ def test_a_service_that_does_not_answer_is_named_by_the_status_within_seconds(st
     assert done.stderr.count("\n") == 1 and f"transfer service (pid {pid}) is not answering" in done.stderr
 
 
+def test_the_list_of_a_session_says_when_its_running_tasks_have_a_service_that_does_not_answer(origin, tmp_path,
+                                                                                                 state_dir):
+    """`bgdl list` reads the journal, which says "running"; with the service stopped by
+    SIGSTOP it says too that those tasks may not be moving, and why (it said nothing)."""
+    detached = run_cli("fetch", origin.url("slow.bin", 40 * MB, rate=MB), "-o", str(tmp_path), "--id", "frozen",
+                       "--detach", "-q")
+    assert detached.returncode == 0, detached.stderr
+    pid = bg.service_status(state_dir)["pid"]
+    answered = run_cli("list", "--id", "frozen")
+    assert "running" in answered.stdout and "not answering" not in answered.stderr
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        frozen = run_cli("list", "--id", "frozen", timeout=30)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert frozen.returncode == 0 and "running" in frozen.stdout
+    assert f"the tasks shown as running may not be moving: the transfer service (pid {pid}) is not answering" \
+        in frozen.stderr, frozen.stderr
+
+
 def test_a_manifest_overwritten_mid_run_is_exit_1_saying_how_to_go_on(origin, tmp_path):
     """Garbage written over the manifest while files download: the run fails (exit 1, not
     the exit 2 of bad input), says how to go on, keeps the files; doing what it says works."""
