@@ -18,6 +18,7 @@ import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 from ._bandwidth import TokenBucket
 from ._claims import claim, release
@@ -118,6 +119,9 @@ class _Report:
     def served(self) -> None:
         self.engine._served(self.run)
 
+    def connection_share(self) -> int:
+        return self.engine._connection_share(self.run)
+
 
 
 class EngineBase:
@@ -134,6 +138,7 @@ class EngineBase:
     scheduler: Scheduler
     bucket: TokenBucket
     _runs: dict[int, TaskRun]
+    _jobs: dict[int, asyncio.Task[None]]
     _destinations: dict[str, int]
     _held: dict[int, str]
     _seen: dict[int, int]
@@ -247,6 +252,14 @@ class EngineBase:
                             validator=Validator(rec.validator_kind, rec.validator_value),
                             destination=rec.destination, current_url=rec.current_url, marks=rec.marks)
         return encode_resume_data(state, self.key, self.config.resolved_state_dir() / "secrets")
+
+    def _connection_share(self, run: TaskRun) -> int:
+        """Connections ``run`` may hold for its pieces now: the host's limit shared evenly
+        among this engine's tasks transferring from that host (one at least)."""
+        host = urlsplit(run.record.url).netloc.lower()
+        sharing = sum(1 for t in self._jobs if (r := self._runs[t]).streaming + r.opening
+                      and urlsplit(r.record.url).netloc.lower() == host)
+        return max(1, self.config.http_maximum_connections_per_host // max(1, sharing))
 
     def _owner(self, tid: int) -> dict[str, Any]:
         """What a destination's claim file says of the task that holds it."""

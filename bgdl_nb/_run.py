@@ -142,3 +142,7 @@ class Reporter(Protocol):
     def served(self) -> None:
         """New bytes are written while readers wait (:attr:`TaskRun.wants`): tell those
         whose bytes are all there."""
+
+    def connection_share(self) -> int:
+        """Connections this task may hold for its pieces now: its host's limit shared with
+        the other tasks transferring from that host, so none waits while one holds all."""

@@ -313,8 +313,12 @@ class Segmented:
         self.report.emit(EventKind.SEGMENTED, total_bytes_written=self._received,
                          detail=f"{self._target} connections (the limit), pieces of {self.piece // MIB} MiB")
 
+    def _cap(self) -> int:
+        """Connections this file uses now: its target, within its share of the host."""
+        return max(1, min(self._target, self.report.connection_share()))
+
     def _fill(self) -> None:
-        while len(self.workers) < self._target and any(g.remaining and not g.owned for g in self.segments):
+        while len(self.workers) < self._cap() and any(g.remaining and not g.owned for g in self.segments):
             self._spawn(self._worker(None, None))
 
     def want(self, start: int, end: int) -> None:
@@ -357,8 +361,9 @@ class Segmented:
             finally:
                 first.abort()  # the rest of that body belongs to other pieces: stop it arriving
         while True:
-            if len(self.workers) > self._target and not self.priority:
-                return  # a connection added for a reader: the file has its count again
+            if len(self.workers) > self._cap() and not self.priority:
+                return  # a connection added for a reader, or another file of the host needs one
+            self._fill()  # another file of the host finished: this one's share grew
             piece = self._next()
             if piece is None:
                 return

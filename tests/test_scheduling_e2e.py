@@ -163,3 +163,19 @@ def test_a_task_whose_requests_wait_for_the_hosts_connections_says_so(origin, tm
         assert small.waiting_reason is None
         waits = s.events.query("event == 'waiting' and task_identifier == @small.task_identifier")
     assert "host connection limit" in " ".join(waits.detail.astype(str))
+
+
+@pytest.mark.parametrize("use_service", [False, True], ids=["in-process", "service"])
+def test_a_file_beside_a_split_file_of_its_host_gets_its_share_of_the_connections(origin, tmp_path, use_service):
+    """The host's connections are shared among the files transferring from it: a file
+    resumed while another one's pieces hold them all gets one once a piece ends, and
+    finishes while the split file goes on (it used to wait for the whole split file)."""
+    config = bg.Configuration.background(f"fair-{use_service}", use_service=use_service,
+                                         http_maximum_connections_per_host=2, connections_per_file=2)
+    with bg.Session(config) as s:
+        big = s.download_task(origin.url("wide.bin", 128 * MB, rate=2 * MB), tmp_path / "wide.bin").resume()
+        wait_for_bytes(big, 2 * MB)
+        small = s.download_task(origin.url("fair.bin", 4 * MB, rate=2 * MB), tmp_path / "fair.bin").resume()
+        assert small.wait(30).stat().st_size == 4 * MB
+        assert not big.done() and big.count_of_bytes_received < 128 * MB
+        big.cancel()
