@@ -188,9 +188,12 @@ class ServiceHost:
             try:
                 self._attach()
                 return
-            except (SessionError, UnsafeLocation, ServiceNotAnswering, DiskFull):  # trying again changes none
+            except (UnsafeLocation, ServiceNotAnswering, DiskFull):  # trying again changes none of these
                 raise
             except BgdlError as exc:
+                if isinstance(exc, SessionError) and not isinstance(exc, ServiceUnavailable):
+                    raise  # held by another process, or a state folder it cannot write: the same again
+                # a service on its way down or up (a broken pipe, a refused connection): try again
                 if attempt == _RECONNECT_ATTEMPTS - 1:
                     raise ServiceUnavailable(f"the transfer service for {self.state_dir} is unavailable: {exc}; "
                                              f"see {runtime_dir(self.state_dir) / 'service.log'}") from exc
