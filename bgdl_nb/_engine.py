@@ -32,7 +32,6 @@ import secrets
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from ._attempt import CHECKPOINT_BYTES, Attempt
 from ._bandwidth import TokenBucket
@@ -54,9 +53,10 @@ from ._exceptions import (
 from ._files import HashWorker, disk_size, free_disk, inbox_path, partial_path_for, unlink
 from ._finalise import Finaliser
 from ._journal import Store, TaskRecord
+from ._liveness import Liveness, stalled_error
 from ._redact import add_secret_params
 from ._resume import retry_delay
-from ._run import RestartNeeded, RetryableStatus, TaskRun
+from ._run import RestartNeeded, RetryableStatus, TaskRun, host_of
 from ._scheduler import Item, Scheduler
 from ._states import TaskState
 from ._waits import HOST_TAKEN, LAUNCH, RETRY, Wait, WaitReason
@@ -96,8 +96,7 @@ class Engine(EngineBase):
         self.bucket = TokenBucket(config.bandwidth_limit, now=time.monotonic())
         self.bytes_moved = 0  # every byte received by this engine (the service's throughput)
         self._seen: dict[int, int] = {}  # received as last published by the counts ticker
-        self._moving: dict[int, tuple[tuple[Any, ...], float]] = {}  # liveness: a running task's progress, since when
-        self._starved: dict[int, float] = {}  # since when a task's requests all wait for the host's connections
+        self.liveness = Liveness(config.http_maximum_connections_per_host, config.timeout_interval_for_request)
         self._ticker: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._wakeup: asyncio.TimerHandle | None = None
@@ -362,7 +361,7 @@ class Engine(EngineBase):
         folder = Path(rec.destination).parent if rec.destination else Path(rec.partial_path).parent
         launch = Wait(WaitReason.LAUNCH, rec.launch_delay_reason) if rec.launch_delay_reason else LAUNCH
         self.scheduler.add(Item(
-            rec.task_identifier, host=urlsplit(rec.url).netloc.lower(), priority=rec.priority,
+            rec.task_identifier, host=host_of(rec.url), priority=rec.priority,
             earliest_begin_date=rec.earliest_begin_date, discretionary=rec.discretionary,
             not_before=rec.launch_delay_until, not_before_reason=launch if rec.launch_delay_until else RETRY,
             remaining_bytes=max(0, (known or 0) - rec.offset), disk=str(folder),
@@ -449,73 +448,23 @@ class Engine(EngineBase):
                     self._seen[tid] = counts[tid] = received
             if counts:
                 self.sink.counts(counts)
-            for run in self._stalled():
-                await self._stop_stalled(run)
+            await self._review_liveness()
 
-    def _stalled(self) -> list[TaskRun]:
-        """Liveness, checked rather than hoped for: a task in a slot either moves (bytes,
-        digest, durable offset) or says why it waits. One that does neither for longer than
-        the request timeout allows has hit a bug or a hang no timeout covers."""
-        now = time.monotonic()
-        for tid in [t for t in self._moving if t not in self._jobs]:
-            del self._moving[tid]  # out of its slot (backoff, suspend, end): its clock starts again
-            self._starved.pop(tid, None)
-        stalled = []
-        streams: dict[str, int] = {}
-        for tid in self._jobs:
-            host = self._host_of(self._runs[tid])
-            streams[host] = streams.get(host, 0) + self._runs[tid].streaming
-        for tid in self._jobs:
-            run = self._runs[tid]
-            self._note_host_wait(run, streams[self._host_of(run)], now)
-            mark = (run.received, run.hashed, run.record.offset, run.waiting, run.record.location)
-            seen = self._moving.get(tid)
-            if seen is None or seen[0] != mark or run.waiting is not None or run.local:
-                self._moving[tid] = (mark, now)
-            elif now - seen[1] > self._stall_limit():
-                stalled.append(run)
-        return stalled
-
-    @staticmethod
-    def _host_of(run: TaskRun) -> str:
-        return urlsplit(run.record.url).netloc.lower()
-
-    def _note_host_wait(self, run: TaskRun, streams: int, now: float) -> None:
-        """A task whose requests all wait while the host's connections all stream (other
-        files of that host took them for their pieces) waits for the host: say so once it
-        has for a second, and stop saying so once one of its responses streams."""
-        tid = run.task_identifier
-        if run.opening and not run.streaming and streams >= self.config.http_maximum_connections_per_host:
-            since = self._starved.setdefault(tid, now)
-            if now - since >= 1.0 and run.waiting is None:
-                self._wait(run, HOST_TAKEN)
-        elif self._starved.pop(tid, None) is not None and run.waiting is HOST_TAKEN:
+    async def _review_liveness(self) -> None:
+        found = self.liveness.review((self._runs[tid] for tid in self._jobs), time.monotonic(), self.bucket.rate)
+        for run in found.waiting_for_host:
+            self._wait(run, HOST_TAKEN)
+        for run in found.host_freed:
             run.waiting = None  # the next progress row carries it
-
-    def _stall_limit(self) -> float:
-        limit = max(2 * self.config.timeout_interval_for_request, 10.0)
-        rate = self.bucket.rate
-        return limit + (float(1 << 20) / rate if rate else 0.0)  # a bandwidth limit spaces out the chunks
-
-    async def _stop_stalled(self, run: TaskRun) -> None:
-        rec, tid = run.record, run.task_identifier
-        quiet = time.monotonic() - self._moving.pop(tid)[1]
-        total = rec.total
-        if run.received:
-            doing = f"receiving bytes ({run.received:,} of {'?' if total is None else f'{total:,}'})"
-        else:
-            doing = "waiting for the first byte of the response"
-        job = self._stop_job(tid)
-        if job is not None:
-            await asyncio.gather(job, return_exceptions=True)
-        if rec.state is not TaskState.RUNNING:
-            return
-        log.error("bgdl_nb task %s made no progress for %.0f s while %s", tid, quiet, doing)
-        self._fail(run, TransferTimeout(
-            f"task {tid} made no progress for {quiet:.0f} s while {doing}, and had no reason to wait: it was "
-            "stopped instead of hanging; resume it (or run the same command again) to continue from the bytes "
-            "on disk", url=rec.url, task_identifier=tid))
-        self._schedule()
+        for run, quiet in found.stalled:
+            job = self._stop_job(run.task_identifier)
+            if job is not None:
+                await asyncio.gather(job, return_exceptions=True)
+            if run.record.state is TaskState.RUNNING:
+                error = stalled_error(run, quiet)
+                log.error("bgdl_nb %s", error)
+                self._fail(run, error)
+                self._schedule()
 
     async def _refresh_claims(self, tids: list[int]) -> None:
         """Renew the claims of ``tids`` (one hand-off to a thread); a task whose claim

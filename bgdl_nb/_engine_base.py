@@ -18,7 +18,6 @@ import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
 
 from ._bandwidth import TokenBucket
 from ._claims import claim, release
@@ -30,7 +29,7 @@ from ._journal import Store, TaskRecord
 from ._reads import Want, covered, reader_view, written_ranges
 from ._redact import redact_text, redact_url
 from ._resume import ResumeState, Validator, encode_resume_data
-from ._run import TaskRun
+from ._run import TaskRun, host_of
 from ._scheduler import Scheduler
 from ._states import TaskState, check_transition
 from ._transfer import new_client
@@ -256,9 +255,9 @@ class EngineBase:
     def _connection_share(self, run: TaskRun) -> int:
         """Connections ``run`` may hold for its pieces now: the host's limit shared evenly
         among this engine's tasks transferring from that host (one at least)."""
-        host = urlsplit(run.record.url).netloc.lower()
+        host = host_of(run.record.url)
         sharing = sum(1 for t in self._jobs if (r := self._runs[t]).streaming + r.opening
-                      and urlsplit(r.record.url).netloc.lower() == host)
+                      and host_of(r.record.url) == host)
         return max(1, self.config.http_maximum_connections_per_host // max(1, sharing))
 
     def _owner(self, tid: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 from ._events import EventKind
 from ._exceptions import HTTPStatusError, TransferError
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from ._segments import Segmented
     from ._waits import Wait
 
-__all__ = ["LINK_REFUSED", "Reporter", "RestartNeeded", "RetryableStatus", "TaskRun", "link_refused"]
+__all__ = ["LINK_REFUSED", "Reporter", "RestartNeeded", "RetryableStatus", "TaskRun", "host_of", "link_refused"]
 
 
 @dataclass(eq=False)
@@ -79,6 +80,12 @@ class TaskRun:
     @property
     def task_identifier(self) -> int:
         return self.record.task_identifier
+
+
+def host_of(url: str) -> str:
+    """The host (and port) a URL's connections go to, as the scheduler and the connection
+    share count them."""
+    return urlsplit(url).netloc.lower()
 
 
 class RestartNeeded(Exception):
