@@ -23,7 +23,6 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -33,6 +32,7 @@ from .._events import Event
 from .._private import private_dir, state_write_error
 from .._states import TaskState
 from .base import TASK_FIELDS, TaskRecord
+from .writes import Writes
 
 log = logging.getLogger("bgdl_nb")
 
@@ -59,17 +59,6 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_task ON events(task_identifier, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
-
-
-@dataclass
-class _Writes:
-    """Writes gathered for one hand-over to SQLite (see :meth:`SqliteStore._write`)."""
-
-    puts: dict[int, tuple[list[Any], int]]  # (row, offset)
-    changes: dict[int, dict[str, Any]]
-    offsets: dict[int, int]
-    events: list[tuple[Any, ...]]
-    meta: dict[str, str]
 
 
 class _NewerJournal(Exception):
@@ -184,12 +173,8 @@ class SqliteStore:
         # writes not yet handed to SQLite: written together (one executemany per kind) when
         # the group commits or before anything is read. A task's changes coalesce: a file
         # that changes six fields in four steps within one window costs one UPDATE.
-        self._puts: dict[int, tuple[list[Any], int]] = {}  # (row, offset)
-        self._changes: dict[int, dict[str, Any]] = {}
-        self._offsets: dict[int, int] = {}
-        self._events: list[tuple[Any, ...]] = []
-        self._meta: dict[str, str] = {}
-        self._sent: list[_Writes] = []  # handed to SQLite in the open transaction, not committed yet
+        self._gathered = Writes()
+        self._sent: list[Writes] = []  # handed to SQLite in the open transaction, not committed yet
         row = self._conn.execute("SELECT MAX(seq) FROM events").fetchone()
         ever = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
         self._seq = max(row[0] or 0, ever[0] if ever else 0)  # events are numbered here, never reusing one
@@ -221,21 +206,16 @@ class SqliteStore:
     def _discard(self) -> None:
         unsent = sum(len(w.events) for w in self._sent)
         self._sent.clear()
-        self._puts.clear()
-        self._changes.clear()
-        self._offsets.clear()
-        self._seq -= unsent + len(self._events)  # their numbers were never stored: the next events take them
-        self._events.clear()
-        self._meta.clear()
+        self._seq -= unsent + len(self._gathered.events)  # their numbers were never stored: the next events take them
+        self._gathered = Writes()
         if self._open:
             self._open = False
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
 
-    def _take(self) -> _Writes:
+    def _take(self) -> Writes:
         """The gathered writes, moved out of the buffers."""
-        taken = _Writes(self._puts, self._changes, self._offsets, self._events, self._meta)
-        self._puts, self._changes, self._offsets, self._events, self._meta = {}, {}, {}, [], {}
+        taken, self._gathered = self._gathered, Writes()
         return taken
 
     def _restore(self) -> None:
@@ -243,17 +223,7 @@ class SqliteStore:
         write it held back in front of the ones gathered since, so the next commit writes
         them all: a journal that could not be written for a while loses nothing and works
         again once it can be."""
-        newer = self._take()
-        for older in [*self._sent, newer]:
-            for tid, put in older.puts.items():
-                self._changes.pop(tid, None)
-                self._offsets.pop(tid, None)
-                self._puts[tid] = put
-            for tid, changes in older.changes.items():
-                self._changes.setdefault(tid, {}).update(changes)
-            self._offsets.update(older.offsets)
-            self._events.extend(older.events)
-            self._meta.update(older.meta)
+        self._gathered = Writes.merged([*self._sent, self._gathered])
         self._sent.clear()
         self._open = False
         with contextlib.suppress(sqlite3.Error):
@@ -262,7 +232,7 @@ class SqliteStore:
 
     def _write(self) -> None:
         """Hand the gathered writes to SQLite, inside the open transaction (not committed)."""
-        if not (self._puts or self._changes or self._offsets or self._events or self._meta):
+        if self._gathered.empty:
             return
         try:
             self._send()
@@ -331,18 +301,18 @@ class SqliteStore:
     def put_task(self, record: TaskRecord) -> None:
         with self.atomic():
             tid = record.task_identifier
-            self._changes.pop(tid, None)  # the whole record supersedes its earlier changes
-            self._offsets.pop(tid, None)
-            self._puts[tid] = (_to_row(record), record.offset)
+            self._gathered.changes.pop(tid, None)  # the whole record supersedes its earlier changes
+            self._gathered.offsets.pop(tid, None)
+            self._gathered.puts[tid] = (_to_row(record), record.offset)
 
     def update_task(self, task_identifier: int, **changes: Any) -> None:
         with self.atomic():
             offset = changes.pop("offset", None)
             if offset is not None:
-                self._offsets[task_identifier] = offset
+                self._gathered.offsets[task_identifier] = offset
             if not changes:
                 return
-            pending = self._changes.setdefault(task_identifier, {})
+            pending = self._gathered.changes.setdefault(task_identifier, {})
             for name, value in changes.items():
                 if name in _JSON_FIELDS:
                     value = _json(value)
@@ -353,7 +323,7 @@ class SqliteStore:
 
     def set_offset(self, task_identifier: int, offset: int) -> None:
         with self.atomic():
-            self._offsets[task_identifier] = offset
+            self._gathered.offsets[task_identifier] = offset
 
     # events ------------------------------------------------------------------------------
 
@@ -361,7 +331,7 @@ class SqliteStore:
         with self.atomic():
             self._seq += 1
             e = event
-            self._events.append((self._seq, e.time, e.task_identifier, e.event, e.bytes_written,
+            self._gathered.events.append((self._seq, e.time, e.task_identifier, e.event, e.bytes_written,
                                  e.total_bytes_written, e.total_bytes_expected, e.status, e.error, e.detail,
                                  e.reason))
         return Event(self._seq, e.time, e.identifier, e.task_identifier, e.event, e.bytes_written,
@@ -374,14 +344,14 @@ class SqliteStore:
     # meta --------------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:
-        if key in self._meta:
-            return self._meta[key]
+        if key in self._gathered.meta:
+            return self._gathered.meta[key]
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
 
     def set_meta(self, key: str, value: str) -> None:
         with self.atomic():
-            self._meta[key] = value
+            self._gathered.meta[key] = value
 
     def close(self) -> None:
         self.flush()
