@@ -212,6 +212,6 @@ def state_write_error(exc: BaseException, what: str, folder: Path) -> BgdlError 
                         "there and run the same command again (nothing is lost: what could not be written is "
                         "written then)")
     if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly" in said or "read-only" in said:
-        return SessionError(f"{what} cannot be written: {folder} is read-only ({exc}); make it writable, or set "
-                            "BGDL_STATE_DIR to a folder that is, and run the same command again")
+        return SessionError(f"{what} cannot be written: {folder} is read-only or not writable by you ({exc}); make "
+                            "it writable, or set BGDL_STATE_DIR to a folder that is, and run the same command again")
     return None
