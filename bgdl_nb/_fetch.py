@@ -55,10 +55,10 @@ def _finished_in_journal(config: Configuration) -> dict[tuple[str, str], str]:
 
 def _creating(config: Configuration) -> Any:
     """A lock, across processes, around looking up and creating one identifier's tasks."""
-    import filelock
+    from ._locks import holding
     path = config.journal_path()
     private_tree(config.resolved_state_dir(), "sessions")
-    return filelock.FileLock(str(path) + ".create.lock", timeout=120)
+    return holding(str(path) + ".create.lock", 120)
 
 
 def _check_folder(dest_dir: Path) -> None:

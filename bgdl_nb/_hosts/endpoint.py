@@ -39,6 +39,7 @@ import filelock
 from .._engine import Engine
 from .._exceptions import InvalidInput, SessionBusy
 from .._journal import MemoryStore, SqliteStore
+from .._locks import take
 from .._private import private_tree
 from .commands import Ack, Command, Control, Create, Events
 
@@ -177,10 +178,9 @@ def _hold_journal(config: Configuration, root: Path, holder: str) -> filelock.Ba
     folder = private_tree(root, "sessions")
     journal = folder / f"{config.identifier}.sqlite3"
     # not thread-local: the host takes it on its own thread and lets it go on the engine's
-    lock = filelock.FileLock(str(journal) + ".lock", timeout=0, thread_local=False)
     owner = Path(str(journal) + ".owner")
     try:
-        lock.acquire()
+        lock = take(str(journal) + ".lock", 0, thread_local=False)
     except filelock.Timeout:
         held_by = owner.read_text().strip() if owner.exists() else "another process"
         raise SessionBusy(

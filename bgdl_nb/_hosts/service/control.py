@@ -7,6 +7,7 @@ uses the rest.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import select
@@ -83,7 +84,7 @@ def start_service(state_dir: Path, idle_timeout: float | None = None, timeout: f
     threading.Thread(target=proc.wait, name="bgdl-service-reaper", daemon=True).start()
     try:
         ready, _, _ = select.select([read_fd], [], [], timeout)
-        line = os.read(read_fd, 200).decode() if ready else ""
+        line = os.read(read_fd, 65536).decode() if ready else ""
     finally:
         os.close(read_fd)
     if not line:
@@ -95,7 +96,10 @@ def start_service(state_dir: Path, idle_timeout: float | None = None, timeout: f
                 raise DiskFull(f"the transfer service cannot start: no space is left on the disk of {state_dir}; "
                                "free some space there and run the same command again")
         raise ServiceUnavailable(f"the transfer service exited as it started ({_last_line(log_path)}); see {log_path}")
-    return int(line.split()[1])
+    word, said = line.split(maxsplit=1)
+    if word == "failed":  # a refusal of its own (a state folder it cannot use): said as it is
+        raise BgdlError.from_dict(json.loads(said))
+    return int(said.split()[0])
 
 
 def _last_line(path: Path) -> str:

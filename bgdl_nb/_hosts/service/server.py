@@ -35,6 +35,7 @@ from ..._engine import Snapshot
 from ..._events import Event, EventKind
 from ..._exceptions import BgdlError, InvalidDestination, InvalidInput
 from ..._journal import read_journal
+from ..._locks import take
 from ..._private import state_write_error
 from ..._resume import load_key
 from ..._states import TaskState
@@ -97,15 +98,18 @@ class Service:
     # life --------------------------------------------------------------------------------
 
     async def run(self, ready_fd: int | None = None) -> int:
-        private_runtime_dir(self.state_dir)
-        lock = filelock.FileLock(str(self.run_dir / "service.lock"), timeout=0)
         try:
-            lock.acquire()
+            private_runtime_dir(self.state_dir)
+            lock = take(self.run_dir / "service.lock", 0)
         except filelock.Timeout:  # another service owns this state directory: name it
             pid_file = self.run_dir / "service.pid"
             running = pid_file.read_text().strip() if pid_file.exists() else str(os.getpid())
             self._signal_ready(ready_fd, "running", running)
             return 0
+        except BgdlError as exc:  # a state folder it must not use: the starter says why, as it is
+            log.error("%s", exc)
+            self._signal_ready(ready_fd, "failed", json.dumps(exc.to_dict()))
+            return 1
         try:
             if self.socket_path.exists():
                 self.socket_path.unlink()  # left by a service that was killed
