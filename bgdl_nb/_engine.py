@@ -23,6 +23,7 @@ The engine
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import math
@@ -171,12 +172,21 @@ class Engine(EngineBase):
         if self._client is not None:
             await self._client.close()
         self.hashing.close()
-        self.flush()
+        self._last_flush()
 
     def close_store(self) -> None:
-        self.flush()
+        self._last_flush()
         self._closed_store = True
-        self.store.close()
+        with contextlib.suppress(BgdlError):  # what it could not commit, _last_flush said
+            self.store.close()
+
+    def _last_flush(self) -> None:
+        """Commit what is left; a journal that cannot be written keeps what it last
+        committed (offsets never above the bytes on disk), and closing goes on."""
+        try:
+            self.flush()
+        except BgdlError as exc:
+            log.warning("bgdl_nb: closed without journaling the last changes: %s", exc)
 
     async def drain(self) -> None:
         """Wait until no task is running or being cancelled."""
@@ -369,7 +379,7 @@ class Engine(EngineBase):
 
     def _schedule(self) -> None:
         """Apply the policy's plan: start tasks, publish waiting reasons, expire tasks."""
-        if self._closing:
+        if self._closing or self.halted is not None:  # nothing starts while the journal cannot be written
             return
         loop = asyncio.get_running_loop()
         try:

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -64,12 +65,18 @@ class Sink(Protocol):
     def counts(self, counts: dict[int, int]) -> None:
         """Live byte counts of transferring tasks that moved since the last call."""
 
+    def halted(self, error: BgdlError) -> None:
+        """The journal cannot be written (``error`` says why): transfers stopped."""
+
 
 class _NullSink:
     def event(self, event: Event, snapshot: Snapshot | None) -> None:
         pass
 
     def counts(self, counts: dict[int, int]) -> None:
+        pass
+
+    def halted(self, error: BgdlError) -> None:
         pass
 
 
@@ -148,6 +155,9 @@ class EngineBase:
     _delivered: int
     _nonce: str  # tells apart the tasks of two sessions without a journal in one process
     _claimed: dict[int, float]  # when (monotonic) this engine last claimed or refreshed a task's destination
+    _halted_since = 0.0
+    _stop_job: Callable[[int], asyncio.Task[None] | None]  # scheduling (Engine)
+    _enqueue: Callable[[TaskRun], None]
 
     # reading -----------------------------------------------------------------------------
 
@@ -364,14 +374,29 @@ class EngineBase:
     def _flush_soon(self) -> None:
         """Commit what was written within ``GROUP_COMMIT_WINDOW`` from now."""
         if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().call_later(GROUP_COMMIT_WINDOW, self.flush)
+            self._flusher = asyncio.get_running_loop().call_later(GROUP_COMMIT_WINDOW, self._flush_later)
+
+    def _flush_later(self) -> None:
+        with contextlib.suppress(BgdlError):  # a journal that cannot be written halts the engine (flush)
+            self.flush()
 
     def flush(self) -> None:
-        """Commit the journal's open group, then publish its events, in order."""
+        """Commit the journal's open group, then publish its events, in order.
+
+        A journal that cannot be written (its disk full, its folder read-only) halts the
+        engine: every transfer stops, its partial file kept, and the sink is told the error,
+        which this raises too. Committing is tried again every few seconds, and by every
+        command; once it works the engine goes on by itself."""
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
-        self.store.flush()  # journal first, notify second
+        try:
+            self.store.flush()  # journal first, notify second
+        except BgdlError as exc:
+            self._halt(exc)
+            raise
+        if self.halted is not None:
+            self._unhalt()
         pending, self._pending = self._pending, []
         if not pending:
             return
@@ -382,6 +407,38 @@ class EngineBase:
                     self.sink.event(event, snapshot)
                 except Exception:  # a display or a slow client must never break a transfer
                     log.exception("bgdl_nb event sink failed")
+
+    # a journal that cannot be written ----------------------------------------------------
+
+    halted: BgdlError | None = None
+    """Why the journal cannot be written now (the engine transfers nothing meanwhile)."""
+    _halt_retry: asyncio.TimerHandle | None = None
+
+    def _halt(self, error: BgdlError) -> None:
+        if self.halted is None:
+            log.error("bgdl_nb: %s; transfers stop until it can be written", error)
+            for tid in list(self._jobs):
+                self._stop_job(tid)  # its bytes stay; it continues from its journaled offset
+                self._enqueue(self._runs[tid])
+            self._halted_since = time.monotonic()
+            self.sink.halted(error)
+        self.halted = error
+        if self._halt_retry is None and not self._closed_store:
+            wait = min(30.0, 2.0 + (time.monotonic() - self._halted_since) / 4)  # 2 s, slower as it lasts
+            self._halt_retry = asyncio.get_running_loop().call_later(wait, self._retry_journal)
+
+    def _retry_journal(self) -> None:
+        self._halt_retry = None
+        if self.halted is not None:
+            self._flush_later()
+
+    def _unhalt(self) -> None:
+        log.info("bgdl_nb: the journal can be written again; transfers continue")
+        self.halted = None
+        if self._halt_retry is not None:
+            self._halt_retry.cancel()
+            self._halt_retry = None
+        asyncio.get_running_loop().call_soon(self._schedule)
 
     # a transfer shared with another session (the service links them) ---------------------
 

@@ -370,6 +370,9 @@ def _wait_all(tasks: dict[int, DownloadTask], urls: list[str], names: list[str],
             f"still downloading after {timeout} s ({tasks[i].count_of_bytes_received} bytes so far); "
             "call fetch() again to wait for the rest", url=urls[i])
     if errors:
+        first = next(iter(errors.values()))
+        if first.url is None and all(err is first for err in errors.values()):
+            raise first  # one error of the whole session (its journal cannot be written): said once
         lines = "\n".join(f"  {url}: {_without(str(err), url)}" for url, err in errors.items())
         raise FetchError(f"{len(errors)} of {len(urls)} downloads did not complete:\n{lines}", errors=errors)
     return [done[i] for i in range(len(urls))]

@@ -25,6 +25,7 @@ demo's origin and client) runs through :func:`python_command` and
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -202,16 +203,37 @@ def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _write_probe(folder: Path) -> OSError | None:
+    """Why a new file cannot be made in ``folder`` now (``None``: it can). SQLite says only
+    "disk I/O error" when its folder went read-only under it, and a file system that a
+    disk error remounted read-only still reports itself writable to ``statvfs``."""
+    probe = folder / f".bgdl-write-probe-{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600))
+    except OSError as exc:
+        return exc
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return None
+
+
 def state_write_error(exc: BaseException, what: str, folder: Path) -> BgdlError | None:
     """The error to show when ``what`` (in the state folder ``folder``) could not be
     written because its disk is full or read-only; ``None`` for any other failure. Both
     say what to do, and both are passing: the same command works again once it can write."""
     said, code = str(exc).lower(), getattr(exc, "errno", None)
+    if code == errno.EIO or "disk i/o error" in said:
+        found = _write_probe(folder)
+        if found is None:
+            return SessionError(f"{what} cannot be written: the disk of {folder} reported an error ({exc}); check "
+                                "that disk, then run the same command again")
+        exc, said, code = found, str(found).lower(), found.errno
     if code == errno.ENOSPC or "disk is full" in said or "no space" in said:
         return DiskFull(f"{what} cannot be written: no space is left on the disk of {folder}; free some space "
                         "there and run the same command again (nothing is lost: what could not be written is "
                         "written then)")
+    why = getattr(exc, "strerror", None) or exc
     if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly" in said or "read-only" in said:
-        return SessionError(f"{what} cannot be written: {folder} is read-only or not writable by you ({exc}); make "
+        return SessionError(f"{what} cannot be written: {folder} is read-only or not writable by you ({why}); make "
                             "it writable, or set BGDL_STATE_DIR to a folder that is, and run the same command again")
     return None

@@ -90,6 +90,7 @@ class DownloadTask:
         self._host = host
         self._record = record
         self._done: concurrent.futures.Future[Path] = concurrent.futures.Future()
+        self._interrupted = False  # _done holds a session's error, not the task's end
         self._received = record.offset  # live count, ahead of the journaled offset
         self._version = 0  # of the engine snapshot shown
         self.waiting_reason: str | None = None
@@ -294,7 +295,7 @@ class DownloadTask:
 
     def done(self) -> bool:
         """Whether the task has ended (with its file or with an error)."""
-        return self._done.done()
+        return self._done.done() and not self._interrupted
 
     def __await__(self) -> Generator[Any, None, Path]:
         import asyncio
@@ -306,6 +307,20 @@ class DownloadTask:
         return f"<DownloadTask {self.task_identifier} {self.state.value} {size} {redact_url(self._record.url)}>"
 
     # host side -------------------------------------------------------------------------
+
+    def _interrupt(self, error: BgdlError) -> None:
+        """The engine stopped transferring for a reason of the whole session (its journal
+        cannot be written): waits end with ``error``; the task itself is not over."""
+        if not self._done.done():
+            self.waiting_reason = str(error)
+            self._interrupted = True
+            self._done.set_exception(error)
+
+    def _reopen(self) -> None:
+        """After :meth:`_interrupt`, once the engine goes on: the next wait waits again."""
+        if self._interrupted:
+            self._interrupted = False
+            self._done = concurrent.futures.Future()
 
     def _settle(self) -> None:
         """Resolve the waiters once the record is COMPLETED."""

@@ -263,6 +263,8 @@ def _cmd_service(args: argparse.Namespace) -> int:
         away = info.get("finished_unattended", 0), info.get("failed_unattended", 0)
         news = "" if not any(away) else (
             f"; {away[0]} finished" + (f", {away[1]} failed" if away[1] else "") + " while no client was attached")
+        if info.get("halted"):
+            news += f"; transfers stopped: {info['halted']}"
         print(f"  {identifier}: {info['tasks']} tasks, {info['running']} running, {info['clients']} attached, "
               f"{info['bytes_per_second'] / 1e6:.1f} MB/s{news}")
     return 0

@@ -119,3 +119,18 @@ def kill_mid_file_and_run_again(origin, name: str, script: str, *args: str, stat
     if status is not None:
         os.kill(status["pid"], signal.SIGKILL)
     return subprocess.run(command, env=os.environ.copy(), capture_output=True, text=True, timeout=120)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Fill the small file system ``folder`` is on (a 4 MiB tmpfs) to its last byte with one
+    file, and return it (unlink it to free the space)."""
+    import pytest
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            for _ in range(2000):  # bounded: 4 MiB are full after 1,024 writes
+                os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
+    return filler

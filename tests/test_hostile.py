@@ -11,7 +11,7 @@ import pytest
 
 import bgdl_nb as bg
 
-from helpers import sha256_of, wait_for_bytes, wait_until
+from helpers import fill_disk, sha256_of, wait_for_bytes, wait_until
 
 MB = 1024 * 1024
 
@@ -300,18 +300,6 @@ def small_state_disk(tmp_path, monkeypatch):
         subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
-def _fill(folder: Path) -> Path:
-    filler = folder / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        with pytest.raises(OSError, match="No space left"):
-            for _ in range(2000):  # bounded: 4 MiB are full after 1,024 writes
-                os.write(fd, b"\0" * 4096)
-    finally:
-        os.close(fd)
-    return filler
-
-
 def test_a_journal_whose_disk_filled_works_again_once_space_is_freed_without_a_service_restart(
         origin, tmp_path, small_state_disk):
     """The journal's disk fills while the transfer service runs: each command says so in
@@ -322,7 +310,7 @@ def test_a_journal_whose_disk_filled_works_again_once_space_is_freed_without_a_s
     out = tmp_path / "out"
     assert run_cli("fetch", origin.url("first.bin", 10_000), "-o", str(out), "--id", "filling", "-q").returncode == 0
     service = (small_state_disk / "state" / "run" / "service.pid").read_text()
-    filler = _fill(small_state_disk)
+    filler = fill_disk(small_state_disk)
     many = [origin.url(f"more-{i}.bin", 1000) for i in range(40)]
     for args in (("--id", "filling"), ("--id", "brand-new")):  # a journal in use, and one that cannot even be made
         full = run_cli("fetch", *many, "-o", str(out), *args, "-q")

@@ -38,6 +38,8 @@ from .._task import DownloadTask
 if TYPE_CHECKING:
     import asyncio
 
+    from .._exceptions import BgdlError
+
 __all__ = ["Call", "Delivery", "Host", "HostCore", "TaskMirror"]
 
 log = logging.getLogger("bgdl_nb")
@@ -139,6 +141,7 @@ class TaskMirror:
         task._record.state = TaskState(task._record.state)
         task._received = snap["received"]
         task.waiting_reason = snap["waiting_reason"]
+        task._reopen()  # the engine goes on: a wait that a halt ended may wait again
         destination = fields["destination"]
         if task._record.state is TaskState.COMPLETED:
             if destination and self._destinations.get(destination) == tid:
@@ -347,6 +350,15 @@ class HostCore:
         if isinstance(result, dict) and "record" in result:
             self.mirror.apply(result)
         return result
+
+    def halted(self, error: BgdlError) -> None:
+        """The engine's journal cannot be written, so its transfers stopped: whoever waits
+        for a task of the current job gets ``error`` (the task is not over: the snapshots
+        that follow once the journal works again let a new wait wait)."""
+        for tid in list(self.mirror.current):
+            task = self.mirror.tasks.get(tid)
+            if task is not None:
+                task._interrupt(error)
 
     def backlog(self, event: Event) -> None:
         """An event the delegate missed while no session was attached."""

@@ -125,13 +125,18 @@ class Endpoint:
 
     def attach(self) -> Attached:
         """For a client that attaches to an endpoint already open: nothing is left to
-        publish, then the backlog and the snapshots, in one loop turn."""
+        publish, then the backlog and the snapshots, in one loop turn (refused, with the
+        reason, while the journal cannot be written)."""
         self.engine.flush()
         snapshots = self.engine.snapshots()  # once: 10,000 tasks are 10,000 copies
         return Attached(snapshots, self.engine.backlog(), len(snapshots))
 
     def handle(self, command: Command) -> Any:
-        """Run ``command``; its events are published before this returns."""
+        """Run ``command``; its events are published before this returns. While the
+        journal cannot be written, a command is refused with the reason (nothing of it
+        is done) unless the journal works again now."""
+        if self.engine.halted is not None:
+            self.engine.flush()
         try:
             if isinstance(command, Create):
                 snaps = self.engine.create_many(list(command.records), resume=command.resume)

@@ -26,6 +26,7 @@ from .endpoint import Attached, Endpoint
 if TYPE_CHECKING:
     from .._config import Configuration
     from .._events import Event
+    from .._exceptions import BgdlError
 
 __all__ = ["CONTROLS", "Call", "EngineThread", "ThreadHost", "engine_thread"]
 
@@ -112,6 +113,9 @@ class _Sink:
 
     def counts(self, counts: dict[int, int]) -> None:
         self.core.mirror.counts(counts)
+
+    def halted(self, error: BgdlError) -> None:
+        self.core.halted(error)
 
 
 class ThreadHost:

@@ -354,8 +354,10 @@ class SqliteStore:
             self._gathered.meta[key] = value
 
     def close(self) -> None:
-        self.flush()
-        self._conn.close()
+        try:
+            self.flush()
+        finally:
+            self._conn.close()
 
 
 def _load_tasks(conn: sqlite3.Connection) -> list[TaskRecord]:

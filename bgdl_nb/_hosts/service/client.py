@@ -155,6 +155,8 @@ class ServiceHost:
                 call.set_exception(BgdlError.from_dict(message["error"]))
         elif message.get("type") == "event":
             self.core.on_event(Event(**message["event"]), message.get("task"))
+        elif message.get("type") == "halted":
+            self.core.halted(BgdlError.from_dict(message["error"]))
         elif message.get("type") == "progress":
             self.core.mirror.counts({int(tid): received for tid, received in message["counts"].items()})
 

@@ -14,6 +14,7 @@ import select
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -167,12 +168,29 @@ def service_status(state_dir: str | os.PathLike[str] | None = None) -> dict[str,
 def stop_service(state_dir: Path, timeout: float = 30.0) -> bool:
     """Ask the service to stop and wait until its lock is free; False when none ran."""
     import filelock
-    if _request_once(state_dir, "shutdown") is None:
+    answer = _request_once(state_dir, "shutdown")
+    if answer is None:
         return False
     lock = filelock.FileLock(str(runtime_dir(state_dir) / "service.lock"), timeout=timeout)
-    with lock:  # acquired only once the service released it on its way out
-        pass
+    try:
+        with lock:  # acquired only once the service released it on its way out
+            pass
+    except OSError:  # a state folder that turned read-only: the lock file cannot even be opened
+        _wait_gone(int(answer["stopping"]), timeout)
     return True
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    """Wait (polling, up to ``timeout`` s) until process ``pid`` has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise ServiceNotAnswering(f"the transfer service (pid {pid}) was asked to stop and is still running after "
+                              f"{timeout:g} s; stop it with `kill {pid}`")
 
 
 

@@ -14,6 +14,7 @@ from .protocol import encode
 if TYPE_CHECKING:
     from ..._engine import Snapshot
     from ..._events import Event
+    from ..._exceptions import BgdlError
     from ..endpoint import Endpoint
     from .server import Service
 
@@ -75,6 +76,12 @@ class Hosted:
         for client in self.clients:
             client.send(message)
         self.service.sharing.progress(self, counts)
+
+    def halted(self, error: BgdlError) -> None:
+        """The journal cannot be written: the clients' waits end with ``error``."""
+        message = {"type": "halted", "identifier": self.identifier, "error": error.to_dict()}
+        for client in self.clients:
+            client.send(message)
 
 
 _ALWAYS_SENT = ("task_identifier", "state", "destination")  # what a client's mirror reads of every update

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import functools
 import json
@@ -130,8 +131,9 @@ class Service:
                 await self._unload(hosted)
             for client in list(self.clients):
                 client.writer.close()
-            self.socket_path.unlink(missing_ok=True)
-            (self.run_dir / "service.pid").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a state folder turned read-only keeps them: the next start copes
+                self.socket_path.unlink(missing_ok=True)
+                (self.run_dir / "service.pid").unlink(missing_ok=True)
             return 0
         finally:
             lock.release()
@@ -397,7 +399,8 @@ class Service:
             sessions[identifier] = {"tasks": count, "running": running, "clients": len(hosted.clients),
                                     "bytes_per_second": round(hosted.rate),
                                     "finished_unattended": len(hosted.unattended) - hosted.unattended.count("failed"),
-                                    "failed_unattended": hosted.unattended.count("failed")}
+                                    "failed_unattended": hosted.unattended.count("failed"),
+                                    "halted": None if hosted.engine.halted is None else str(hosted.engine.halted)}
         return {"pid": os.getpid(), "uptime": round(time.time() - self.started, 1), "protocol": PROTOCOL_VERSION,
                 "clients": len(self.clients) - 1, "sessions": sessions, "state_dir": str(self.state_dir)}
 
