@@ -49,6 +49,7 @@ from ._exceptions import (
     UnsafeFile,
     UnsafeLocation,
     UnsupportedURL,
+    WaitTimedOut,
 )
 from ._fetch import fetch, fetch_async
 from ._hosts.service.control import service_status
@@ -113,6 +114,7 @@ __all__ = [
     "UnsafeLocation",
     "UnsupportedURL",
     "WaitReason",
+    "WaitTimedOut",
     "cluster_job",
     "fetch",
     "fetch_async",

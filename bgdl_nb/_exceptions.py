@@ -70,6 +70,7 @@ __all__ = [
     "UnpackError",
     "UnsafeLocation",
     "UnsupportedURL",
+    "WaitTimedOut",
 ]
 
 
@@ -192,6 +193,11 @@ class CannotConnect(NetworkError):
 
 class TransferTimeout(TransferError):
     """No data arrived in time, or the task outlived its resource timeout."""
+
+
+class WaitTimedOut(BgdlError, TimeoutError):
+    """A wait with a ``timeout`` (:meth:`DownloadTask.wait`) ended before the task did; the
+    task goes on, and waiting again waits for the rest. Also a builtin ``TimeoutError``."""
 
 
 class ReadTimeout(TransferTimeout):

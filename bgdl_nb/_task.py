@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ._exceptions import BgdlError, HTTPStatusError, SessionInvalidated
+from ._exceptions import BgdlError, HTTPStatusError, SessionInvalidated, WaitTimedOut
 from ._redact import redact_headers, redact_url
 from ._states import TaskState
 
@@ -289,9 +289,10 @@ class DownloadTask:
         try:
             return self._done.result(timeout)
         except concurrent.futures.TimeoutError:
-            raise TimeoutError(
-                f"task {self.task_identifier} still {self.state.value} after {timeout} s"
-            ) from None
+            raise WaitTimedOut(
+                f"task {self.task_identifier} still {self.state.value} after waiting {timeout:g} s "
+                f"({self._received:,} bytes so far); it goes on: wait again for the rest",
+                url=self._record.url, task_identifier=self.task_identifier) from None
 
     def done(self) -> bool:
         """Whether the task has ended (with its file or with an error)."""

@@ -333,6 +333,16 @@ def test_await_from_async_code(origin, tmp_path):
     assert path == tmp_path / "aw" and isinstance(data, bytes)
 
 
+def test_a_wait_that_times_out_is_our_error_and_says_the_task_goes_on(origin, tmp_path):
+    with bg.Session() as s:
+        task = s.download_task(origin.url("slowly", 2 * MB, rate=1 * MB), tmp_path / "slowly").resume()
+        with pytest.raises(bg.WaitTimedOut, match=r"task \d+ still running after waiting 0.05 s \(.* bytes so far\); "
+                                                  r"it goes on: wait again for the rest") as raised:
+            task.wait(0.05)
+        assert isinstance(raised.value, TimeoutError) and raised.value.task_identifier == task.task_identifier
+        assert task.wait(30) == tmp_path / "slowly"
+
+
 def test_max_concurrent_tasks_and_waiting_reason(origin, tmp_path):
     s = bg.Session(bg.Configuration.default(max_concurrent_tasks=1))
     first = s.download_task(origin.url("q1", 2 * MB, rate=8 * MB), tmp_path / "q1").resume()
