@@ -510,6 +510,7 @@ class Engine(EngineBase):
         rec = run.record
         tid = rec.task_identifier
         try:
+            await self.finaliser.settled(rec.partial_path)  # a rename a suspend interrupted ends first
             if rec.location and self._recover_finalised(run):
                 return  # renamed into place by a finalisation that a suspend interrupted
             if rec.destination and time.monotonic() - self._claimed.get(tid, -math.inf) > self.config.claim_lease / 2:

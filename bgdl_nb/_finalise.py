@@ -129,6 +129,7 @@ class Finaliser:
         self._commit = commit
         self._batch: list[_Item] = []
         self._worker: asyncio.Task[None] | None = None
+        self._under_way: dict[str, asyncio.Future[None]] = {}  # partial file -> its finalisation
 
     async def finalise(self, partial: str, target: Path, record_intent: Callable[[], None],
                        then: Callable[[], None] | None = None) -> None:
@@ -138,10 +139,19 @@ class Finaliser:
         the rename, in the same hand-off."""
         loop = asyncio.get_running_loop()
         item = _Item(partial, target, record_intent, then, loop.create_future())
+        self._under_way[partial] = item.done
+        item.done.add_done_callback(lambda _: self._under_way.pop(partial, None))
         self._batch.append(item)
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._drain())
         await asyncio.shield(item.done)  # a cancelled waiter does not stop a rename under way
+
+    async def settled(self, partial: str) -> None:
+        """Return once no finalisation of ``partial`` is under way (a task suspended while
+        its file was being renamed, then resumed, must not start again beside the rename)."""
+        under_way = self._under_way.get(partial)
+        if under_way is not None:
+            await asyncio.gather(asyncio.shield(under_way), return_exceptions=True)
 
     async def _drain(self) -> None:
         while self._batch:
