@@ -12,18 +12,22 @@ over four connections (``--connections 4``); after a random delay the child, the
 transfer service or both are killed with SIGKILL (a client whose service was killed goes
 on: it starts a new service, which reattaches to the journal). After a kill of both, 4 KiB
 in the middle of a random partial file are overwritten while no process holds it: the
-next run must find and re-fetch them. After the last kill the job is left to finish.
+next run must find and re-fetch them. Where libfaketime is installed (Debian's
+``faketime``), the wall clock of the client and the service is also set by days, forward
+and back, at random moments (the monotonic clock is left alone, as on a real machine).
+After the last kill the job is left to finish.
 Every file is then compared with the origin's versions (a file that finished before its
 new version appeared is whole at the older one; anything else is corrupt), and the bytes
 the origin served with the bytes of the files.
 
-Run:   python benchmarks/torture.py [--files 50] [--seed 7] [--kills 20]
+Run:   python benchmarks/torture.py [--files 50] [--seed 7] [--kills 20] [--no-clock-jumps]
 Prints a Markdown table (faults tried, files byte-identical, bytes re-fetched).
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import random
 import signal
@@ -54,18 +58,35 @@ def _alter_a_partial(out: Path, rng: random.Random) -> bool:
     return True
 
 
+def _faked_clock(work: Path, env: dict[str, str]) -> Path | None:
+    """Run the children under libfaketime with an offset read from a file on every call:
+    the file returned (``None`` where libfaketime is not installed)."""
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    if not found:
+        sys.stderr.write("libfaketime not found (apt-get install faketime): the wall clock stays put\n")
+        return None
+    clock = work / "clock"
+    clock.write_text("+0\n")
+    env.update(LD_PRELOAD=found[0], FAKETIME_TIMESTAMP_FILE=str(clock), FAKETIME_NO_CACHE="1",
+               FAKETIME_DONT_FAKE_MONOTONIC="1")
+    return clock
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=50)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--kills", dest="max_rounds", type=int, default=20,
                         help="rounds that end in a kill before the job is left to finish")
+    parser.add_argument("--no-clock-jumps", dest="clock_jumps", action="store_false",
+                        help="leave the wall clock alone (it jumps only where libfaketime is installed)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="bgdl-torture-"))
     state, out = work / "state", work / "data"
     env = {**os.environ, "BGDL_STATE_DIR": str(state)}
     faults: Counter[str] = Counter()
+    clock = _faked_clock(work, env) if args.clock_jumps else None
 
     with Origin() as origin:
         files: list[tuple[str, int]] = []
@@ -99,6 +120,10 @@ def main() -> int:
                 faults["runs with files split over 4 connections"] += bool(split)
                 child = subprocess.Popen([*command, *split], env=env, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.PIPE, text=True)
+            if clock is not None and rng.random() < 0.4:
+                offset = rng.choice(["+3d", "-2d", "+9d", "-6d", "+0"])
+                clock.write_text(offset + "\n")  # read by every clock call of the client and the service
+                faults["wall clock set by days (+3d, -2d, +9d, -6d, back to +0)"] += 1
             if rounds == 3:
                 for name in changed:  # a new version appears while partial files of the old one exist
                     origin.bump(name)

@@ -138,6 +138,7 @@ class Scheduler:
     def add(self, item: Item) -> None:
         """``item`` wants to run (resume(), reattach, or the end of a backoff)."""
         tid = item.task_identifier
+        self._follow_clock(self.clock())  # its times are read off the clock as it is now
         if tid in self.items:
             self.remove(tid)
         self.items[tid] = item
@@ -166,6 +167,7 @@ class Scheduler:
 
     def backoff(self, tid: int, until: float, reason: Wait = RETRY) -> None:
         """A running task must wait until ``until`` (retry backoff, launch delay)."""
+        self._follow_clock(self.clock())  # a jump already made must not shift ``until``, read after it
         item = self.items.get(tid)
         if item is None:
             return

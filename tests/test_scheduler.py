@@ -226,3 +226,20 @@ def test_setting_the_wall_clock_never_stretches_a_backoff_or_fires_a_timeout():
     mono.now += 1
     plan = s.poll()
     assert plan.expired == [] and 2 in plan.start  # the begin date (a date) has passed
+
+
+def test_a_backoff_set_just_after_the_wall_clock_jumped_keeps_its_length():
+    """The clock jumps while a task transfers (no poll sees it), then its connection resets
+    and the backoff is set from the new clock: it is not shifted by the jump a second time
+    (a laptop that slept eight days used to wait eight more days here)."""
+    wall, mono = Clock(), Clock()
+    s = Scheduler(max_concurrent_tasks=4, max_per_host=6, clock=wall, monotonic=mono)
+    s.add(Item(1, "h"))
+    assert s.poll().start == [1]
+    wall.now += 8 * 86400
+    mono.now += 1
+    s.backoff(1, wall.now + 0.5)
+    s.poll()
+    wall.now += 0.6
+    mono.now += 0.6
+    assert 1 in s.poll().start

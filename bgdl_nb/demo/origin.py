@@ -22,6 +22,7 @@ If-Range. Query switches shape the server's behaviour for one URL:
 ``stall_after=N``   stop sending (but keep the connection) after N body bytes
 ``fail503=K``       answer the first K requests with 503 and ``Retry-After``
 ``retry_after=S``   the Retry-After value for fail503 (seconds, default 1)
+``retry_date=1``    send that Retry-After as an HTTP-date, S seconds after the origin's clock
 ``faults=K``        apply reset/stall only to the first K requests of this URL
 ``status=N``        answer every request with status N and no body (204, 205, 404, ...)
 ``unasked_range=K`` answer 206 with the first K bytes (``Content-Range: bytes 0-K-1/size``)
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import functools
 import hashlib
 import os
@@ -270,8 +272,10 @@ class Origin:
 
         if nth <= int(q.get("fail503", "0")):
             record.status = 503
-            return web.Response(status=503, headers={"Retry-After": q.get("retry_after", "1")},
-                                text="temporarily unavailable\n")
+            after = q.get("retry_after", "1")
+            if q.get("retry_date") == "1":  # the server's own clock, as an HTTP-date
+                after = email.utils.formatdate(time.time() + float(after), usegmt=True)
+            return web.Response(status=503, headers={"Retry-After": after}, text="temporarily unavailable\n")
 
         if "status" in q:
             record.status = int(q["status"])
