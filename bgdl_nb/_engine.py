@@ -177,6 +177,8 @@ class Engine(EngineBase):
     def close_store(self) -> None:
         self._last_flush()
         self._closed_store = True
+        if self._halt_retry is not None:
+            self._halt_retry.cancel()
         with contextlib.suppress(BgdlError):  # what it could not commit, _last_flush said
             self.store.close()
 

@@ -429,7 +429,7 @@ class EngineBase:
 
     def _retry_journal(self) -> None:
         self._halt_retry = None
-        if self.halted is not None:
+        if self.halted is not None and not self._closed_store:
             self._flush_later()
 
     def _unhalt(self) -> None:
