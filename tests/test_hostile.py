@@ -747,3 +747,24 @@ def test_header_bytes_that_are_not_utf8_end_in_a_file(tmp_path, state_dir, use_s
         import json
         recorded = json.loads((tmp_path / "out" / ".bgdl-manifest.json").read_text(encoding="utf-8"))
         assert recorded["files"]["caf_.csv"]["validator"] == '"café"'  # the server's bytes, read as Latin-1
+
+
+@pytest.mark.parametrize("use_service", [False, True], ids=["in-process", "service"])
+def test_a_malformed_chunked_body_is_the_servers_network_error_not_ours(tmp_path, state_dir, use_service):
+    """A chunk size that is not hex, after 64 KiB of good chunks: retried as a NetworkError
+    that names what the server sent, and never reported as an internal error of bgdl_nb."""
+    good = b"".join(b"1000\r\n" + bytes([i % 256]) * 4096 + b"\r\n" for i in range(16))
+    server = _RawServer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Body: %d\r\n", good + b"zz\r\nbad\r\n")
+    try:
+        config = bg.Configuration.background(f"chunked-{use_service}", use_service=use_service, max_retries=1,
+                                             retry_backoff=0.05)
+        with pytest.raises(bg.FetchError) as raised:
+            bg.fetch(f"http://127.0.0.1:{server.port}/broken", tmp_path / "out", configuration=config,
+                     progress=False, timeout=60)
+    finally:
+        server.stop()
+    [error] = raised.value.errors.values()
+    assert isinstance(error, bg.NetworkError) and "internal error" not in str(error), repr(error)
+    assert re.search(r"chunk|payload|transfer", str(error), re.I), str(error)
+    assert server.requests == 2  # tried again once, as max_retries says
+    assert not (tmp_path / "out" / "broken").exists()
