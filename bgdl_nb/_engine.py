@@ -86,6 +86,7 @@ class Engine(EngineBase):
         self.identifier = config.identifier
         self.sink: Sink = sink or _NullSink()
         self._runs: dict[int, TaskRun] = {}
+        self._running: set[int] = set()
         self._destinations: dict[str, int] = {}  # destination -> unfinished task writing it
         self._held: dict[int, str] = {}  # tasks whose bytes another session's task transfers
         self._jobs: dict[int, asyncio.Task[None]] = {}
@@ -120,6 +121,8 @@ class Engine(EngineBase):
         for record in self.store.load_tasks():
             run = TaskRun(record, received=record.offset)
             self._runs[record.task_identifier] = run
+            if record.state is TaskState.RUNNING:
+                self._running.add(record.task_identifier)
             if record.state is not TaskState.COMPLETED and record.destination:
                 self._destinations[record.destination] = record.task_identifier
         return len(self._runs)
@@ -198,7 +201,7 @@ class Engine(EngineBase):
 
     # task control ------------------------------------------------------------------------
 
-    def create(self, record: TaskRecord) -> Snapshot:
+    def create(self, record: TaskRecord) -> int:
         record.task_identifier = self.store.next_task_identifier()
         record.created = time.time()
         record.state = TaskState.SUSPENDED
@@ -220,14 +223,15 @@ class Engine(EngineBase):
             self._destinations[record.destination] = record.task_identifier
         self._emit(EventKind.CREATED, run, total_bytes_written=record.offset,
                    total_bytes_expected=record.total, detail=record.url)
-        return self.snapshot(record.task_identifier)
+        return record.task_identifier
 
-    def create_many(self, records: list[TaskRecord], resume: bool) -> list[Snapshot]:
-        """Create (and resume) many tasks at once: one call for the caller, one plan."""
-        tids = [self.create(record)["record"]["task_identifier"] for record in records]
+    def create_many(self, records: list[TaskRecord], resume: bool) -> list[int]:
+        """Create (and resume) many tasks at once: one call for the caller, one plan. The
+        tasks' identifiers are returned; their snapshots travel with their events."""
+        tids = [self.create(record) for record in records]
         if resume:
             self.resume_many(tids)
-        return [self.snapshot(tid) for tid in tids]
+        return tids
 
     def resume_many(self, tids: list[int]) -> None:
         """Resume several tasks, then plan once."""

@@ -144,13 +144,14 @@ class EngineBase:
     scheduler: Scheduler
     bucket: TokenBucket
     _runs: dict[int, TaskRun]
+    _running: set[int]  # the tasks in state RUNNING
     _jobs: dict[int, asyncio.Task[None]]
     _destinations: dict[str, int]
     _held: dict[int, str]
     _seen: dict[int, int]
     _changed: asyncio.Event
     _client: aiohttp.ClientSession | None
-    _pending: list[tuple[Event, Snapshot | None]]
+    _pending: list[tuple[Event, TaskRun | None]]  # published once the group commits
     _flusher: asyncio.TimerHandle | None
     _delivered: int
     _nonce: str  # tells apart the tasks of two sessions without a journal in one process
@@ -163,7 +164,10 @@ class EngineBase:
 
     def snapshot(self, tid: int) -> Snapshot:
         """What a host needs to mirror task ``tid`` (a shallow copy: cheap, and encoded at once)."""
-        run = self._runs[tid]
+        return self._snapshot_of(self._runs[tid])
+
+    @staticmethod
+    def _snapshot_of(run: TaskRun) -> Snapshot:
         run.version += 1
         return {"record": dict(vars(run.record)), "received": run.received, "version": run.version,
                 "waiting_reason": None if run.waiting is None else str(run.waiting),
@@ -211,11 +215,11 @@ class EngineBase:
 
     def summary(self) -> tuple[int, int]:
         """(tasks, running tasks)."""
-        return len(self._runs), sum(r.record.state is TaskState.RUNNING for r in self._runs.values())
+        return len(self._runs), len(self._running)
 
     @property
     def busy(self) -> bool:
-        return any(r.record.state is TaskState.RUNNING for r in self._runs.values())
+        return bool(self._running)
 
     @property
     def bandwidth_limit(self) -> float | None:
@@ -349,6 +353,9 @@ class EngineBase:
     def _set(self, run: TaskRun, **changes: Any) -> None:
         for name, value in changes.items():
             setattr(run.record, name, value)
+        if "state" in changes:  # kept as it changes: "is anything running" is asked on every event
+            (self._running.add if changes["state"] is TaskState.RUNNING else self._running.discard)(
+                run.task_identifier)
         self.store.update_task(run.task_identifier, **changes)
         self._flush_soon()
 
@@ -368,7 +375,7 @@ class EngineBase:
     def _publish(self, event: Event, run: TaskRun | None) -> None:
         """Hand the event to the sink once its transaction committed (group commit: the
         commit and the hand-over happen together at most ``GROUP_COMMIT_WINDOW`` later)."""
-        self._pending.append((event, None if run is None else self.snapshot(run.task_identifier)))
+        self._pending.append((event, run))
         self._flush_soon()
 
     def _flush_soon(self) -> None:
@@ -401,8 +408,14 @@ class EngineBase:
         if not pending:
             return
         batch = getattr(self.sink, "batch", None)
+        taken: dict[int, Snapshot] = {}  # one picture per task per group: as it is after the group
         with batch() if batch is not None else contextlib.nullcontext():  # one hand-over for the group
-            for event, snapshot in pending:
+            for event, run in pending:
+                snapshot = None
+                if run is not None:
+                    snapshot = taken.get(run.task_identifier)
+                    if snapshot is None:
+                        snapshot = taken[run.task_identifier] = self._snapshot_of(run)
                 try:
                     self.sink.event(event, snapshot)
                 except Exception:  # a display or a slow client must never break a transfer

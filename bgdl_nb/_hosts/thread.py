@@ -174,8 +174,8 @@ class ThreadHost:
         self.core.attach_session(session, delegate)
 
     def create_many(self, records: list[Any], resume: bool) -> list[Any]:
-        snaps = self.thread.call(self.endpoint.handle, Create(tuple(records), resume)).result()
-        return [self.core.mirror.view(snap) for snap in snaps]
+        tids = self.thread.call(self.endpoint.handle, Create(tuple(records), resume)).result()
+        return [self.core.mirror.tasks[tid] for tid in tids]  # the events filled the views before the reply
 
     def control(self, name: str, *args: Any) -> Any:
         command = Control(name, args)  # type: ignore[arg-type]  # checked by Control itself

@@ -261,9 +261,9 @@ class ServiceHost:
         self.core.attach_session(session, delegate)
 
     def create_many(self, records: list[TaskRecord], resume: bool) -> list[DownloadTask]:
-        snaps = self._request("create_many", identifier=self.identifier, resume=resume,
-                              records=[dict(vars(r)) for r in records])  # plain values: encoded at once
-        return [self.core.mirror.view(snap) for snap in snaps]
+        tids = self._request("create_many", identifier=self.identifier, resume=resume,
+                             records=[dict(vars(r)) for r in records])  # plain values: encoded at once
+        return [self.core.mirror.tasks[tid] for tid in tids]  # the events, sent before the reply, made the views
 
     def control(self, name: str, *args: Any) -> Any:
         command = Control(name, args)  # type: ignore[arg-type]  # checked here, before it travels

@@ -53,6 +53,7 @@ class Hosted:
         self.unattended: list[str] = []  # how tasks ended while no client was attached (completed, failed)
         self.told = 0  # how many of those the person has been notified of
         self.frames: list[bytes] | None = None  # the events of a batch under way, encoded
+        self._sent: set[int] = set()  # the snapshots (by id) already sent in that batch
         self.shown: dict[int, dict[str, Any]] = {}  # each unfinished task's record as its clients last got it
         self.engine.sink = self
 
@@ -67,9 +68,21 @@ class Hosted:
             yield
         finally:
             data, self.frames = b"".join(self.frames), None
+            self._sent.clear()
             if data:
                 for client in self.clients:
                     client.send_frames(data)
+
+    def sent_already(self, snapshot: Snapshot) -> bool:
+        """Whether this snapshot went out with an earlier event of the batch under way (the
+        engine takes one per task per batch): the clients' views have it already."""
+        if self.frames is None:
+            return False
+        key = id(snapshot)
+        if key in self._sent:
+            return True
+        self._sent.add(key)
+        return False
 
     def counts(self, counts: dict[int, int]) -> None:
         message = {"type": "progress", "identifier": self.identifier, "counts": {str(k): v for k, v in counts.items()}}

@@ -60,7 +60,7 @@ __all__ = ["Service"]
 
 log = logging.getLogger("bgdl_nb.service")
 
-_ORDERED = frozenset({"create", "create_many", "control", "cancel_with_resume_data", "detach"})
+_ORDERED = frozenset({"create_many", "control", "cancel_with_resume_data", "detach"})
 """Requests whose events are published before their reply (so the client sees the effect)."""
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(Configuration)} - {"identifier", "state_directory", "use_service"}
 
@@ -213,7 +213,8 @@ class Service:
 
     def _broadcast(self, hosted: Hosted, event: Event, snapshot: Snapshot | None) -> None:
         frame = encode({"type": "event", "identifier": hosted.identifier, "event": event.as_dict(),
-                        "task": None if snapshot is None else changed_fields(hosted.shown, snapshot)})
+                        "task": None if snapshot is None or hosted.sent_already(snapshot)
+                        else changed_fields(hosted.shown, snapshot)})
         if hosted.frames is not None:
             hosted.frames.append(frame)
         else:
@@ -335,15 +336,11 @@ class Service:
             raise InvalidInput(f"attach to {identifier!r} first")
         return self.hosted[identifier].endpoint
 
-    async def _op_create(self, client: Client, request: dict[str, Any]) -> dict[str, Any]:
-        [snap] = self._create(client, request, [request["record"]], resume=False)
-        return snap
-
-    async def _op_create_many(self, client: Client, request: dict[str, Any]) -> list[dict[str, Any]]:
+    async def _op_create_many(self, client: Client, request: dict[str, Any]) -> list[int]:
         return self._create(client, request, request["records"], resume=bool(request.get("resume")))
 
     def _create(self, client: Client, request: dict[str, Any], fields: list[dict[str, Any]],
-                resume: bool) -> list[Snapshot]:
+                resume: bool) -> list[int]:
         identifier = request["identifier"]
         endpoint = self._endpoint(client, request)
         engine = endpoint.engine
@@ -358,13 +355,12 @@ class Service:
                 delay = engine.config.launch_delay * 2 ** (hosted.launches - 1)
                 record.launch_delay_until = time.time() + delay
                 record.launch_delay_reason = f"launch rate limit ({delay:g} s after launch {hosted.launches})"
-        snaps: list[Snapshot] = endpoint.handle(Create(records))
-        for snap in snaps:
-            self.sharing.link(hosted, snap["record"])  # before they start: a shared transfer is not started twice
+        tids: list[int] = endpoint.handle(Create(records))
+        for record in records:  # numbered by the engine now
+            self.sharing.link(hosted, vars(record))  # before they start: a shared transfer is not started twice
         if resume:
-            endpoint.handle(Control("resume_many", ([snap["record"]["task_identifier"] for snap in snaps],)))
-            snaps = [engine.snapshot(snap["record"]["task_identifier"]) for snap in snaps]
-        return snaps
+            endpoint.handle(Control("resume_many", (tids,)))
+        return tids  # the client has their snapshots already: they came with the events, before this reply
 
     async def _op_control(self, client: Client, request: dict[str, Any]) -> Any:
         command = control_from_wire(request.get("name"), request.get("args", []))
