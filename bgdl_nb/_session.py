@@ -326,8 +326,8 @@ class Session:
     def events(self) -> pandas.DataFrame:
         """Every event of the session (across restarts, for background sessions) as a
         pandas DataFrame; see :func:`bgdl_nb.notebook.frame.events_frame`."""
-        from .notebook.frame import events_frame
-        return events_frame(self.event_log())
+        from .notebook.frame import columns_frame
+        return columns_frame(self._live_host.event_columns())
 
     def events_since(self, since: int | _dt.datetime = 0) -> pandas.DataFrame:
         """Only the rows after event ``seq`` ``since`` (an int) or after a time (a datetime):
@@ -336,7 +336,8 @@ class Session:
         if isinstance(since, _dt.datetime):
             stamp = _timestamp(since) or 0.0
             return events_frame(e for e in self.event_log() if e.time > stamp)
-        return events_frame(self.event_log(since))
+        from .notebook.frame import columns_frame
+        return columns_frame(self._live_host.event_columns(since))
 
     # display -----------------------------------------------------------------------------
 

@@ -149,3 +149,31 @@ def test_the_hash_thread_outlives_a_waiter_that_was_cancelled():
     assert digest.result(timeout=10) == hashlib.sha256(b"abc").hexdigest()
     assert cancelled.cancelled()
     worker.close()
+
+
+def test_event_columns_hold_the_same_rows_as_the_events(store) -> None:
+    from bgdl_nb._events import EVENT_COLUMNS
+    assert store.event_columns() == {name: [] for name in EVENT_COLUMNS}
+    store.append_event(Event(0, 1.5, "s1", 7, "progress", bytes_written=10, total_bytes_written=10))
+    store.append_event(Event(0, 2.5, "s1", None, "reattached", detail="3 tasks", error=None, reason=None))
+    store.append_event(Event(0, 3.5, "s1", 7, "waiting", detail="earliest begin date", reason="earliest begin date"))
+    for since in (0, 1, 3):
+        rows = store.events(since)
+        assert store.event_columns(since) == {name: [getattr(e, name) for e in rows] for name in EVENT_COLUMNS}
+
+
+@pytest.mark.parametrize("use_service", [False, True], ids=["in-process", "service"])
+def test_session_events_from_columns_equal_the_frame_of_the_rows(origin, tmp_path, use_service) -> None:
+    pytest.importorskip("pandas")
+    import bgdl_nb as bg
+    from bgdl_nb.notebook.frame import events_frame
+    with bg.Session(bg.Configuration.background(f"columns-{use_service}", use_service=use_service)) as session:
+        ok = session.download_task(origin.url("cols.bin", 300_000), tmp_path / "cols.bin").resume()
+        bad = session.download_task(origin.url("gone.bin", 10, status=404), tmp_path / "gone.bin").resume()
+        ok.wait(30)
+        with pytest.raises(bg.HTTPStatusError):
+            bad.wait(30)
+        frame = session.events
+        assert frame.equals(events_frame(session.event_log())) and len(frame) > 6
+        assert frame.equals(session.events_since(0))
+        assert session.events_since(int(frame["seq"].iloc[2])).equals(frame.iloc[3:].reset_index(drop=True))

@@ -90,6 +90,9 @@ class Host(Protocol):
     def cancel_with_resume_data(self, task_identifier: int) -> Call:
         """Cancel a task keeping its partial bytes; its resume data as an awaitable future."""
 
+    def event_columns(self, since: int = 0) -> dict[str, list[Any]]:
+        """Journaled events after ``since``, one list per column (what ``session.events`` is built from)."""
+
     def event_log(self, since: int = 0) -> list[Event]:
         """Journaled events after ``since``."""
 

@@ -55,9 +55,12 @@ class Ack:
 
 @dataclass(frozen=True)
 class Events:
-    """The journaled events after sequence number ``since``."""
+    """The journaled events after sequence number ``since``: :class:`Event` rows, or with
+    ``columns`` one list per column of :data:`~bgdl_nb._events.EVENT_COLUMNS` (what a
+    DataFrame is built from, with no object per row)."""
 
     since: int = 0
+    columns: bool = False
 
 
 Command = Create | Control | Ack | Events

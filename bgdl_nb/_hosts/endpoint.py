@@ -148,7 +148,8 @@ class Endpoint:
                     self.engine.ack(command.seq, command.finished_path)
                 return None
             if isinstance(command, Events):
-                return self.engine.events(command.since)
+                return (self.engine.store.event_columns(command.since) if command.columns
+                        else self.engine.events(command.since))
             raise InvalidInput(f"not a command: {command!r}")
         finally:
             if not self._store_closed:

@@ -188,6 +188,10 @@ class ThreadHost:
         events: list[Any] = self.thread.call(self.endpoint.handle, Events(since)).result()
         return events
 
+    def event_columns(self, since: int = 0) -> dict[str, list[Any]]:
+        columns: dict[str, list[Any]] = self.thread.call(self.endpoint.handle, Events(since, columns=True)).result()
+        return columns
+
     def destination_busy(self, destination: str) -> int | None:
         return self.core.mirror.destination_busy(destination)
 

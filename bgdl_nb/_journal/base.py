@@ -97,6 +97,9 @@ class Store(Protocol):
 
     def events(self, since_seq: int = 0, task_identifier: int | None = None) -> list[Event]: ...
 
+    def event_columns(self, since_seq: int = 0) -> dict[str, list[Any]]:
+        """The events after ``since_seq``, one list per column of ``EVENT_COLUMNS``."""
+
     def get_meta(self, key: str) -> str | None: ...
 
     def set_meta(self, key: str, value: str) -> None: ...

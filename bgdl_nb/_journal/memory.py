@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from .._events import Event
+from .._events import EVENT_COLUMNS, Event
 from .base import TaskRecord
 
 __all__ = ["MemoryStore"]
@@ -66,6 +66,10 @@ class MemoryStore:
         if task_identifier is not None:
             rows = [e for e in rows if e.task_identifier == task_identifier]
         return rows
+
+    def event_columns(self, since_seq: int = 0) -> dict[str, list[Any]]:
+        rows = self.events(since_seq)
+        return {name: [getattr(e, name) for e in rows] for name in EVENT_COLUMNS}
 
     def get_meta(self, key: str) -> str | None:
         return self._meta.get(key)

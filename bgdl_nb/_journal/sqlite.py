@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 import orjson
 
-from .._events import Event
+from .._events import EVENT_COLUMNS, Event
 from .._private import private_dir, state_write_error
 from .._states import TaskState
 from .base import TASK_FIELDS, TaskRecord
@@ -341,6 +341,14 @@ class SqliteStore:
         self._write()
         return _load_events(self._conn, self.identifier, since_seq, task_identifier)
 
+    def event_columns(self, since_seq: int = 0) -> dict[str, list[Any]]:
+        self._write()
+        rows = self._conn.execute(f"SELECT {', '.join(_STORED_EVENT_COLUMNS)} FROM events WHERE seq > ? ORDER BY seq",
+                                  (since_seq,)).fetchall()
+        stored = dict(zip(_STORED_EVENT_COLUMNS, (list(c) for c in zip(*rows)))) if rows else {
+            name: [] for name in _STORED_EVENT_COLUMNS}
+        return {name: stored[name] if name in stored else [self.identifier] * len(rows) for name in EVENT_COLUMNS}
+
     # meta --------------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:
@@ -371,6 +379,9 @@ def _load_tasks(conn: sqlite3.Connection) -> list[TaskRecord]:
         "ON s.task_identifier = t.task_identifier AND s.idx = 0 ORDER BY t.task_identifier"
     )
     return [_from_row([*names, "offset"], row) for row in cur.fetchall()]
+
+
+_STORED_EVENT_COLUMNS = tuple(name for name in EVENT_COLUMNS if name != "identifier")  # one journal, one identifier
 
 
 def _load_events(conn: sqlite3.Connection, identifier: str, since_seq: int,

@@ -11,7 +11,7 @@ nullable), ``error`` and ``detail`` (string), ``reason`` (categorical over every
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._events import EVENT_COLUMNS, Event, EventKind
 from .._waits import WaitReason
@@ -20,7 +20,7 @@ from . import require
 if TYPE_CHECKING:
     import pandas
 
-__all__ = ["events_frame"]
+__all__ = ["columns_frame", "events_frame"]
 
 _INT_COLUMNS = ("seq", "task_identifier", "bytes_written", "total_bytes_written", "total_bytes_expected",
                 "status")
@@ -28,11 +28,16 @@ _INT_COLUMNS = ("seq", "task_identifier", "bytes_written", "total_bytes_written"
 
 def events_frame(events: Iterable[Event]) -> pandas.DataFrame:
     """Build the DataFrame of ``events`` (one row each, in order)."""
+    rows = list(events)
+    return columns_frame({name: [getattr(e, name) for e in rows] for name in EVENT_COLUMNS})
+
+
+def columns_frame(columns: dict[str, list[Any]]) -> pandas.DataFrame:
+    """The same DataFrame from one list per column of ``EVENT_COLUMNS`` (how the journal
+    hands them over: no object per row)."""
     require("pandas")
     import pandas as pd
 
-    rows = list(events)
-    columns = {name: [getattr(e, name) for e in rows] for name in EVENT_COLUMNS}
     frame = pd.DataFrame({
         **{name: pd.array(columns[name], dtype="Int64") for name in _INT_COLUMNS},
         "time": pd.to_datetime(pd.Series(columns["time"], dtype="float64"), unit="s", utc=True),

@@ -304,6 +304,10 @@ class ServiceHost:
     def event_log(self, since: int = 0) -> list[Event]:
         return [Event(**e) for e in self._request("events", identifier=self.identifier, since=since)]
 
+    def event_columns(self, since: int = 0) -> dict[str, list[Any]]:
+        columns: dict[str, list[Any]] = self._request("events", identifier=self.identifier, since=since, columns=True)
+        return columns
+
     def destination_busy(self, destination: str) -> int | None:
         return self.core.mirror.destination_busy(destination)
 

@@ -370,8 +370,12 @@ class Service:
         data = await self._endpoint(client, request).cancel_with_resume_data(int(request["task"]))
         return None if data is None else base64.b64encode(data).decode()
 
-    async def _op_events(self, client: Client, request: dict[str, Any]) -> list[dict[str, Any]]:
-        events = self._endpoint(client, request).handle(Events(int(request.get("since", 0))))
+    async def _op_events(self, client: Client, request: dict[str, Any]) -> Any:
+        since = int(request.get("since", 0))
+        if request.get("columns"):  # one list per column: no object per row on either side
+            columns: Any = self._endpoint(client, request).handle(Events(since, columns=True))
+            return columns
+        events = self._endpoint(client, request).handle(Events(since))
         return [e.as_dict() for e in events]
 
     async def _op_ack(self, client: Client, request: dict[str, Any]) -> None:
