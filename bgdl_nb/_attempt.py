@@ -39,12 +39,11 @@ from ._reads import NEAR
 from ._resume import Outcome, Validator, accepts_ranges, decide, resume_headers, validator_from_headers
 from ._run import LINK_REFUSED, Reporter, RestartNeeded, RetryableStatus, TaskRun, link_refused
 from ._segments import MIN_SEGMENT, Segment, Segmented, SegmentsChanged, check_on_disk, compact
-from ._transfer import LowSpeed, open_response
+from ._transfer import LowSpeed
 
 if TYPE_CHECKING:
-    import aiohttp
-
     from ._config import Configuration
+    from ._transport import Transport
 
 INLINE_HASH_BYTES = 1024 * 1024
 """Bodies up to this size are hashed on the event loop as they arrive, not on the hash thread."""
@@ -114,13 +113,13 @@ async def _hasher_at(run: TaskRun, offset: int) -> Any:
 class Attempt:
     """One request for a task and what follows from its response."""
 
-    def __init__(self, run: TaskRun, reporter: Reporter, client: aiohttp.ClientSession,
+    def __init__(self, run: TaskRun, reporter: Reporter, transport: Transport,
                  config: Configuration, target: Path, hashing: HashWorker, finaliser: Finaliser) -> None:
         self.hashing = hashing
         self.finaliser = finaliser
         self.run = run
         self.report = reporter
-        self.client = client
+        self.transport = transport
         self.config = config
         self.target = target
 
@@ -203,7 +202,7 @@ class Attempt:
         def on_redirect(status: int, target: str) -> None:
             self.report.emit(EventKind.REDIRECT, status=status, detail=target)
 
-        async with run.connection(open_response(self.client, rec.url, headers, self.config, on_redirect)) as resp:
+        async with run.connection(self.transport.open(rec.url, headers, on_redirect)) as resp:
             self.report.update(current_url=resp.url, status=resp.status, response_headers=resp.headers)
             self.report.emit(EventKind.RESPONSE, status=resp.status, total_bytes_written=offset)
             decision = decide(resp.status, resp.headers, offset=offset, validator=validator, known_total=rec.total)
@@ -282,8 +281,7 @@ class Attempt:
         assert rec.total is not None and rec.validator_value is not None
 
         def opener(headers: dict[str, str]) -> Any:
-            return run.connection(open_response(self.client, rec.url, {**rec.headers, **headers}, self.config,
-                                                lambda *_: None))
+            return run.connection(self.transport.open(rec.url, {**rec.headers, **headers}, lambda *_: None))
 
         segments: list[Segment] | None = None
         hasher, hashed = hashlib.sha256(), 0  # the digest follows the contiguous prefix

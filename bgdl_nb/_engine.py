@@ -63,7 +63,7 @@ from ._states import TaskState
 from ._waits import HOST_TAKEN, LAUNCH, RETRY, Wait, WaitReason
 
 if TYPE_CHECKING:
-    import aiohttp
+    from ._transport import Transport
 
 __all__ = ["CHECKPOINT_BYTES", "Engine", "Sink", "Snapshot"]
 
@@ -77,7 +77,7 @@ class Engine(EngineBase):
     """Runs the tasks of one session on the current event loop."""
 
     def __init__(self, config: Configuration, store: Store, key: bytes, work_dir: Path,
-                 sink: Sink | None = None) -> None:
+                 sink: Sink | None = None, transport: Transport | None = None) -> None:
         self.config = config
         add_secret_params(config.secret_query_params)  # this process shows them redacted too
         self.store = store
@@ -102,7 +102,7 @@ class Engine(EngineBase):
         self._ticker: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._wakeup: asyncio.TimerHandle | None = None
-        self._client: aiohttp.ClientSession | None = None
+        self.transport = transport
         self._closing = False
         self.hashing = HashWorker()
         self.finaliser = Finaliser(self.flush)
@@ -172,8 +172,8 @@ class Engine(EngineBase):
             job.cancel()
         await asyncio.gather(*jobs, return_exceptions=True)
         await self.finaliser.close()  # a rename under way completes (its intent is journaled)
-        if self._client is not None:
-            await self._client.close()
+        if self.transport is not None:
+            await self.transport.close()
         self.hashing.close()
         self._last_flush()
 
@@ -526,7 +526,7 @@ class Engine(EngineBase):
                 before = run.received
                 try:
                     target = Path(rec.destination) if rec.destination else inbox_path(rec.url, tid, self.work_dir)
-                    finished = await Attempt(run, _Report(self, run), self._http(), self.config, target,
+                    finished = await Attempt(run, _Report(self, run), self._transport(), self.config, target,
                                              self.hashing, self.finaliser)()
                     self._complete(run, None, finished=finished)
                     return

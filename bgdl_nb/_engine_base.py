@@ -33,10 +33,10 @@ from ._resume import ResumeState, Validator, encode_resume_data
 from ._run import TaskRun, host_of
 from ._scheduler import Scheduler
 from ._states import TaskState, check_transition
-from ._transfer import new_client
+from ._transfer import AiohttpTransport
 
 if TYPE_CHECKING:
-    import aiohttp
+    from ._transport import Transport
 
 __all__ = ["GROUP_COMMIT_WINDOW", "EngineBase", "Sink", "Snapshot"]
 
@@ -150,7 +150,7 @@ class EngineBase:
     _held: dict[int, str]
     _seen: dict[int, int]
     _changed: asyncio.Event
-    _client: aiohttp.ClientSession | None
+    transport: Transport | None  # how responses are opened (bgdl_nb's aiohttp one unless given)
     _pending: list[tuple[Event, TaskRun | None]]  # published once the group commits
     _flusher: asyncio.TimerHandle | None
     _delivered: int
@@ -345,10 +345,10 @@ class EngineBase:
             event = self._journal(kind, run, event_fields)
         self._publish(event, run)
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._client is None:
-            self._client = new_client(self.config)
-        return self._client
+    def _transport(self) -> Transport:
+        if self.transport is None:
+            self.transport = AiohttpTransport(self.config)
+        return self.transport
 
     def _set(self, run: TaskRun, **changes: Any) -> None:
         for name, value in changes.items():

@@ -42,7 +42,7 @@ from ._exceptions import (
     UnsupportedURL,
 )
 
-__all__ = ["Opened", "map_exceptions", "new_client", "open_response"]
+__all__ = ["AiohttpTransport", "Opened", "map_exceptions", "new_client", "open_response"]
 
 _CREDENTIAL_HEADERS = {"authorization", "cookie", "proxy-authorization"}
 _REDIRECTS = {301, 302, 303, 307, 308}
@@ -280,6 +280,26 @@ class Opened:
                     self._complete = True
                     return
                 yield data
+
+
+class AiohttpTransport:
+    """bgdl_nb's :class:`~bgdl_nb._transport.Transport`: one aiohttp session (made at the
+    first request, on the engine's loop) and :func:`open_response`'s rules."""
+
+    def __init__(self, config: Configuration) -> None:
+        self.config = config
+        self._client: aiohttp.ClientSession | None = None
+
+    def open(self, url: str, headers: dict[str, str],
+             on_redirect: Callable[[int, str], None]) -> contextlib.AbstractAsyncContextManager[Opened]:
+        if self._client is None:
+            self._client = new_client(self.config)
+        return open_response(self._client, url, headers, self.config, on_redirect)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
 
 @contextlib.asynccontextmanager

@@ -465,7 +465,7 @@ def test_bytes_altered_past_the_newest_mark_of_a_killed_process_are_fetched_agai
 
 
 FAULTS = [  # (module, attribute): one step of a task's life in the engine each
-    ("bgdl_nb._attempt", "open_response"),
+    ("bgdl_nb._transfer.AiohttpTransport", "open"),
     ("bgdl_nb._attempt", "decide"),
     ("bgdl_nb._attempt.Attempt", "check_partial"),
     ("bgdl_nb._attempt.Attempt", "_receive"),

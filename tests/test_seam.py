@@ -169,3 +169,65 @@ def test_session_creates_many_tasks_in_one_call_and_checks_them_all_first(origin
     tasks = session.download_tasks(specs, resume=True)
     assert [t.wait(30) for t in tasks] == [tmp_path / f"m{i}" for i in range(3)]
     session.close()
+
+
+def test_a_transport_plugged_at_the_seam_serves_a_download_without_a_socket(tmp_path):
+    """The engine opens every response through its Transport: a fake one (our own seam)
+    serves a file from memory, an interrupted first response included, and the engine
+    continues it with a range request, verifies and renames it as with aiohttp."""
+    import asyncio
+    import contextlib
+
+    from bgdl_nb._engine import Engine
+    from bgdl_nb._exceptions import NetworkError
+    from bgdl_nb._journal import MemoryStore, TaskRecord
+
+    body = bytes(range(256)) * 4000
+
+    class Response:
+        def __init__(self, url: str, start: int) -> None:
+            self.url, self.start, self.complete = url, start, False
+            self.status = 206 if start else 200
+            self.headers = {"Content-Length": str(len(body) - start), "ETag": '"v1"', "Accept-Ranges": "bytes",
+                            **({"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"} if start else {})}
+
+        def abort(self) -> None:
+            pass
+
+        async def chunks(self):
+            end = len(body) if self.start else 300_000  # the first response breaks off
+            for at in range(self.start, end, 65_536):
+                yield body[at:min(end, at + 65_536)]
+            if not self.start:
+                raise NetworkError("connection reset by the fake")
+            self.complete = True
+
+    class Fake:
+        def __init__(self) -> None:
+            self.ranges: list[str | None] = []
+            self.closed = False
+
+        @contextlib.asynccontextmanager
+        async def open(self, url, headers, on_redirect):
+            self.ranges.append(headers.get("Range"))
+            start = int(headers["Range"].split("=")[1].rstrip("-")) if "Range" in headers else 0
+            yield Response(url, start)
+
+        async def close(self) -> None:
+            self.closed = True
+
+    fake = Fake()
+
+    async def main() -> None:
+        engine = Engine(bg.Configuration.default(connections_per_file=1, retry_backoff=0.01), MemoryStore(),
+                        b"k" * 32, tmp_path / "work", transport=fake)
+        engine.open()
+        engine.create_many([TaskRecord(0, "http://fake.invalid/f.bin", destination=str(tmp_path / "f.bin"))],
+                           resume=True)
+        await asyncio.wait_for(engine.drain(), 30)
+        await engine.close()
+
+    asyncio.run(main())
+    assert (tmp_path / "f.bin").read_bytes() == body
+    assert fake.ranges[0] is None and fake.ranges[1].startswith("bytes=") and len(fake.ranges) == 2, fake.ranges
+    assert fake.closed
