@@ -38,7 +38,7 @@ from ._attempt import CHECKPOINT_BYTES, Attempt
 from ._bandwidth import TokenBucket
 from ._claims import claim_path
 from ._config import Configuration
-from ._engine_base import EngineBase, Sink, Snapshot, _NullSink, _Report
+from ._engine_base import EngineBase, Sink, _NullSink, _Report
 from ._events import Event, EventKind
 from ._exceptions import (
     BgdlError,
@@ -65,7 +65,7 @@ from ._waits import HOST_TAKEN, LAUNCH, RETRY, Wait, WaitReason
 if TYPE_CHECKING:
     from ._transport import Transport
 
-__all__ = ["CHECKPOINT_BYTES", "Engine", "Sink", "Snapshot"]
+__all__ = ["CHECKPOINT_BYTES", "Engine", "Sink"]
 
 log = logging.getLogger("bgdl_nb")
 

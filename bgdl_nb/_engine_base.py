@@ -4,7 +4,7 @@
 task's record only through :meth:`EngineBase._set` (journaled), its state only through
 :meth:`EngineBase._move` (the transition table of :mod:`bgdl_nb._states`, the new state
 and its event in one transaction), and publishes every event, journaled first, to the
-:class:`Sink` with a :data:`Snapshot` of the task. It also answers the questions hosts
+:class:`Sink` with a :class:`~bgdl_nb._snapshots.TaskSnapshot` of the task. It also answers the questions hosts
 ask (snapshots, the backlog, who writes a destination). Scheduling and running tasks
 are in :mod:`bgdl_nb._engine`.
 """
@@ -32,13 +32,14 @@ from ._redact import redact_text, redact_url
 from ._resume import ResumeState, Validator, encode_resume_data
 from ._run import TaskRun, host_of
 from ._scheduler import Scheduler
+from ._snapshots import TaskSnapshot
 from ._states import TaskState, check_transition
 from ._transfer import AiohttpTransport
 
 if TYPE_CHECKING:
     from ._transport import Transport
 
-__all__ = ["GROUP_COMMIT_WINDOW", "EngineBase", "Sink", "Snapshot"]
+__all__ = ["GROUP_COMMIT_WINDOW", "EngineBase", "Sink"]
 
 log = logging.getLogger("bgdl_nb")
 
@@ -51,15 +52,10 @@ GROUP_COMMIT_WINDOW = 0.01
 published. A process killed meanwhile loses at most this much of the journal: offsets
 read lower (re-fetching a little more), never higher than the bytes on disk."""
 
-Snapshot = dict[str, Any]
-"""What a host needs to mirror a task: ``record`` (the fields of its journal record),
-``received`` (live byte count) and ``waiting_reason`` / ``wait`` (text and enum value)."""
-
-
 class Sink(Protocol):
     """Where an engine's output goes (a host, or the service's broadcaster)."""
 
-    def event(self, event: Event, snapshot: Snapshot | None) -> None:
+    def event(self, event: Event, snapshot: TaskSnapshot | None) -> None:
         """A journaled event, and the task it concerns after the change."""
 
     def counts(self, counts: dict[int, int]) -> None:
@@ -70,7 +66,7 @@ class Sink(Protocol):
 
 
 class _NullSink:
-    def event(self, event: Event, snapshot: Snapshot | None) -> None:
+    def event(self, event: Event, snapshot: TaskSnapshot | None) -> None:
         pass
 
     def counts(self, counts: dict[int, int]) -> None:
@@ -162,18 +158,18 @@ class EngineBase:
 
     # reading -----------------------------------------------------------------------------
 
-    def snapshot(self, tid: int) -> Snapshot:
+    def snapshot(self, tid: int) -> TaskSnapshot:
         """What a host needs to mirror task ``tid`` (a shallow copy: cheap, and encoded at once)."""
         return self._snapshot_of(self._runs[tid])
 
     @staticmethod
-    def _snapshot_of(run: TaskRun) -> Snapshot:
+    def _snapshot_of(run: TaskRun) -> TaskSnapshot:
         run.version += 1
-        return {"record": dict(vars(run.record)), "received": run.received, "version": run.version,
-                "waiting_reason": None if run.waiting is None else str(run.waiting),
-                "wait": None if run.waiting is None else run.waiting.reason.value}
+        waiting = run.waiting
+        return TaskSnapshot(dict(vars(run.record)), run.received, run.version,
+                            None if waiting is None else str(waiting), None if waiting is None else waiting.reason.value)
 
-    def snapshots(self) -> list[Snapshot]:
+    def snapshots(self) -> list[TaskSnapshot]:
         return [self.snapshot(tid) for tid in self._runs]
 
     def backlog(self) -> list[Event]:
@@ -408,7 +404,7 @@ class EngineBase:
         if not pending:
             return
         batch = getattr(self.sink, "batch", None)
-        taken: dict[int, Snapshot] = {}  # one picture per task per group: as it is after the group
+        taken: dict[int, TaskSnapshot] = {}  # one picture per task per group: as it is after the group
         with batch() if batch is not None else contextlib.nullcontext():  # one hand-over for the group
             for event, run in pending:
                 snapshot = None
@@ -485,7 +481,7 @@ class EngineBase:
 
     # records outside the transfer ------------------------------------------------------------
 
-    def configure(self, tid: int, changes: dict[str, Any]) -> Snapshot:
+    def configure(self, tid: int, changes: dict[str, Any]) -> TaskSnapshot:
         """Set fields of a task that has never run (seed: between downloadTask(with:) and resume())."""
         run = self._runs[tid]
         unknown = set(changes) - _CONFIGURABLE

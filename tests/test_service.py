@@ -291,18 +291,20 @@ def test_two_identifiers_share_one_transfer_of_the_same_file(origin, tmp_path, s
 
 def test_events_carry_only_the_fields_that_changed_since_the_task_was_last_sent():
     from bgdl_nb._hosts.service.hosted import changed_fields as _changed
+    from bgdl_nb._snapshots import TaskSnapshot
 
     shown: dict = {}
     record = {"task_identifier": 3, "state": "running", "destination": "/d/x", "url": "http://h/x",
               "status": None, "response_headers": None}
-    first = {"record": dict(record), "received": 0, "version": 1}
-    assert _changed(shown, first) is first  # a task's first event carries the whole record
-    second = {"record": {**record, "status": 200, "response_headers": {"ETag": '"e"'}}, "received": 5, "version": 2}
+    first = TaskSnapshot(dict(record), 0, 1)
+    assert _changed(shown, first) == first.wire()  # a task's first event carries the whole record
+    assert TaskSnapshot.from_wire(first.wire()) == first
+    second = TaskSnapshot({**record, "status": 200, "response_headers": {"ETag": '"e"'}}, 5, 2)
     sent = _changed(shown, second)
     assert sent["record"] == {"task_identifier": 3, "state": "running", "destination": "/d/x", "status": 200,
                               "response_headers": {"ETag": '"e"'}}
     assert (sent["received"], sent["version"]) == (5, 2)
-    done = {"record": {**second["record"], "state": "completed"}, "received": 5, "version": 3}
+    done = TaskSnapshot({**second.fields, "state": "completed"}, 5, 3)
     assert _changed(shown, done)["record"] == {"task_identifier": 3, "state": "completed", "destination": "/d/x"}
     assert shown == {}  # nothing is kept of a finished task
 

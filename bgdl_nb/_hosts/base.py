@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .._delegate import SessionDelegate
 from .._events import Event, EventKind
 from .._journal import TaskRecord
+from .._snapshots import TaskSnapshot
 from .._states import TaskState
 from .._task import DownloadTask
 
@@ -122,14 +123,14 @@ class TaskMirror:
         # finished, and been heard of, before this session attached are history.
         self.current: set[int] = set()
 
-    def apply(self, snap: dict[str, Any]) -> DownloadTask:
+    def apply(self, snap: TaskSnapshot) -> DownloadTask:
         """Create or update the view of the task in ``snap``."""
-        fields = snap["record"]
-        tid = fields["task_identifier"]
+        fields = snap.fields
+        tid = snap.task_identifier
         task = self.tasks.get(tid)
-        version = snap.get("version", 0)
+        version = snap.version
         if task is None:
-            if "url" not in fields:  # an update of a task this view never had in full: nothing to apply it to
+            if not snap.complete:  # an update of a task this view never had in full: nothing to apply it to
                 log.warning("bgdl_nb: an update for unknown task %s was dropped", tid)
                 return None  # type: ignore[return-value]
             task = DownloadTask(self.host, TaskRecord(**fields))
@@ -142,8 +143,8 @@ class TaskMirror:
             vars(task._record).update(fields)
         task._version = version
         task._record.state = TaskState(task._record.state)
-        task._received = snap["received"]
-        task.waiting_reason = snap["waiting_reason"]
+        task._received = snap.received
+        task.waiting_reason = snap.waiting_reason
         task._reopen()  # the engine goes on: a wait that a halt ended may wait again
         destination = fields["destination"]
         if task._record.state is TaskState.COMPLETED:
@@ -165,10 +166,10 @@ class TaskMirror:
         for task in self.tasks.values():
             task._version = 0
 
-    def view(self, snap: dict[str, Any]) -> DownloadTask:
+    def view(self, snap: TaskSnapshot) -> DownloadTask:
         """The view of a task a reply names: the one events already filled when there is
         one (a reply can be older than the events that followed it), else from ``snap``."""
-        return self.tasks.get(snap["record"]["task_identifier"]) or self.apply(snap)
+        return self.tasks.get(snap.task_identifier) or self.apply(snap)
 
     def counts(self, counts: dict[int, int]) -> None:
         for tid, received in counts.items():
@@ -350,7 +351,9 @@ class HostCore:
         """Have the host ``send`` a control to the engine, show a task snapshot it answers
         with (a change that has no event of its own), and return the answer."""
         result = send()
-        if isinstance(result, dict) and "record" in result:
+        if isinstance(result, dict) and "record" in result:  # from the service: plain values
+            result = TaskSnapshot.from_wire(result)
+        if isinstance(result, TaskSnapshot):
             self.mirror.apply(result)
         return result
 
@@ -368,7 +371,7 @@ class HostCore:
         self.mirror.note(event)
         self.delivery.put(event)
 
-    def on_event(self, event: Event, snapshot: dict[str, Any] | None) -> None:
+    def on_event(self, event: Event, snapshot: TaskSnapshot | None) -> None:
         """An event from the engine: update the view first, then displays, then the delegate."""
         if snapshot is not None:
             self.mirror.apply(snapshot)

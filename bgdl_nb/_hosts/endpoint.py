@@ -45,9 +45,9 @@ from .commands import Ack, Command, Control, Create, Events
 
 if TYPE_CHECKING:
     from .._config import Configuration
-    from .._engine import Snapshot
     from .._events import Event
     from .._journal import Store
+    from .._snapshots import TaskSnapshot
 
 __all__ = ["Attached", "Endpoint"]
 
@@ -55,7 +55,7 @@ __all__ = ["Attached", "Endpoint"]
 class Attached:
     """What a client attaches with: every task's snapshot and the events it has not had."""
 
-    snapshots: list[Snapshot]
+    snapshots: list[TaskSnapshot]
     backlog: list[Event]
     found: int
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .._config import Configuration
     from .._events import Event
     from .._exceptions import BgdlError
+    from .._snapshots import TaskSnapshot
 
 __all__ = ["CONTROLS", "Call", "EngineThread", "ThreadHost", "engine_thread"]
 
@@ -105,7 +106,7 @@ class _Sink:
     def __init__(self, core: HostCore) -> None:
         self.core = core
 
-    def event(self, event: Event, snapshot: dict[str, Any] | None) -> None:
+    def event(self, event: Event, snapshot: TaskSnapshot | None) -> None:
         self.core.on_event(event, snapshot)
 
     def batch(self) -> contextlib.AbstractContextManager[None]:

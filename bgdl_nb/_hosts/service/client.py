@@ -33,6 +33,7 @@ from ..._delegate import SessionDelegate
 from ..._events import Event
 from ..._exceptions import BgdlError, DiskFull, SessionError, SettingsKept, UnsafeLocation
 from ..._journal import TaskRecord
+from ..._snapshots import TaskSnapshot
 from ..._states import TaskState
 from ..._task import DownloadTask
 from ..base import Call, HostCore
@@ -103,7 +104,7 @@ class ServiceHost:
             # on the reader thread, before the frames that follow the reply: the events after
             # it carry only what changed, so the tasks they change must be in the views first
             for snap in reply["tasks"]:
-                self.core.mirror.apply(snap)
+                self.core.mirror.apply(TaskSnapshot.from_wire(snap))
             for data in reply["backlog"]:
                 self.core.backlog(Event(**data))
             if reply["reattached"]:
@@ -154,7 +155,8 @@ class ServiceHost:
             else:
                 call.set_exception(BgdlError.from_dict(message["error"]))
         elif message.get("type") == "event":
-            self.core.on_event(Event(**message["event"]), message.get("task"))
+            task = message.get("task")
+            self.core.on_event(Event(**message["event"]), None if task is None else TaskSnapshot.from_wire(task))
         elif message.get("type") == "halted":
             self.core.halted(BgdlError.from_dict(message["error"]))
         elif message.get("type") == "progress":

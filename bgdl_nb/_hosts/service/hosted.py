@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..._states import TaskState
 from .protocol import encode
 
 if TYPE_CHECKING:
-    from ..._engine import Snapshot
     from ..._events import Event
     from ..._exceptions import BgdlError
+    from ..._snapshots import TaskSnapshot
     from ..endpoint import Endpoint
     from .server import Service
 
@@ -54,10 +54,10 @@ class Hosted:
         self.told = 0  # how many of those the person has been notified of
         self.frames: list[bytes] | None = None  # the events of a batch under way, encoded
         self._sent: set[int] = set()  # the snapshots (by id) already sent in that batch
-        self.shown: dict[int, dict[str, Any]] = {}  # each unfinished task's record as its clients last got it
+        self.shown: dict[int, Mapping[str, Any]] = {}  # each unfinished task's record as its clients last got it
         self.engine.sink = self
 
-    def event(self, event: Event, snapshot: Snapshot | None) -> None:
+    def event(self, event: Event, snapshot: TaskSnapshot | None) -> None:
         self.service._broadcast(self, event, snapshot)
 
     @contextlib.contextmanager
@@ -73,7 +73,7 @@ class Hosted:
                 for client in self.clients:
                     client.send_frames(data)
 
-    def sent_already(self, snapshot: Snapshot) -> bool:
+    def sent_already(self, snapshot: TaskSnapshot) -> bool:
         """Whether this snapshot went out with an earlier event of the batch under way (the
         engine takes one per task per batch): the clients' views have it already."""
         if self.frames is None:
@@ -101,18 +101,17 @@ _ALWAYS_SENT = ("task_identifier", "state", "destination")  # what a client's mi
 _ABSENT = object()
 
 
-def changed_fields(shown: dict[int, dict[str, Any]], snapshot: Snapshot) -> Snapshot:
-    """``snapshot`` with only the record's fields that changed since its task was last sent
-    (every client got that one: the whole record comes with a task's first event and with
-    the snapshots a client attaches with). Most events change a field or two of thirty."""
-    record = snapshot["record"]
-    tid = record["task_identifier"]
+def changed_fields(shown: dict[int, Mapping[str, Any]], snapshot: TaskSnapshot) -> dict[str, Any]:
+    """``snapshot`` for the wire, with only the row's fields that changed since its task was
+    last sent (every client got that one: the whole row comes with a task's first event and
+    with the snapshots a client attaches with). Most events change a field or two of thirty."""
+    record = snapshot.fields
+    tid = snapshot.task_identifier
     before = shown.get(tid)
     if record["state"] == TaskState.COMPLETED:
         shown.pop(tid, None)
     else:
-        shown[tid] = record
+        shown[tid] = record  # the engine's copy: it is not changed after
     if before is None:
-        return snapshot
-    delta = {k: v for k, v in record.items() if k in _ALWAYS_SENT or before.get(k, _ABSENT) != v}
-    return {**snapshot, "record": delta}
+        return snapshot.wire()
+    return snapshot.wire({k: v for k, v in record.items() if k in _ALWAYS_SENT or before.get(k, _ABSENT) != v})

@@ -32,13 +32,13 @@ from typing import Any
 import filelock
 
 from ..._config import Configuration
-from ..._engine import Snapshot
 from ..._events import Event, EventKind
 from ..._exceptions import BgdlError, InvalidDestination, InvalidInput
 from ..._journal import read_journal
 from ..._locks import take
 from ..._private import state_write_error
 from ..._resume import load_key
+from ..._snapshots import TaskSnapshot
 from ..._states import TaskState
 from ..commands import Ack, Control, Create, Events, control_from_wire, records_from_wire
 from ..endpoint import Endpoint
@@ -211,7 +211,7 @@ class Service:
         hosted.endpoint.close_store()
         self.hosted.pop(hosted.identifier, None)
 
-    def _broadcast(self, hosted: Hosted, event: Event, snapshot: Snapshot | None) -> None:
+    def _broadcast(self, hosted: Hosted, event: Event, snapshot: TaskSnapshot | None) -> None:
         frame = encode({"type": "event", "identifier": hosted.identifier, "event": event.as_dict(),
                         "task": None if snapshot is None or hosted.sent_already(snapshot)
                         else changed_fields(hosted.shown, snapshot)})
@@ -327,7 +327,7 @@ class Service:
         hosted.clients.add(client)
         client.identifiers.add(identifier)
         client.pid = request.get("pid")
-        return {"tasks": attached.snapshots, "backlog": [e.as_dict() for e in attached.backlog],
+        return {"tasks": [snap.wire() for snap in attached.snapshots], "backlog": [e.as_dict() for e in attached.backlog],
                 "reattached": existed, "bandwidth_limit": engine.bandwidth_limit, "settings_kept": kept}
 
     def _endpoint(self, client: Client, request: dict[str, Any]) -> Endpoint:
@@ -364,7 +364,8 @@ class Service:
 
     async def _op_control(self, client: Client, request: dict[str, Any]) -> Any:
         command = control_from_wire(request.get("name"), request.get("args", []))
-        return self._endpoint(client, request).handle(command)
+        answer = self._endpoint(client, request).handle(command)
+        return answer.wire() if isinstance(answer, TaskSnapshot) else answer
 
     async def _op_cancel_with_resume_data(self, client: Client, request: dict[str, Any]) -> str | None:
         data = await self._endpoint(client, request).cancel_with_resume_data(int(request["task"]))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..._events import Event, EventKind
 
 if TYPE_CHECKING:
+    from ..._snapshots import TaskSnapshot
     from .hosted import Hosted
 
 __all__ = ["Sharing"]
@@ -53,21 +54,21 @@ class Sharing:
                 if target is not None:
                     target.engine.mirror_progress(follower, received, None)
 
-    def relay(self, hosted: Hosted, event: Event, snapshot: dict[str, Any]) -> None:
+    def relay(self, hosted: Hosted, event: Event, snapshot: TaskSnapshot) -> None:
         """A leader's progress and outcome reach its followers."""
         key = (hosted.identifier, event.task_identifier or 0)
         followers = self.followers.get(key)
         if not followers:
             return
-        record = snapshot["record"]
+        record = snapshot.fields
         for identifier, tid in list(followers):
             target = self.hosted.get(identifier)
             if target is None:
                 continue
             if event.event == EventKind.PROGRESS.value:
-                target.engine.mirror_progress(tid, snapshot["received"], record["total"])
+                target.engine.mirror_progress(tid, snapshot.received, record["total"])
             elif event.event in _ENDS:
-                target.engine.adopt(tid, record)
+                target.engine.adopt(tid, dict(record))
         if event.event in _ENDS:
             del self.followers[key]
             self._led.difference_update(followers)
