@@ -119,7 +119,7 @@ def _sessions() -> int:
     for journal in journals:
         identifier = journal.name[: -len(".sqlite3")]
         try:
-            tasks, _ = read_journal(journal, identifier)
+            tasks, _ = read_journal(journal, identifier, events=False)
         except BgdlError:
             print(f"{identifier:<28} {'?':>6} {'?':>6} {'?':>7}  (journal unreadable: moved aside when next opened)")
             continue
@@ -136,7 +136,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     if args.id is None:
         return _sessions()
-    tasks, _ = read_journal(_journal(args.id), args.id)
+    tasks, _ = read_journal(_journal(args.id), args.id, events=False)
     print(f"{'id':>5}  {'state':<10} {'received':>14} {'total':>14}  {'status':>6}  url -> destination")
     for t in tasks:
         err = f"  [{t.error.get('type')}: {t.error.get('message')}]" if t.error else ""

@@ -7,6 +7,6 @@ tests). ``tests/test_journal.py`` runs one contract suite on both.
 
 from .base import Store, TaskRecord
 from .memory import MemoryStore
-from .sqlite import SqliteStore, journaled_bytes, read_journal
+from .sqlite import SqliteStore, has_unfinished, journaled_bytes, read_journal
 
-__all__ = ["MemoryStore", "SqliteStore", "Store", "TaskRecord", "journaled_bytes", "read_journal"]
+__all__ = ["MemoryStore", "SqliteStore", "Store", "TaskRecord", "has_unfinished", "journaled_bytes", "read_journal"]

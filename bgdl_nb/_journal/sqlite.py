@@ -36,7 +36,7 @@ from .writes import Writes
 
 log = logging.getLogger("bgdl_nb")
 
-__all__ = ["SqliteStore", "journaled_bytes", "read_journal"]
+__all__ = ["SqliteStore", "has_unfinished", "journaled_bytes", "read_journal"]
 
 SCHEMA_VERSION = 1
 _JSON_FIELDS = {"headers", "response_headers", "error", "segments", "marks"}
@@ -396,12 +396,13 @@ def _load_events(conn: sqlite3.Connection, identifier: str, since_seq: int,
     return [Event(r[0], r[1], identifier, *r[2:]) for r in rows]
 
 
-def read_journal(path: Path, identifier: str) -> tuple[list[TaskRecord], list[Event]]:
-    """Read a journal without writing to it (safe while an engine holds the session)."""
+def read_journal(path: Path, identifier: str, *, events: bool = True) -> tuple[list[TaskRecord], list[Event]]:
+    """Read a journal without writing to it (safe while an engine holds the session);
+    ``events=False`` reads the tasks' state only, not the history."""
     try:
         conn = _connect(Path(path), readonly=True)
         try:
-            return _load_tasks(conn), _load_events(conn, identifier, 0, None)
+            return _load_tasks(conn), _load_events(conn, identifier, 0, None) if events else []
         finally:
             conn.close()
     except sqlite3.OperationalError:
@@ -412,12 +413,23 @@ def read_journal(path: Path, identifier: str) -> tuple[list[TaskRecord], list[Ev
                            "moves it aside and starts afresh") from None
 
 
+def has_unfinished(path: Path) -> bool:
+    """Whether a journal holds a task that was running or being cancelled (one question of
+    its tasks table, not a read of the journal: a restarted service asks it of every journal)."""
+    conn = _connect(Path(path), readonly=True)
+    try:
+        return conn.execute("SELECT 1 FROM tasks WHERE state IN (?, ?) LIMIT 1",
+                            (TaskState.RUNNING.value, TaskState.CANCELING.value)).fetchone() is not None
+    finally:
+        conn.close()
+
+
 def journaled_bytes(path: Path, identifier: str) -> int:
     """The bytes a journal vouches for across its tasks; 0 while it is missing or being created."""
     if not Path(path).exists():
         return 0
     try:
-        tasks, _ = read_journal(path, identifier)
+        tasks, _ = read_journal(path, identifier, events=False)
     except Exception:  # the schema is still being created by its writer, or the file is not a journal
         return 0
     return sum(t.offset for t in tasks)

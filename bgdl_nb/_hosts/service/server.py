@@ -34,12 +34,11 @@ import filelock
 from ..._config import Configuration
 from ..._events import Event, EventKind
 from ..._exceptions import BgdlError, InvalidDestination, InvalidInput
-from ..._journal import read_journal
+from ..._journal import has_unfinished
 from ..._locks import take
 from ..._private import state_write_error
 from ..._resume import load_key
 from ..._snapshots import TaskSnapshot
-from ..._states import TaskState
 from ..commands import Ack, Control, Create, Events, control_from_wire, records_from_wire
 from ..endpoint import Endpoint
 from .hosted import Client, Hosted, changed_fields
@@ -173,10 +172,10 @@ class Service:
     async def _load_if_running(self, journal: Path) -> None:
         identifier = journal.name[: -len(".sqlite3")]
         try:
-            tasks, _ = read_journal(journal, identifier)
+            unfinished = has_unfinished(journal)
         except Exception:
             return
-        if any(t.state in (TaskState.RUNNING, TaskState.CANCELING) for t in tasks):
+        if unfinished:
             try:
                 await self._host(identifier, {})
             except BgdlError as exc:  # an in-process session holds it: leave it alone
