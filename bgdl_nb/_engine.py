@@ -13,7 +13,7 @@ The engine
   priority, begin dates, discretionary work, backoff, disk), and a waiting task always
   has a :class:`~bgdl_nb._waits.Wait` (text for people, an enum for programs);
 * runs attempts (:mod:`bgdl_nb._attempt`) and retries them after
-  :func:`~bgdl_nb._resume.retry_delay`, resetting the count whenever one made progress;
+  :mod:`bgdl_nb._retrying` (how long to wait, or to give up), resetting the count whenever one made progress;
 * changes a task's state only through :meth:`Engine._move`, which checks the transition
   table of :mod:`bgdl_nb._states`, journals, then emits (journal first, notify second);
 * ends every task whose run raised, whatever the exception, in ``COMPLETED`` with an
@@ -43,9 +43,7 @@ from ._events import Event, EventKind
 from ._exceptions import (
     BgdlError,
     Cancelled,
-    CannotConnect,
     DiskFull,
-    HTTPStatusError,
     InvalidDestination,
     NetworkError,
     TransferError,
@@ -56,7 +54,7 @@ from ._finalise import Finaliser
 from ._journal import Store, TaskRecord
 from ._liveness import Liveness, stalled_error
 from ._redact import add_secret_params
-from ._resume import retry_delay
+from ._retrying import after_failure, after_restart
 from ._run import RestartNeeded, RetryableStatus, TaskRun, host_of
 from ._scheduler import Item, Scheduler
 from ._states import TaskState
@@ -69,7 +67,6 @@ __all__ = ["CHECKPOINT_BYTES", "Engine", "Sink"]
 
 log = logging.getLogger("bgdl_nb")
 
-_MAX_RESTARTS = 5
 _COUNTS_INTERVAL = 0.25
 
 
@@ -531,38 +528,13 @@ class Engine(EngineBase):
                     self._complete(run, None, finished=finished)
                     return
                 except RestartNeeded:
-                    run.restarts += 1
-                    if run.restarts > _MAX_RESTARTS:
-                        raise NetworkError(f"{rec.url} kept changing while it was downloaded "
-                                           f"({run.restarts} restarts); try again later", url=rec.url,
-                                           task_identifier=tid) from None
+                    after_restart(run)  # raises once the file changed too often
                 except (NetworkError, TransferTimeout, RetryableStatus) as exc:
-                    run.failures = 1 if run.received > before else run.failures + 1
-                    limit = self.config.connect_retries if isinstance(exc, CannotConnect) else self.config.max_retries
-                    if run.failures > limit:
-                        if isinstance(exc, RetryableStatus):
-                            raise HTTPStatusError(
-                                f"{rec.url} answered HTTP {exc.status} {run.failures} times in a row; giving up",
-                                status=exc.status, url=rec.url, task_identifier=tid) from None
-                        raise
-                    asked = exc.retry_after if isinstance(exc, RetryableStatus) else None
-                    if isinstance(exc, RetryableStatus) and asked is not None and asked > self.config.retry_after_cap:
-                        until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + asked))
-                        raise HTTPStatusError(
-                            f"{rec.url} answered HTTP {exc.status} and asked to retry after {asked:,.0f} s (at "
-                            f"{until}), longer than retry_after_cap ({self.config.retry_after_cap:,.0f} s); the "
-                            "task stopped instead of waiting: resume it later, or raise retry_after_cap",
-                            status=exc.status, url=rec.url, task_identifier=tid) from None
-                    delay = retry_delay(run.failures, base=self.config.retry_backoff, retry_after=asked,
-                                        retry_after_cap=self.config.retry_after_cap, jitter=random.uniform(0.9, 1.1))
-                    self._emit(EventKind.RETRY, run, total_bytes_written=run.received,
-                               error=f"{type(exc).__name__}: {exc}",
-                               detail=f"attempt {run.failures + 1} in {delay:.2f} s")
-                    due = time.time() + delay
-                    wait = RETRY if delay < 10 else Wait(  # a long wait names its end
-                        WaitReason.RETRY, f"retry backoff until {time.strftime('%H:%M:%S', time.localtime(due))}"
-                                          + (" (the server's Retry-After)" if asked else ""))
-                    self.scheduler.backoff(tid, due, wait)
+                    retry = after_failure(exc, run, before, self.config, jitter=random.uniform(0.9, 1.1))
+                    self._emit(EventKind.RETRY, run, total_bytes_written=run.received, error=retry.error,
+                               detail=f"attempt {run.failures + 1} in {retry.delay:.2f} s")
+                    now = time.time()
+                    self.scheduler.backoff(tid, now + retry.delay, retry.wait(now))
                     return
         except asyncio.CancelledError:
             raise
