@@ -25,9 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from ._exceptions import InvalidDestination
-from ._files import _NOFOLLOW, _beside, unlink
+from ._files import _NOFOLLOW, beside, unlink
 
-__all__ = ["CLAIM_LEASE", "claim", "claim_path", "release"]
+__all__ = ["CLAIM_LEASE", "CLAIM_SUFFIX", "claim", "claim_path", "release"]
+
+
+CLAIM_SUFFIX = ".bgdl-claim"
+"""The claim file of ``dest`` is ``beside(dest, CLAIM_SUFFIX)`` (:func:`claim_path`)."""
 
 
 def claim_path(destination: str | os.PathLike[str]) -> Path:
@@ -37,7 +41,7 @@ def claim_path(destination: str | os.PathLike[str]) -> Path:
 
 @functools.lru_cache(maxsize=4096)  # asked when a task claims its destination and when it lets it go
 def _claim_path(destination: str) -> Path:
-    return _beside(destination, ".bgdl-claim")
+    return Path(beside(destination, CLAIM_SUFFIX))
 
 
 CLAIM_LEASE = 120.0
@@ -128,7 +132,7 @@ def _place(path: Path, body: bytes) -> bool:
     there. The claim is written whole to a private name and linked into place, so another
     claimer never reads half a claim (a task's first run claims while other tasks are
     being created). A file system without hard links gets ``O_EXCL`` and one write."""
-    spare = _beside(path, f".{os.getpid()}.{secrets.token_hex(4)}")
+    spare = Path(beside(path, f".{os.getpid()}.{secrets.token_hex(4)}"))
     try:
         fd = os.open(spare, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o600)
     except FileExistsError:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._attempt import CHECKPOINT_BYTES, Attempt
 from ._bandwidth import TokenBucket
-from ._claims import claim_path
+from ._claims import CLAIM_SUFFIX
 from ._config import Configuration
 from ._engine_base import EngineBase, Sink, _NullSink, _Report
 from ._events import Event, EventKind
@@ -49,7 +49,7 @@ from ._exceptions import (
     TransferError,
     TransferTimeout,
 )
-from ._files import HashWorker, disk_size, free_disk, inbox_path, partial_path_for, unlink
+from ._files import HashWorker, beside, disk_size, free_disk, inbox_path, partial_path_for, unlink
 from ._finalise import Finaliser
 from ._journal import Store, TaskRecord
 from ._liveness import Liveness, stalled_error
@@ -203,8 +203,8 @@ class Engine(EngineBase):
         record.created = time.time()
         record.state = TaskState.SUSPENDED
         if not record.partial_path:
-            record.partial_path = str(partial_path_for(record.destination, record.task_identifier, self.work_dir))
-        if record.destination and os.path.lexists(claim_path(record.destination)):
+            record.partial_path = partial_path_for(record.destination, record.task_identifier, self.work_dir)
+        if record.destination and os.path.lexists(beside(record.destination, CLAIM_SUFFIX)):
             # one writer per destination, across sessions, processes and machines: a claim
             # already there is judged now (refused while its task can still write); else the
             # task claims its destination when it first runs, so creating costs no file
@@ -371,13 +371,13 @@ class Engine(EngineBase):
     def _enqueue(self, run: TaskRun) -> None:
         rec = run.record
         known = rec.total if rec.total is not None else rec.expected_bytes
-        folder = Path(rec.destination).parent if rec.destination else Path(rec.partial_path).parent
+        folder = os.path.dirname(rec.destination or rec.partial_path)
         launch = Wait(WaitReason.LAUNCH, rec.launch_delay_reason) if rec.launch_delay_reason else LAUNCH
         self.scheduler.add(Item(
             rec.task_identifier, host=host_of(rec.url), priority=rec.priority,
             earliest_begin_date=rec.earliest_begin_date, discretionary=rec.discretionary,
             not_before=rec.launch_delay_until, not_before_reason=launch if rec.launch_delay_until else RETRY,
-            remaining_bytes=max(0, (known or 0) - rec.offset), disk=str(folder),
+            remaining_bytes=max(0, (known or 0) - rec.offset), disk=folder,
             deadline=rec.created + self.config.timeout_interval_for_resource))
 
     def _schedule(self) -> None:

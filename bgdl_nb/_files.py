@@ -23,7 +23,7 @@ from typing import Any
 from ._exceptions import UnsafeFile
 from ._private import private_dir
 
-__all__ = ["CHECKPOINT_BYTES", "HashWorker", "check_ours", "disk_size", "free_disk", "fsync_path", "hash_prefix",
+__all__ = ["CHECKPOINT_BYTES", "HashWorker", "beside", "check_ours", "disk_size", "free_disk", "fsync_path", "hash_prefix",
            "inbox_path", "name_max", "nearest_existing", "open_partial", "partial_path_for", "partial_size",
            "truncate_partial", "unlink"]
 
@@ -183,18 +183,18 @@ def _name_max(folder: str) -> int:
         return 255
 
 
-def partial_path_for(destination: str | None, task_identifier: int, work_dir: Path) -> Path:
+def partial_path_for(destination: str | None, task_identifier: int, work_dir: Path) -> str:
     """Where a task's partial file lives: beside its destination (so the final rename
     stays on one file system), or in the session's private work folder. A name near the
     file system's limit is shortened in the partial's name (the final name is kept)."""
     token = os.urandom(4).hex()
     if destination:
-        return _beside(destination, ".bgdl-part", token)
+        return beside(destination, ".bgdl-part", token)
     folder = private_dir(work_dir / "partial", "the partial files' folder")
-    return folder / f"{task_identifier}-{token}.bgdl-part"
+    return os.path.join(folder, f"{task_identifier}-{token}.bgdl-part")
 
 
-def _beside(destination: str | os.PathLike[str], suffix: str, token: str = "") -> Path:
+def beside(destination: str | os.PathLike[str], suffix: str, token: str = "") -> str:
     """A hidden file beside ``destination``: ``.<name>[.token]<suffix>``, with the name
     shortened when the result would pass the file system's limit (string work, not
     pathlib's: a batch of 10,000 tasks asks this twice per task)."""
@@ -204,7 +204,7 @@ def _beside(destination: str | os.PathLike[str], suffix: str, token: str = "") -
     room = _name_max(folder) - 1 - len(os.fsencode(tail))
     if len(raw) > room:
         raw = raw[: room - 1] + b"~"
-    return Path(os.path.join(folder, f".{os.fsdecode(raw)}{tail}"))
+    return os.path.join(folder, f".{os.fsdecode(raw)}{tail}")
 
 
 def inbox_path(url: str, task_identifier: int, work_dir: Path) -> Path:

@@ -59,6 +59,16 @@ def _secret(name: str) -> bool:
     return _matcher.match(name.lower()) is not None
 
 
+def _may_hold_secrets(query: str) -> bool:
+    """Whether a query string may name a secret: true for a secret name, and for any name
+    written with escapes (``%``, ``+``), which only a full parse reads."""
+    for pair in query.split("&"):
+        name = pair.partition("=")[0]
+        if "%" in name or "+" in name or _secret(name):
+            return True
+    return False
+
+
 def same_file(url: str, other: str) -> bool:
     """Whether two URLs name one file: equal apart from their secret query values, as two
     links to one object signed at different times are."""
@@ -69,6 +79,8 @@ def redact_url(url: str) -> str:
     """``url`` with its password and secret query values replaced by ``REDACTED``."""
     if "@" not in url and "?" not in url:
         return url  # the common case, at no cost
+    if "@" not in url and not _may_hold_secrets(url.partition("?")[2].partition("#")[0]):
+        return url  # plain query names, none of them secret: no parsing
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -9,7 +9,6 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
 
 from ._events import EventKind
 from ._exceptions import HTTPStatusError, TransferError
@@ -85,7 +84,10 @@ class TaskRun:
 def host_of(url: str) -> str:
     """The host (and port) a URL's connections go to, as the scheduler and the connection
     share count them."""
-    return urlsplit(url).netloc.lower()
+    rest = url.partition("://")[2]  # string work: asked of every task as it is queued
+    for stop in "/?#":
+        rest = rest.partition(stop)[0]
+    return rest.lower()
 
 
 class RestartNeeded(Exception):

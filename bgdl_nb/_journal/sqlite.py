@@ -22,7 +22,6 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -167,6 +166,7 @@ class SqliteStore:
             self._conn.execute("ALTER TABLE events ADD COLUMN reason TEXT")
         self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._depth = 0
+        self._atomic = _Atomic(self)  # a plain object, not a generator: every write enters one
         self._open = False  # a transaction is open
         self.group_commit = False
         """Keep writes gathered across blocks until :meth:`flush` (set by the engine)."""
@@ -185,23 +185,12 @@ class SqliteStore:
         self._write()
         return _load_tasks(self._conn)
 
-    @contextlib.contextmanager
-    def atomic(self) -> Iterator[None]:
+    def atomic(self) -> _Atomic:
         """Everything written inside commits together (nesting joins the outer block).
         With :attr:`group_commit` on, the writes stay gathered after the block and
         :meth:`flush` commits them with everything written since: one commit (and one
         statement per kind of write) for all the events of a short window."""
-        self._depth += 1
-        try:
-            yield
-        except BaseException:
-            self._depth -= 1
-            if self._depth == 0 and not self.group_commit:
-                self._discard()
-            raise
-        self._depth -= 1
-        if self._depth == 0 and not self.group_commit:
-            self.flush()
+        return self._atomic
 
     def _discard(self) -> None:
         unsent = sum(len(w.events) for w in self._sent)
@@ -379,6 +368,27 @@ def _load_tasks(conn: sqlite3.Connection) -> list[TaskRecord]:
         "ON s.task_identifier = t.task_identifier AND s.idx = 0 ORDER BY t.task_identifier"
     )
     return [_from_row([*names, "offset"], row) for row in cur.fetchall()]
+
+
+class _Atomic:
+    """:meth:`SqliteStore.atomic`'s block."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> None:
+        self.store._depth += 1
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        store = self.store
+        store._depth -= 1
+        if store._depth == 0 and not store.group_commit:
+            if kind is None:
+                store.flush()
+            else:
+                store._discard()
 
 
 _STORED_EVENT_COLUMNS = tuple(name for name in EVENT_COLUMNS if name != "identifier")  # one journal, one identifier
