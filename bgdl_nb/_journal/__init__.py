@@ -7,6 +7,7 @@ tests). ``tests/test_journal.py`` runs one contract suite on both.
 
 from .base import Store, TaskRecord
 from .memory import MemoryStore
-from .sqlite import SqliteStore, has_unfinished, journaled_bytes, read_journal
+from .reading import has_unfinished, journaled_bytes, read_journal
+from .sqlite import SqliteStore
 
 __all__ = ["MemoryStore", "SqliteStore", "Store", "TaskRecord", "has_unfinished", "journaled_bytes", "read_journal"]

@@ -7,12 +7,8 @@ after the bytes below it were handed to the operating system, so the journal nev
 claims more than the partial file holds; on reattach the engine truncates a partial
 file back to its journaled offset.
 
-Schema (``PRAGMA user_version`` = 1)::
-
-    tasks(task_identifier PK, <TaskRecord fields>, headers/response_headers/error as JSON)
-    segments(task_identifier, idx, start, end, offset)   -- one segment per task for now
-    events(seq PK autoincrement, time, task_identifier, event, ..., detail, reason)
-    meta(key PK, value)
+The tables and rows are in :mod:`bgdl_nb._journal.rows`; reading a journal without
+writing to it is in :mod:`bgdl_nb._journal.reading`.
 """
 
 from __future__ import annotations
@@ -25,86 +21,30 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-import orjson
-
 from .._events import EVENT_COLUMNS, Event
 from .._private import private_dir, state_write_error
-from .._states import TaskState
-from .base import TASK_FIELDS, TaskRecord
+from .base import TaskRecord
+from .rows import (
+    BOOL_FIELDS,
+    EVENT_INSERT,
+    JSON_FIELDS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    STORED_EVENT_COLUMNS,
+    TASK_COLUMNS,
+    TOTAL,
+    NewerJournal,
+    connect,
+    json_text,
+    load_events,
+    load_tasks,
+    to_row,
+)
 from .writes import Writes
 
 log = logging.getLogger("bgdl_nb")
 
-__all__ = ["SqliteStore", "has_unfinished", "journaled_bytes", "read_journal"]
-
-SCHEMA_VERSION = 1
-_JSON_FIELDS = {"headers", "response_headers", "error", "segments", "marks"}
-_BOOL_FIELDS = {"overwrite", "accepts_ranges", "discretionary"}
-_TASK_COLUMNS = [f for f in TASK_FIELDS if f != "offset"]
-_TOTAL = _TASK_COLUMNS.index("total")
-_EVENT_INSERT = ("INSERT INTO events (seq, time, task_identifier, event, bytes_written, total_bytes_written, "
-                 "total_bytes_expected, status, error, detail, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS tasks ({", ".join(
-    ("task_identifier INTEGER PRIMARY KEY" if f == "task_identifier" else f) for f in _TASK_COLUMNS)});
-CREATE TABLE IF NOT EXISTS segments (
-    task_identifier INTEGER NOT NULL, idx INTEGER NOT NULL, start INTEGER NOT NULL,
-    "end" INTEGER, offset INTEGER NOT NULL, PRIMARY KEY (task_identifier, idx));
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, task_identifier INTEGER,
-    event TEXT NOT NULL, bytes_written INTEGER, total_bytes_written INTEGER,
-    total_bytes_expected INTEGER, status INTEGER, error TEXT, detail TEXT, reason TEXT);
-CREATE INDEX IF NOT EXISTS events_by_task ON events(task_identifier, seq);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-"""
-
-
-class _NewerJournal(Exception):
-    pass
-
-
-def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
-    if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
-                               check_same_thread=False)
-    else:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=5000")
-    return conn
-
-
-def _json(value: Any) -> str | None:
-    """A JSON column's text (orjson: a record's headers and regions, written per change)."""
-    return None if value is None else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-
-
-def _to_row(record: TaskRecord) -> list[Any]:
-    row = []
-    for name in _TASK_COLUMNS:
-        value = getattr(record, name)
-        if name in _JSON_FIELDS:
-            value = _json(value)
-        elif name in _BOOL_FIELDS:
-            value = int(bool(value))
-        row.append(value)
-    return row
-
-
-def _from_row(names: list[str], row: tuple[Any, ...]) -> TaskRecord:
-    values = dict(zip(names, row))
-    values["state"] = TaskState(values.get("state") or TaskState.SUSPENDED.value)
-    for name in _JSON_FIELDS:
-        if values.get(name) is not None:
-            values[name] = orjson.loads(values[name])
-    for name in _BOOL_FIELDS:
-        values[name] = bool(values.get(name))
-    if values.get("headers") is None:
-        values["headers"] = {}
-    return TaskRecord(**values)
-
+__all__ = ["SqliteStore"]
 
 class SqliteStore:
     """A durable store in one SQLite file (created 0600 in a 0700 directory)."""
@@ -126,7 +66,7 @@ class SqliteStore:
         except sqlite3.DatabaseError as exc:  # not a journal we can read: keep it, start a new one
             self.reset_reason = self._move_aside(f"it could not be read ({exc})")
             self._open_journal()
-        except _NewerJournal as exc:
+        except NewerJournal as exc:
             self.reset_reason = self._move_aside(str(exc))
             self._open_journal()
 
@@ -154,12 +94,12 @@ class SqliteStore:
         finally:
             probe.close()
         if version > SCHEMA_VERSION:
-            raise _NewerJournal(f"it was written by a newer bgdl_nb (schema {version}, this one reads up to "
+            raise NewerJournal(f"it was written by a newer bgdl_nb (schema {version}, this one reads up to "
                                 f"{SCHEMA_VERSION})")
-        self._conn = _connect(self.path, readonly=False)
-        self._conn.executescript(_SCHEMA)
+        self._conn = connect(self.path, readonly=False)
+        self._conn.executescript(SCHEMA)
         present = {row[1] for row in self._conn.execute("PRAGMA table_info(tasks)")}
-        for column in _TASK_COLUMNS:  # journals of older versions gain the newer columns
+        for column in TASK_COLUMNS:  # journals of older versions gain the newer columns
             if column not in present:
                 self._conn.execute(f"ALTER TABLE tasks ADD COLUMN {column}")
         if "reason" not in {row[1] for row in self._conn.execute("PRAGMA table_info(events)")}:
@@ -183,7 +123,7 @@ class SqliteStore:
 
     def load_tasks(self) -> list[TaskRecord]:
         self._write()
-        return _load_tasks(self._conn)
+        return load_tasks(self._conn)
 
     def atomic(self) -> _Atomic:
         """Everything written inside commits together (nesting joins the outer block).
@@ -243,13 +183,13 @@ class SqliteStore:
         w = self._take()
         self._sent.append(w)  # until the commit: a failed transaction gives them back (_restore)
         if w.puts:
-            cols = ", ".join(_TASK_COLUMNS)
-            marks = ", ".join("?" for _ in _TASK_COLUMNS)
+            cols = ", ".join(TASK_COLUMNS)
+            marks = ", ".join("?" for _ in TASK_COLUMNS)
             conn.executemany(f"INSERT OR REPLACE INTO tasks ({cols}) VALUES ({marks})",
                              [row for row, _ in w.puts.values()])
             conn.executemany('INSERT OR REPLACE INTO segments (task_identifier, idx, start, "end", offset) '
                              "VALUES (?, 0, 0, ?, ?)",
-                             [(tid, row[_TOTAL], offset) for tid, (row, offset) in w.puts.items()])
+                             [(tid, row[TOTAL], offset) for tid, (row, offset) in w.puts.items()])
         by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         for tid, changes in w.changes.items():
             by_columns.setdefault(tuple(changes), []).append((*changes.values(), tid))
@@ -264,7 +204,7 @@ class SqliteStore:
             conn.executemany("UPDATE segments SET offset = ? WHERE task_identifier = ? AND idx = 0",
                              [(offset, tid) for tid, offset in w.offsets.items()])
         if w.events:
-            conn.executemany(_EVENT_INSERT, w.events)
+            conn.executemany(EVENT_INSERT, w.events)
         if w.meta:
             conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", w.meta.items())
 
@@ -292,7 +232,7 @@ class SqliteStore:
             tid = record.task_identifier
             self._gathered.changes.pop(tid, None)  # the whole record supersedes its earlier changes
             self._gathered.offsets.pop(tid, None)
-            self._gathered.puts[tid] = (_to_row(record), record.offset)
+            self._gathered.puts[tid] = (to_row(record), record.offset)
 
     def update_task(self, task_identifier: int, **changes: Any) -> None:
         with self.atomic():
@@ -303,9 +243,9 @@ class SqliteStore:
                 return
             pending = self._gathered.changes.setdefault(task_identifier, {})
             for name, value in changes.items():
-                if name in _JSON_FIELDS:
-                    value = _json(value)
-                elif name in _BOOL_FIELDS:
+                if name in JSON_FIELDS:
+                    value = json_text(value)
+                elif name in BOOL_FIELDS:
                     value = int(bool(value))
                 pending.pop(name, None)  # re-inserted last: rows with the same fields share a statement
                 pending[name] = value
@@ -328,14 +268,14 @@ class SqliteStore:
 
     def events(self, since_seq: int = 0, task_identifier: int | None = None) -> list[Event]:
         self._write()
-        return _load_events(self._conn, self.identifier, since_seq, task_identifier)
+        return load_events(self._conn, self.identifier, since_seq, task_identifier)
 
     def event_columns(self, since_seq: int = 0) -> dict[str, list[Any]]:
         self._write()
-        rows = self._conn.execute(f"SELECT {', '.join(_STORED_EVENT_COLUMNS)} FROM events WHERE seq > ? ORDER BY seq",
+        rows = self._conn.execute(f"SELECT {', '.join(STORED_EVENT_COLUMNS)} FROM events WHERE seq > ? ORDER BY seq",
                                   (since_seq,)).fetchall()
-        stored = dict(zip(_STORED_EVENT_COLUMNS, (list(c) for c in zip(*rows)))) if rows else {
-            name: [] for name in _STORED_EVENT_COLUMNS}
+        stored = dict(zip(STORED_EVENT_COLUMNS, (list(c) for c in zip(*rows)))) if rows else {
+            name: [] for name in STORED_EVENT_COLUMNS}
         return {name: stored[name] if name in stored else [self.identifier] * len(rows) for name in EVENT_COLUMNS}
 
     # meta --------------------------------------------------------------------------------
@@ -355,19 +295,6 @@ class SqliteStore:
             self.flush()
         finally:
             self._conn.close()
-
-
-def _load_tasks(conn: sqlite3.Connection) -> list[TaskRecord]:
-    # a journal an older bgdl_nb wrote (read without writing, so not yet given the newer
-    # columns) is read with the columns it has; the others keep their defaults
-    present = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
-    names = [c for c in _TASK_COLUMNS if c in present] if present else _TASK_COLUMNS
-    cols = ", ".join(f"t.{c}" for c in names)
-    cur = conn.execute(
-        f"SELECT {cols}, COALESCE(s.offset, 0) FROM tasks t LEFT JOIN segments s "
-        "ON s.task_identifier = t.task_identifier AND s.idx = 0 ORDER BY t.task_identifier"
-    )
-    return [_from_row([*names, "offset"], row) for row in cur.fetchall()]
 
 
 class _Atomic:
@@ -391,55 +318,3 @@ class _Atomic:
                 store._discard()
 
 
-_STORED_EVENT_COLUMNS = tuple(name for name in EVENT_COLUMNS if name != "identifier")  # one journal, one identifier
-
-
-def _load_events(conn: sqlite3.Connection, identifier: str, since_seq: int,
-                 task_identifier: int | None) -> list[Event]:
-    query = ("SELECT seq, time, task_identifier, event, bytes_written, total_bytes_written, "
-             "total_bytes_expected, status, error, detail, reason FROM events WHERE seq > ?")
-    args: list[Any] = [since_seq]
-    if task_identifier is not None:
-        query += " AND task_identifier = ?"
-        args.append(task_identifier)
-    rows = conn.execute(query + " ORDER BY seq", args).fetchall()
-    return [Event(r[0], r[1], identifier, *r[2:]) for r in rows]
-
-
-def read_journal(path: Path, identifier: str, *, events: bool = True) -> tuple[list[TaskRecord], list[Event]]:
-    """Read a journal without writing to it (safe while an engine holds the session);
-    ``events=False`` reads the tasks' state only, not the history."""
-    try:
-        conn = _connect(Path(path), readonly=True)
-        try:
-            return _load_tasks(conn), _load_events(conn, identifier, 0, None) if events else []
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        raise  # locked, or its schema still being written: a moment later it reads
-    except sqlite3.DatabaseError as exc:  # not a journal at all
-        from .._exceptions import SessionError
-        raise SessionError(f"the journal {path} cannot be read ({exc}); the next session of {identifier!r} "
-                           "moves it aside and starts afresh") from None
-
-
-def has_unfinished(path: Path) -> bool:
-    """Whether a journal holds a task that was running or being cancelled (one question of
-    its tasks table, not a read of the journal: a restarted service asks it of every journal)."""
-    conn = _connect(Path(path), readonly=True)
-    try:
-        return conn.execute("SELECT 1 FROM tasks WHERE state IN (?, ?) LIMIT 1",
-                            (TaskState.RUNNING.value, TaskState.CANCELING.value)).fetchone() is not None
-    finally:
-        conn.close()
-
-
-def journaled_bytes(path: Path, identifier: str) -> int:
-    """The bytes a journal vouches for across its tasks; 0 while it is missing or being created."""
-    if not Path(path).exists():
-        return 0
-    try:
-        tasks, _ = read_journal(path, identifier, events=False)
-    except Exception:  # the schema is still being created by its writer, or the file is not a journal
-        return 0
-    return sum(t.offset for t in tasks)
