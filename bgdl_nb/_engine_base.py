@@ -153,7 +153,10 @@ class EngineBase:
     _nonce: str  # tells apart the tasks of two sessions without a journal in one process
     _claimed: dict[int, float]  # when (monotonic) this engine last claimed or refreshed a task's destination
     _halted_since = 0.0
-    _stop_job: Callable[[int], asyncio.Task[None] | None]  # scheduling (Engine)
+    # scheduling, which :class:`~bgdl_nb._engine.Engine` does: start what the plan says,
+    # stop a task's transfer, queue a task
+    _schedule: Callable[[], None]
+    _stop_job: Callable[[int], asyncio.Task[None] | None]
     _enqueue: Callable[[TaskRun], None]
 
     # reading -----------------------------------------------------------------------------
@@ -220,10 +223,6 @@ class EngineBase:
     @property
     def bandwidth_limit(self) -> float | None:
         return self.bucket.rate
-
-    def _schedule(self) -> None:
-        """Start what the scheduler's plan says (:class:`~bgdl_nb._engine.Engine` does)."""
-        raise NotImplementedError
 
     def ack(self, seq: int, finished_path: str | None = None) -> None:
         """A delegate has seen every event up to ``seq``; a finished file it was handed
@@ -322,7 +321,8 @@ class EngineBase:
                        total_bytes_expected=rec.total, status=rec.status)
         else:
             self._move(run, TaskState.COMPLETED, EventKind.FAILED, changes, total_bytes_written=run.received,
-                       total_bytes_expected=rec.total, status=rec.status, error=f"{type(error).__name__}: {error}")
+                       total_bytes_expected=rec.total, error=f"{type(error).__name__}: {error}",
+                       status=getattr(error, "status", None))  # the refusal's status, not a 200 before a reset
         self._changed.set()
 
     # the record, the journal and the sink ------------------------------------------------

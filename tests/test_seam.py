@@ -231,3 +231,15 @@ def test_a_transport_plugged_at_the_seam_serves_a_download_without_a_socket(tmp_
     assert (tmp_path / "f.bin").read_bytes() == body
     assert fake.ranges[0] is None and fake.ranges[1].startswith("bytes=") and len(fake.ranges) == 2, fake.ranges
     assert fake.closed
+
+
+def test_a_failed_row_carries_the_refusals_status_not_the_200_before_a_reset(origin, tmp_path):
+    with bg.Session(bg.Configuration.default(max_retries=0, connections_per_file=1)) as session:
+        task = session.download_task(origin.url("resets.bin", 1_000_000, reset_after=50_000),
+                                     tmp_path / "resets.bin").resume()
+        with pytest.raises(bg.NetworkError):
+            task.wait(30)
+        rows = session.event_log()
+    [response] = [e for e in rows if e.event == "response"]
+    [failed] = [e for e in rows if e.event == "failed"]
+    assert response.status == 200 and failed.status is None and failed.error.startswith("NetworkError")
