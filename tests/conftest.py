@@ -219,3 +219,19 @@ def tls_origin(tmp_path: Path) -> Iterator[tuple[Origin, Path]]:
     ca.cert_pem.write_to_path(str(pem))
     with Origin(ssl_context=server_context) as server:
         yield server, pem
+
+
+@pytest.fixture
+def small_state_disk(tmp_path, monkeypatch):
+    """The state directory on a real 4 MiB file system of its own (a tmpfs; needs root)."""
+    disk = tmp_path / "state-disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    monkeypatch.setenv("BGDL_STATE_DIR", str(disk / "state"))
+    try:
+        yield disk
+    finally:
+        run_cli("service", "stop")
+        subprocess.run(["umount", "-l", str(disk)], check=True)

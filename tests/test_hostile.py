@@ -281,25 +281,6 @@ def test_a_full_disk_at_the_start_is_one_line_and_a_rerun_after_freeing_space_co
             run_cli("service", "stop")
 
 
-@pytest.fixture
-def small_state_disk(tmp_path, monkeypatch):
-    """The state directory on a real 4 MiB file system of its own (a tmpfs; needs root)."""
-    import subprocess
-
-    from conftest import run_cli
-    disk = tmp_path / "state-disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(disk)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    monkeypatch.setenv("BGDL_STATE_DIR", str(disk / "state"))
-    try:
-        yield disk
-    finally:
-        run_cli("service", "stop")
-        subprocess.run(["umount", "-l", str(disk)], check=True)
-
-
 def test_a_journal_whose_disk_filled_works_again_once_space_is_freed_without_a_service_restart(
         origin, tmp_path, small_state_disk):
     """The journal's disk fills while the transfer service runs: each command says so in

@@ -113,6 +113,20 @@ def _partial_bytes(folder) -> int:
     return sum(p.stat().st_size for p in folder.glob(".*.bgdl-part"))
 
 
+def _assert_the_same_command_continues(origin, url: str, out, identifier: str, name: str, size: int) -> None:
+    """The same fetch, run again, completes the file whole, continuing from its bytes (its
+    last request a Range from past byte 0)."""
+    from bgdl_nb.demo.origin import resource_sha256
+
+    from helpers import sha256_of
+
+    done = run_cli("fetch", url, "-o", str(out), "--id", identifier, "-q")
+    assert done.returncode == 0, done.stderr
+    assert sha256_of(out / name) == resource_sha256(name, size)
+    ranges = [r.headers.get("Range") for r in origin.requests_for(name) if r.method == "GET"]
+    assert ranges[0] is None and ranges[-1] and ranges[-1].startswith("bytes=") and ranges[-1] != "bytes=0-", ranges
+
+
 def _one_error_line(stderr: str) -> str:
     assert "Traceback" not in stderr, stderr
     [line] = [ln for ln in stderr.splitlines() if ln.startswith("bgdl: error:")]
@@ -121,9 +135,8 @@ def _one_error_line(stderr: str) -> str:
 
 def test_a_state_folder_that_turns_read_only_mid_download_ends_every_command_in_one_line_and_resumes_after_repair(
         origin, tmp_path, failing_state_disk):
-    from bgdl_nb.demo.origin import resource_sha256
 
-    from helpers import sha256_of, wait_until
+    from helpers import wait_until
 
     out, size = tmp_path / "out", 4_000_000
     url = origin.url("turns-ro.bin", size, rate=500_000)
@@ -152,51 +165,32 @@ def test_a_state_folder_that_turns_read_only_mid_download_ends_every_command_in_
     assert 0 < kept < size and not (out / "turns-ro.bin").exists()  # a partial file, kept, never passed as complete
 
     failing_state_disk.repair()
-    done = run_cli("fetch", url, "-o", str(out), "--id", "ro", "-q")
-    assert done.returncode == 0, done.stderr
-    assert sha256_of(out / "turns-ro.bin") == resource_sha256("turns-ro.bin", size)
-    ranges = [r.headers.get("Range") for r in origin.requests_for("turns-ro.bin") if r.method == "GET"]
-    assert ranges[0] is None and ranges[-1] and ranges[-1].startswith("bytes=") and ranges[-1] != "bytes=0-", ranges
+    _assert_the_same_command_continues(origin, url, out, "ro", "turns-ro.bin", size)
 
 
 def test_a_state_disk_that_fills_mid_download_ends_the_command_in_one_line_and_the_same_command_then_continues(
-        origin, tmp_path, monkeypatch):
-    from bgdl_nb.demo.origin import resource_sha256
+        origin, tmp_path, small_state_disk):
+    from helpers import fill_disk, wait_until
 
-    from helpers import fill_disk, sha256_of, wait_until
-
-    disk = tmp_path / "state-disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(disk)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    monkeypatch.setenv("BGDL_STATE_DIR", str(disk / "state"))
+    disk = small_state_disk
+    out, size = tmp_path / "out", 4_000_000
+    url = origin.url("fills.bin", size, rate=500_000)
+    running = subprocess.Popen([sys.executable, "-m", "bgdl_nb.cli", "fetch", url, "-o", str(out), "--id", "full",
+                                "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        out, size = tmp_path / "out", 4_000_000
-        url = origin.url("fills.bin", size, rate=500_000)
-        running = subprocess.Popen([sys.executable, "-m", "bgdl_nb.cli", "fetch", url, "-o", str(out), "--id", "full",
-                                    "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            wait_until(lambda: out.exists() and _partial_bytes(out) > 1_300_000, 30, "a checkpoint's bytes")
-            filler = fill_disk(disk)
-            _, stderr = running.communicate(timeout=60)
-        finally:
-            running.kill()
-            running.wait()
-        line = _one_error_line(stderr)
-        assert running.returncode == 1 and re.search(
-            r"cannot be written: no space is left on the disk of .*state.*; free some space there and run the same "
-            r"command again", line), stderr
-        assert not (out / "fills.bin").exists() and _partial_bytes(out) > 0
-        filler.unlink()
-        done = run_cli("fetch", url, "-o", str(out), "--id", "full", "-q")
-        assert done.returncode == 0, done.stderr
-        assert sha256_of(out / "fills.bin") == resource_sha256("fills.bin", size)
-        ranges = [r.headers.get("Range") for r in origin.requests_for("fills.bin") if r.method == "GET"]
-        assert ranges[0] is None and ranges[-1] and ranges[-1].startswith("bytes=") and ranges[-1] != "bytes=0-", ranges
+        wait_until(lambda: out.exists() and _partial_bytes(out) > 1_300_000, 30, "a checkpoint's bytes")
+        filler = fill_disk(disk)
+        _, stderr = running.communicate(timeout=60)
     finally:
-        run_cli("service", "stop")
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+        running.kill()
+        running.wait()
+    line = _one_error_line(stderr)
+    assert running.returncode == 1 and re.search(
+        r"cannot be written: no space is left on the disk of .*state.*; free some space there and run the same "
+        r"command again", line), stderr
+    assert not (out / "fills.bin").exists() and _partial_bytes(out) > 0
+    filler.unlink()
+    _assert_the_same_command_continues(origin, url, out, "full", "fills.bin", size)
 
 
 def test_in_a_kernel_a_wait_ends_with_the_read_only_state_folder_and_the_session_still_closes(
