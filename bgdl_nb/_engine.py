@@ -38,7 +38,7 @@ from ._attempt import CHECKPOINT_BYTES, Attempt
 from ._bandwidth import TokenBucket
 from ._claims import CLAIM_SUFFIX
 from ._config import Configuration
-from ._engine_base import EngineBase, Sink, _NullSink, _Report
+from ._engine_base import EngineBase, Sink, _NullSink
 from ._events import Event, EventKind
 from ._exceptions import (
     BgdlError,
@@ -54,6 +54,7 @@ from ._finalise import Finaliser
 from ._journal import Store, TaskRecord
 from ._liveness import Liveness, stalled_error
 from ._redact import add_secret_params
+from ._report import Report
 from ._retrying import after_failure, after_restart
 from ._run import RestartNeeded, RetryableStatus, TaskRun, host_of
 from ._scheduler import Item, Scheduler
@@ -523,7 +524,7 @@ class Engine(EngineBase):
                 before = run.received
                 try:
                     target = Path(rec.destination) if rec.destination else inbox_path(rec.url, tid, self.work_dir)
-                    finished = await Attempt(run, _Report(self, run), self._transport(), self.config, target,
+                    finished = await Attempt(run, Report(self, run), self._transport(), self.config, target,
                                              self.hashing, self.finaliser)()
                     self._complete(run, None, finished=finished)
                     return
