@@ -199,8 +199,11 @@ class Engine(EngineBase):
 
     # task control ------------------------------------------------------------------------
 
-    def create(self, record: TaskRecord) -> int:
-        record.task_identifier = self.store.next_task_identifier()
+    def create(self, record: TaskRecord, task_identifier: int | None = None) -> int:
+        """Create a task (suspended) from ``record``, as ``task_identifier`` when one was
+        reserved for it (:meth:`create_many`)."""
+        record.task_identifier = (self.store.next_task_identifiers()[0] if task_identifier is None
+                                  else task_identifier)
         record.created = time.time()
         record.state = TaskState.SUSPENDED
         if not record.partial_path:
@@ -226,23 +229,24 @@ class Engine(EngineBase):
     def create_many(self, records: list[TaskRecord], resume: bool) -> list[int]:
         """Create (and resume) many tasks at once: one call for the caller, one plan. The
         tasks' identifiers are returned; their snapshots travel with their events."""
-        tids = [self.create(record) for record in records]
+        tids = [self.create(record, tid) for record, tid in
+                zip(records, self.store.next_task_identifiers(len(records)), strict=True)]
         if resume:
             self.resume_many(tids)
         return tids
 
     def resume_many(self, tids: list[int]) -> None:
         """Resume several tasks, then plan once."""
-        for tid in tids:
-            self._resume(self._runs[tid])
-        self._schedule()
+        self._schedule([run for run in map(self._runs.__getitem__, tids) if self._resume(run)])
 
     def resume(self, tid: int) -> None:
-        if self._resume(self._runs[tid]):
-            self._schedule()
+        run = self._runs[tid]
+        if self._resume(run):
+            self._schedule([run])
 
     def _resume(self, run: TaskRun) -> bool:
-        """Queue a suspended task; True when the scheduler has something new to plan."""
+        """Queue a suspended task; True when it is queued (its ``resumed`` row comes with
+        the plan that follows, :meth:`_schedule`)."""
         if run.record.state is not TaskState.SUSPENDED or self._closing:
             return False
         try:
@@ -261,13 +265,22 @@ class Engine(EngineBase):
 
     def _queue_resumed(self, run: TaskRun) -> bool:
         run.resumed_once = True
-        self._move(run, TaskState.RUNNING, EventKind.RESUMED, total_bytes_written=run.record.offset)
         held = self._held.get(run.task_identifier)
         if held is not None:  # another session already transfers this file: wait for it
+            self._mark_resumed([run], {})
             self._wait(run, Wait(WaitReason.SHARED, held))
             return False
         self._enqueue(run)
         return True
+
+    def _mark_resumed(self, runs: list[TaskRun], waiting: dict[int, Wait | None]) -> None:
+        """The ``resumed`` rows of ``runs``, each with the reason it waits after the plan
+        (taken out of ``waiting``): one row where a resumed and a waiting row said it in two."""
+        for run in runs:
+            why = waiting.pop(run.task_identifier, None)
+            self._move(run, TaskState.RUNNING, EventKind.RESUMED, total_bytes_written=run.record.offset,
+                       detail=None if why is None else str(why), reason=None if why is None else why.reason.value)
+            run.waiting = why
 
     def note(self, kind: EventKind, detail: str, tid: int | None = None, **fields: Any) -> Event:
         """Journal an event that no transfer emits (a reattach, a launch; of task ``tid`` when
@@ -381,14 +394,18 @@ class Engine(EngineBase):
             remaining_bytes=max(0, (known or 0) - rec.offset), disk=folder,
             deadline=rec.created + self.config.timeout_interval_for_resource))
 
-    def _schedule(self) -> None:
-        """Apply the policy's plan: start tasks, publish waiting reasons, expire tasks."""
+    def _schedule(self, resumed: list[TaskRun] | None = None) -> None:
+        """Apply the policy's plan: start tasks, publish waiting reasons, expire tasks.
+        ``resumed``: tasks just queued, given their ``resumed`` rows (with the plan's
+        reason they wait) before anything of the plan happens to them."""
         if self._closing or self.halted is not None:  # nothing starts while the journal cannot be written
+            self._mark_resumed(resumed or [], {})
             return
         loop = asyncio.get_running_loop()
         try:
             plan = self.scheduler.poll()
         except Exception as exc:  # a bug in the policy must not leave tasks waiting for ever
+            self._mark_resumed(resumed or [], {})
             self._policy_failures += 1
             log.exception("bgdl_nb scheduler error (%d in a row)", self._policy_failures)
             if self._policy_failures < 3:
@@ -400,6 +417,7 @@ class Engine(EngineBase):
                     self._internal_error(run, exc)  # stopped instead of waiting for ever
             return
         self._policy_failures = 0
+        self._mark_resumed(resumed or [], plan.waiting)
         for tid in plan.expired:
             run = self._runs[tid]
             waiting = f" while waiting: {run.waiting}" if run.waiting else ""

@@ -20,7 +20,7 @@ class EventKind(str, enum.Enum):
     """What an event row records."""
 
     CREATED = "created"            # download_task() made the task (it starts suspended)
-    RESUMED = "resumed"            # task.resume() was called: the scheduler delay starts here
+    RESUMED = "resumed"            # task.resume(): the scheduler delay starts; reason: why it waits (none: it starts)
     WAITING = "waiting"            # the task is ready but waits; detail says why
     STARTED = "started"            # a request went out (first attempt or a retry)
     REDIRECT = "redirect"          # a redirect hop was followed; detail has the new URL
@@ -97,3 +97,15 @@ class Event:
     def as_dict(self) -> dict[str, Any]:
         """The row as a dict of its columns."""
         return {name: getattr(self, name) for name in EVENT_COLUMNS}  # every field is a plain value
+
+    def wire(self) -> list[Any]:
+        """The row as its values in :data:`EVENT_COLUMNS` order (what the transfer service
+        sends: no column name repeated per event)."""
+        return [self.seq, self.time, self.identifier, self.task_identifier, self.event, self.bytes_written,
+                self.total_bytes_written, self.total_bytes_expected, self.status, self.error, self.detail,
+                self.reason]
+
+    @classmethod
+    def from_wire(cls, values: list[Any]) -> Event:
+        """The event :meth:`wire` gave."""
+        return cls(*values)

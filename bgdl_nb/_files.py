@@ -200,11 +200,12 @@ def beside(destination: str | os.PathLike[str], suffix: str, token: str = "") ->
     pathlib's: a batch of 10,000 tasks asks this twice per task)."""
     folder, name = os.path.split(os.fspath(destination))
     tail = f".{token}{suffix}" if token else suffix
-    raw = os.fsencode(name)
     room = _name_max(folder) - 1 - len(os.fsencode(tail))
-    if len(raw) > room:
-        raw = raw[: room - 1] + b"~"
-    return os.path.join(folder, f".{os.fsdecode(raw)}{tail}")
+    if len(name) * 4 > room:  # only then can the name be too long in bytes (UTF-8: at most 4 a character)
+        raw = os.fsencode(name)
+        if len(raw) > room:
+            name = os.fsdecode(raw[: room - 1] + b"~")
+    return os.path.join(folder, f".{name}{tail}")
 
 
 def inbox_path(url: str, task_identifier: int, work_dir: Path) -> Path:

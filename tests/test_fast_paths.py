@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bgdl_nb._files import beside, name_max
+from bgdl_nb._hosts.commands import records_from_wire, records_to_wire
+from bgdl_nb._journal import TaskRecord
 from bgdl_nb._redact import REDACTED, _secret, redact_url
 from bgdl_nb._run import host_of
 
@@ -37,3 +42,42 @@ def test_a_url_left_as_it_is_holds_no_secret_and_every_secret_is_redacted(url):
     else:
         kept = parse_qsl(urlsplit(shown).query, keep_blank_values=True)
         assert all(v == REDACTED for k, v in kept if _secret(k))
+
+
+_file_names = st.text(st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",)), min_size=1,
+                      max_size=120).filter(lambda n: n not in (".", ".."))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_file_names, st.sampled_from(["", "1a2b3c4d"]), st.sampled_from([".bgdl-part", ".bgdl-claim"]))
+def test_a_hidden_name_beside_a_file_fits_the_file_system_and_keeps_a_name_that_fits(tmp_path_factory, name,
+                                                                                      token, suffix):
+    """The character count decides whether the name is encoded at all: the result is the
+    same as encoding every name would give (whole when it fits, cut to fit when not)."""
+    folder = str(tmp_path_factory.getbasetemp())
+    got = beside(os.path.join(folder, name), suffix, token)
+    tail = f".{token}{suffix}" if token else suffix
+    assert os.path.dirname(got) == folder and got.endswith(tail)
+    shown = os.path.basename(got)
+    assert len(os.fsencode(shown)) <= name_max(Path(folder))
+    if len(os.fsencode(f".{name}{tail}")) <= name_max(Path(folder)):
+        assert shown == f".{name}{tail}"
+    else:
+        assert shown.startswith(".") and shown[:-len(tail)].endswith("~")
+
+
+_records = st.builds(
+    TaskRecord, st.just(0), st.sampled_from(["http://h/a", "https://h/b?x=1"]),
+    headers=st.dictionaries(st.sampled_from(["A", "Range"]), st.text(max_size=3), max_size=2),
+    destination=st.none() | st.just("/tmp/d"), description=st.none() | st.text(max_size=4),
+    priority=st.sampled_from([0.0, 0.5, 1.0]), discretionary=st.booleans(), overwrite=st.booleans(),
+    expected_bytes=st.none() | st.integers(0, 10**12), sha256=st.none() | st.just("ab" * 32),
+    earliest_begin_date=st.none() | st.floats(0, 2e9))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_records, max_size=4))
+def test_new_records_travel_with_only_their_fields_that_differ_and_arrive_whole(records):
+    wire = records_to_wire(records)
+    assert all(set(item) >= {"task_identifier", "url"} for item in wire)
+    assert list(records_from_wire(wire)) == records

@@ -24,7 +24,8 @@ def _event(kind: str, tid: int | None = 1, **kw: object) -> Event:
 
 
 def test_task_identifiers_increase(store) -> None:
-    assert [store.next_task_identifier() for _ in range(3)] == [1, 2, 3]
+    assert [store.next_task_identifiers()[0] for _ in range(3)] == [1, 2, 3]
+    assert list(store.next_task_identifiers(3)) == [4, 5, 6]  # a batch: one write
 
 
 def test_put_update_load(store) -> None:
@@ -64,14 +65,14 @@ def test_meta(store) -> None:
 def test_sqlite_survives_reopen_and_reads_without_the_writer(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite3"
     s = SqliteStore(path, "jid")
-    s.put_task(TaskRecord(s.next_task_identifier(), "http://h/x"))
+    s.put_task(TaskRecord(s.next_task_identifiers()[0], "http://h/x"))
     s.set_offset(1, 99)
     s.append_event(_event("created"))
     tasks, events = read_journal(path, "jid")  # while the writer is open
     assert tasks[0].offset == 99 and events[0].event == "created"
     s.close()
     again = SqliteStore(path, "jid")
-    assert again.next_task_identifier() == 2
+    assert again.next_task_identifiers()[0] == 2
     assert again.load_tasks()[0].offset == 99
     again.close()
     assert path.stat().st_mode & 0o777 == 0o600

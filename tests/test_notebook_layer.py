@@ -101,6 +101,19 @@ def test_scheduler_delay_splits_by_reason(interrupted):
     assert (segments["seconds"] >= 0).all()
 
 
+def test_a_wait_said_by_the_resumed_row_is_split_by_its_reason(origin, tmp_path):
+    with bg.Session(bg.Configuration.default()) as session:
+        task = session.download_task(origin.url("later", 1000), tmp_path / "later",
+                                     earliest_begin_date=time.time() + 0.3).resume()
+        task.wait(30)
+        frame = session.events
+    mine = frame[frame["task_identifier"] == task.task_identifier]
+    assert "waiting" not in set(mine["event"])  # the resumed row said it
+    segments = delay_segments(frame)
+    waited = segments[segments["task_identifier"] == task.task_identifier]
+    assert waited.loc[waited["kind"] == "earliest begin date", "seconds"].sum() > 0.2
+
+
 def test_panel_shows_true_totals_at_once_after_reattach(origin, tmp_path):
     config = bg.Configuration.background("panel")
     first = bg.Session(config)

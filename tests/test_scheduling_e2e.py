@@ -28,8 +28,12 @@ def test_max_concurrent_tasks_holds_on_the_wire(origin, tmp_path):
     tasks = [s.download_task(origin.url(f"c{i}", MB, rate=8 * MB), tmp_path / f"c{i}").resume() for i in range(5)]
     s.wait(tasks, timeout=60)
     assert _max_overlap(origin.log) == 2
-    waits = [e for e in s.event_log() if e.event == "waiting"]
-    assert len(waits) == 3 and all("free slot" in e.detail for e in waits)
+    rows = s.event_log()
+    # the three that found no slot say so in their resumed row, with no waiting row besides
+    waits = [e for e in rows if e.reason is not None]
+    assert [e.event for e in waits] == ["resumed"] * 3 and all("free slot" in e.detail for e in waits)
+    assert {e.task_identifier for e in waits} == {t.task_identifier for t in tasks[2:]}
+    assert not [e for e in rows if e.event == "waiting"]
     s.close()
 
 

@@ -8,6 +8,7 @@ a request with :func:`control_from_wire` and :func:`records_from_wire`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -15,7 +16,7 @@ from .._exceptions import InvalidInput
 from .._journal import TaskRecord
 
 __all__ = ["CONTROLS", "Ack", "Command", "Control", "ControlName", "Create", "Events", "control_from_wire",
-           "records_from_wire"]
+           "records_from_wire", "records_to_wire"]
 
 ControlName = Literal["resume", "resume_many", "suspend", "suspend_many", "cancel", "set_priority", "pause",
                       "unpause", "set_bandwidth_limit", "configure", "expect_digest",
@@ -27,10 +28,14 @@ CONTROLS: frozenset[str] = frozenset(get_args(ControlName))
 
 @dataclass(frozen=True)
 class Create:
-    """Create ``records`` as tasks, and resume them all when ``resume``."""
+    """Create ``records`` as tasks, and resume them all when ``resume``. ``numbered`` is
+    called with the records once the engine numbered them, before any starts (the service
+    links a file two sessions want there): creating, that, and resuming are one journal
+    group, so each task's events and snapshot reach a client once."""
 
     records: tuple[TaskRecord, ...]
     resume: bool = False
+    numbered: Callable[[tuple[TaskRecord, ...]], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -71,9 +76,25 @@ def control_from_wire(name: object, args: object) -> Control:
     return Control(name, tuple(args) if isinstance(args, list) else ())  # type: ignore[arg-type]
 
 
+_FIELDS = frozenset(f.name for f in dataclasses.fields(TaskRecord))
+_DEFAULTS = vars(TaskRecord(0, ""))
+_ALWAYS = ("task_identifier", "url")
+
+
+def records_to_wire(records: list[TaskRecord]) -> list[dict[str, Any]]:
+    """New tasks' records as plain values, each with only the fields that differ from a
+    new record's defaults (of thirty, a URL and a destination, mostly)."""
+    return [{k: v for k, v in vars(r).items() if k in _ALWAYS or v != _DEFAULTS[k]} for r in records]
+
+
 def records_from_wire(items: list[dict[str, Any]]) -> tuple[TaskRecord, ...]:
-    """Task records from the plain fields a client sent (the state as its enum again)."""
+    """Task records from the plain fields a client sent (:func:`records_to_wire`; a field
+    of no record is left out, the state is its enum again)."""
     from .._states import TaskState
-    names = {f.name for f in dataclasses.fields(TaskRecord)}
-    return tuple(TaskRecord(**{**{k: v for k, v in item.items() if k in names},
-                               "state": TaskState(item.get("state", TaskState.SUSPENDED))}) for item in items)
+    records = []
+    for item in items:
+        known = item if _FIELDS.issuperset(item) else {k: v for k, v in item.items() if k in _FIELDS}
+        record = TaskRecord(**known)
+        record.state = TaskState(record.state)
+        records.append(record)
+    return tuple(records)

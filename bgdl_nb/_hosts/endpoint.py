@@ -139,8 +139,12 @@ class Endpoint:
             self.engine.flush()
         try:
             if isinstance(command, Create):
-                snaps = self.engine.create_many(list(command.records), resume=command.resume)
-                return snaps
+                tids = self.engine.create_many(list(command.records), resume=False)
+                if command.numbered is not None:
+                    command.numbered(command.records)
+                if command.resume:
+                    self.engine.resume_many(tids)
+                return tids
             if isinstance(command, Control):
                 return getattr(self.engine, command.name)(*command.args)
             if isinstance(command, Ack):

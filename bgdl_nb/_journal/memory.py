@@ -38,10 +38,10 @@ class MemoryStore:
     def load_tasks(self) -> list[TaskRecord]:
         return [dataclasses.replace(r) for r in self._tasks.values()]
 
-    def next_task_identifier(self) -> int:
-        value = int(self._meta.get("next_task_identifier", "1"))
-        self._meta["next_task_identifier"] = str(value + 1)
-        return value
+    def next_task_identifiers(self, count: int = 1) -> range:
+        first = int(self._meta.get("next_task_identifier", "1"))
+        self._meta["next_task_identifier"] = str(first + count)
+        return range(first, first + count)
 
     def put_task(self, record: TaskRecord) -> None:
         self._tasks[record.task_identifier] = dataclasses.replace(record)

@@ -20,15 +20,16 @@ from .._events import EVENT_COLUMNS, Event
 from .._states import TaskState
 from .base import TASK_FIELDS, TaskRecord
 
-__all__ = ["BOOL_FIELDS", "EVENT_INSERT", "JSON_FIELDS", "SCHEMA", "SCHEMA_VERSION", "STORED_EVENT_COLUMNS",
-           "TASK_COLUMNS", "TOTAL", "NewerJournal", "connect", "from_row", "json_text", "load_events", "load_tasks",
-           "to_row"]
+__all__ = ["BOOL_FIELDS", "COLUMN_AT", "EVENT_INSERT", "JSON_FIELDS", "SCHEMA", "SCHEMA_VERSION",
+           "STORED_EVENT_COLUMNS", "TASK_COLUMNS", "TOTAL", "NewerJournal", "column_value", "connect", "from_row",
+           "json_text", "load_events", "load_tasks", "to_row"]
 
 SCHEMA_VERSION = 1
 JSON_FIELDS = {"headers", "response_headers", "error", "segments", "marks"}
 BOOL_FIELDS = {"overwrite", "accepts_ranges", "discretionary"}
 TASK_COLUMNS = [f for f in TASK_FIELDS if f != "offset"]
 TOTAL = TASK_COLUMNS.index("total")
+COLUMN_AT = {name: at for at, name in enumerate(TASK_COLUMNS)}
 EVENT_INSERT = ("INSERT INTO events (seq, time, task_identifier, event, bytes_written, total_bytes_written, "
                  "total_bytes_expected, status, error, detail, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -68,15 +69,27 @@ def json_text(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+def column_value(name: str, value: Any) -> Any:
+    """A record field as its column stores it (JSON text, 0/1, or as it is)."""
+    if name in JSON_FIELDS:
+        return json_text(value)
+    if name in BOOL_FIELDS:
+        return int(bool(value))
+    return value
+
+
+_JSON_AT = [at for at, name in enumerate(TASK_COLUMNS) if name in JSON_FIELDS]
+_BOOL_AT = [at for at, name in enumerate(TASK_COLUMNS) if name in BOOL_FIELDS]
+
+
 def to_row(record: TaskRecord) -> list[Any]:
-    row = []
-    for name in TASK_COLUMNS:
-        value = getattr(record, name)
-        if name in JSON_FIELDS:
-            value = json_text(value)
-        elif name in BOOL_FIELDS:
-            value = int(bool(value))
-        row.append(value)
+    """A record as its row (the columns :func:`column_value` converts, converted)."""
+    fields = vars(record)
+    row = [fields[name] for name in TASK_COLUMNS]
+    for at in _JSON_AT:
+        row[at] = json_text(row[at])
+    for at in _BOOL_AT:
+        row[at] = int(bool(row[at]))
     return row
 
 

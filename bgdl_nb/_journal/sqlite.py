@@ -25,17 +25,16 @@ from .._events import EVENT_COLUMNS, Event
 from .._private import private_dir, state_write_error
 from .base import TaskRecord
 from .rows import (
-    BOOL_FIELDS,
+    COLUMN_AT,
     EVENT_INSERT,
-    JSON_FIELDS,
     SCHEMA,
     SCHEMA_VERSION,
     STORED_EVENT_COLUMNS,
     TASK_COLUMNS,
     TOTAL,
     NewerJournal,
+    column_value,
     connect,
-    json_text,
     load_events,
     load_tasks,
     to_row,
@@ -220,12 +219,11 @@ class SqliteStore:
             self._open = False
             self._sent.clear()
 
-    def next_task_identifier(self) -> int:
+    def next_task_identifiers(self, count: int = 1) -> range:
         with self.atomic():
-            current = self.get_meta("next_task_identifier")
-            value = int(current or "1")
-            self.set_meta("next_task_identifier", str(value + 1))
-        return value
+            first = int(self.get_meta("next_task_identifier") or "1")
+            self.set_meta("next_task_identifier", str(first + count))
+        return range(first, first + count)
 
     def put_task(self, record: TaskRecord) -> None:
         with self.atomic():
@@ -237,18 +235,22 @@ class SqliteStore:
     def update_task(self, task_identifier: int, **changes: Any) -> None:
         with self.atomic():
             offset = changes.pop("offset", None)
+            put = self._gathered.puts.get(task_identifier)
+            if put is not None:  # a task created in this group: its row is changed before it is written
+                row = put[0]
+                for name, value in changes.items():
+                    row[COLUMN_AT[name]] = column_value(name, value)
+                if offset is not None:
+                    self._gathered.puts[task_identifier] = (row, offset)
+                return
             if offset is not None:
                 self._gathered.offsets[task_identifier] = offset
             if not changes:
                 return
             pending = self._gathered.changes.setdefault(task_identifier, {})
             for name, value in changes.items():
-                if name in JSON_FIELDS:
-                    value = json_text(value)
-                elif name in BOOL_FIELDS:
-                    value = int(bool(value))
                 pending.pop(name, None)  # re-inserted last: rows with the same fields share a statement
-                pending[name] = value
+                pending[name] = column_value(name, value)
 
     def set_offset(self, task_identifier: int, offset: int) -> None:
         with self.atomic():

@@ -170,11 +170,12 @@ def delay_segments(events: pandas.DataFrame) -> pandas.DataFrame:
         tid = int(row.task_identifier)
         state, _, first = current.get(tid, (None, None, False))
         new: str | None = state
-        if kind == "resumed":
-            new, first = _SLOT, True
+        reason = getattr(row, "reason", None)
+        said = None if reason is None or pd.isna(reason) else str(reason)
+        if kind == "resumed":  # its reason, when it could not start at once (a journal before it: none)
+            new, first = said or _SLOT, True
         elif kind == "waiting":
-            reason = getattr(row, "reason", None)
-            new = "other wait" if reason is None or pd.isna(reason) else str(reason)
+            new = said or "other wait"
         elif kind == "retry":
             new = WaitReason.RETRY.value
         elif kind == "started":

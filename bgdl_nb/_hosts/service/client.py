@@ -37,7 +37,7 @@ from ..._snapshots import TaskSnapshot
 from ..._states import TaskState
 from ..._task import DownloadTask
 from ..base import Call, HostCore
-from ..commands import Control
+from ..commands import Control, records_to_wire
 from .control import (
     REQUEST_TIMEOUT,
     connect,
@@ -106,7 +106,7 @@ class ServiceHost:
             for snap in reply["tasks"]:
                 self.core.mirror.apply(TaskSnapshot.from_wire(snap))
             for data in reply["backlog"]:
-                self.core.backlog(Event(**data))
+                self.core.backlog(Event.from_wire(data))
             if reply["reattached"]:
                 self.core.delivery.finish_events()
 
@@ -156,7 +156,7 @@ class ServiceHost:
                 call.set_exception(BgdlError.from_dict(message["error"]))
         elif message.get("type") == "event":
             task = message.get("task")
-            self.core.on_event(Event(**message["event"]), None if task is None else TaskSnapshot.from_wire(task))
+            self.core.on_event(Event.from_wire(message["event"]), None if task is None else TaskSnapshot.from_wire(task))
         elif message.get("type") == "halted":
             self.core.halted(BgdlError.from_dict(message["error"]))
         elif message.get("type") == "progress":
@@ -264,7 +264,7 @@ class ServiceHost:
 
     def create_many(self, records: list[TaskRecord], resume: bool) -> list[DownloadTask]:
         tids = self._request("create_many", identifier=self.identifier, resume=resume,
-                             records=[dict(vars(r)) for r in records])  # plain values: encoded at once
+                             records=records_to_wire(records))
         return [self.core.mirror.tasks[tid] for tid in tids]  # the events, sent before the reply, made the views
 
     def control(self, name: str, *args: Any) -> Any:
@@ -304,7 +304,7 @@ class ServiceHost:
         return outer
 
     def event_log(self, since: int = 0) -> list[Event]:
-        return [Event(**e) for e in self._request("events", identifier=self.identifier, since=since)]
+        return [Event.from_wire(e) for e in self._request("events", identifier=self.identifier, since=since)]
 
     def event_columns(self, since: int = 0) -> dict[str, list[Any]]:
         columns: dict[str, list[Any]] = self._request("events", identifier=self.identifier, since=since, columns=True)

@@ -34,7 +34,7 @@ from ..._private import private_dir
 __all__ = ["PROTOCOL_VERSION", "FrameReader", "ServiceNotAnswering", "ServiceUnavailable", "check_peer", "peer_uid",
            "private_runtime_dir", "read_frame", "runtime_dir", "write_frame"]
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 MAX_FRAME = 64 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 

@@ -34,12 +34,12 @@ import filelock
 from ..._config import Configuration
 from ..._events import Event, EventKind
 from ..._exceptions import BgdlError, InvalidDestination, InvalidInput
-from ..._journal import has_unfinished
+from ..._journal import TaskRecord, has_unfinished
 from ..._locks import take
 from ..._private import state_write_error
 from ..._resume import load_key
 from ..._snapshots import TaskSnapshot
-from ..commands import Ack, Control, Create, Events, control_from_wire, records_from_wire
+from ..commands import Ack, Create, Events, control_from_wire, records_from_wire
 from ..endpoint import Endpoint
 from .hosted import Client, Hosted, changed_fields
 from .launch import launch
@@ -211,7 +211,7 @@ class Service:
         self.hosted.pop(hosted.identifier, None)
 
     def _broadcast(self, hosted: Hosted, event: Event, snapshot: TaskSnapshot | None) -> None:
-        frame = encode({"type": "event", "identifier": hosted.identifier, "event": event.as_dict(),
+        frame = encode({"type": "event", "identifier": hosted.identifier, "event": event.wire(),
                         "task": None if snapshot is None or hosted.sent_already(snapshot)
                         else changed_fields(hosted.shown, snapshot)})
         if hosted.frames is not None:
@@ -326,7 +326,7 @@ class Service:
         hosted.clients.add(client)
         client.identifiers.add(identifier)
         client.pid = request.get("pid")
-        return {"tasks": [snap.wire() for snap in attached.snapshots], "backlog": [e.as_dict() for e in attached.backlog],
+        return {"tasks": [snap.wire() for snap in attached.snapshots], "backlog": [e.wire() for e in attached.backlog],
                 "reattached": existed, "bandwidth_limit": engine.bandwidth_limit, "settings_kept": kept}
 
     def _endpoint(self, client: Client, request: dict[str, Any]) -> Endpoint:
@@ -354,11 +354,11 @@ class Service:
                 delay = engine.config.launch_delay * 2 ** (hosted.launches - 1)
                 record.launch_delay_until = time.time() + delay
                 record.launch_delay_reason = f"launch rate limit ({delay:g} s after launch {hosted.launches})"
-        tids: list[int] = endpoint.handle(Create(records))
-        for record in records:  # numbered by the engine now
-            self.sharing.link(hosted, vars(record))  # before they start: a shared transfer is not started twice
-        if resume:
-            endpoint.handle(Control("resume_many", (tids,)))
+        def link(numbered: tuple[TaskRecord, ...]) -> None:  # before they start: a shared transfer starts once
+            for record in numbered:
+                self.sharing.link(hosted, vars(record))
+
+        tids: list[int] = endpoint.handle(Create(records, resume, link))
         return tids  # the client has their snapshots already: they came with the events, before this reply
 
     async def _op_control(self, client: Client, request: dict[str, Any]) -> Any:
@@ -376,7 +376,7 @@ class Service:
             columns: Any = self._endpoint(client, request).handle(Events(since, columns=True))
             return columns
         events = self._endpoint(client, request).handle(Events(since))
-        return [e.as_dict() for e in events]
+        return [e.wire() for e in events]
 
     async def _op_ack(self, client: Client, request: dict[str, Any]) -> None:
         self._endpoint(client, request).handle(Ack(int(request["seq"]), request.get("finished_path")))
