@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._regions import Segment
     from ._run import TaskRun
-    from ._segments import Segment
 
 __all__ = ["NEAR", "Want", "carve", "covered", "first_missing", "reader_view", "written_ranges"]
 
@@ -97,7 +97,7 @@ def carve(segments: list[Segment], at: int) -> Segment:
     """Cut the region holding byte ``at`` (not yet written) so that a free piece starts
     there, and return that piece (it stays in ``segments``, in order). A region being
     written keeps its writer up to ``at``."""
-    from ._segments import Segment
+    from ._regions import Segment
     index = next(i for i, s in enumerate(segments) if s.start <= at < s.end)
     seg = segments[index]
     if at == seg.pos and not seg.owned:

@@ -22,7 +22,8 @@ every region beyond the last mark carries the CRC-32 of its written bytes. Befor
 segments continue, :func:`check_on_disk` re-reads both; a region that no longer agrees is
 fetched again, with the reason in the log.
 
-:func:`split` and :func:`steal` are the pure decisions; :class:`Segmented` runs them.
+The pure decisions on byte ranges (:func:`~bgdl_nb._regions.take`, :func:`~bgdl_nb._regions.steal`,
+:func:`~bgdl_nb._regions.check_on_disk`) are in :mod:`bgdl_nb._regions`; :class:`Segmented` runs them.
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ import re
 import time
 import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._events import EventKind
 from ._exceptions import NetworkError, TransferError
-from ._files import CHECKPOINT_BYTES, HASH_BLOCK, MARK_BYTES, read_partial, start_writeback, verify_prefix
+from ._files import CHECKPOINT_BYTES, HASH_BLOCK, MARK_BYTES, start_writeback
 from ._reads import NEAR, carve, first_missing
+from ._regions import MIN_SEGMENT, Segment, compact, contiguous, split, steal, take
 from ._run import LINK_REFUSED, link_refused
 from ._transfer import LowSpeed
 
@@ -47,12 +48,9 @@ if TYPE_CHECKING:
     from ._config import Configuration
     from ._run import Reporter, TaskRun
 
-__all__ = ["MIN_SEGMENT", "Segment", "Segmented", "SegmentsChanged", "check_on_disk", "compact", "contiguous", "split",
-           "steal", "take"]
+__all__ = ["Segmented", "SegmentsChanged"]
 
 MIB = 1024 * 1024
-MIN_SEGMENT = 2 * MIB
-"""A segment is never split below this size: a new connection costs a round trip."""
 FOLLOW_BYTES = 8 * MIB
 """The digest hashes as soon as this much of the contiguous prefix waits for it."""
 
@@ -60,134 +58,6 @@ _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+)\s*$", re.IGNORECASE)
 _WINDOW = 0.25           # seconds between decisions about adding a connection
 _GROWTH = 1.08           # a new connection must have raised throughput by 8 % to earn another
 _SEGMENT_RETRIES = 4     # a segment's connection may fail this often before the attempt fails
-
-
-@dataclass
-class Segment:
-    """Bytes ``[start, end)`` of the file; ``pos`` is how far they are written; ``owned``
-    while a connection is writing them; ``crc`` is the CRC-32 of bytes ``[start, pos)``
-    (``None``: the prefix's marks vouch for them instead)."""
-
-    start: int
-    end: int
-    pos: int
-    owned: bool = False
-    crc: int | None = 0
-
-    @property
-    def remaining(self) -> int:
-        return max(0, self.end - self.pos)
-
-    def as_list(self) -> list[int]:
-        return [self.start, self.end, self.pos] + ([] if self.crc is None else [self.crc])
-
-
-def split(total: int, segments: list[list[int]] | None) -> list[Segment]:
-    """The regions of a file of ``total`` bytes: the journaled ones (``[start, end, pos]``,
-    and the CRC-32 of the written bytes when the marks do not cover them), or one for all."""
-    if segments:
-        return sorted((Segment(int(g[0]), int(g[1]), int(g[2]), crc=int(g[3]) if len(g) > 3 else None)
-                       for g in segments), key=lambda g: g.start)
-    return [Segment(0, total, 0)]
-
-
-def take(segments: list[Segment], piece: int) -> Segment | None:
-    """The next piece for an idle connection: the first bytes nobody writes, in file order
-    (so the digest's contiguous prefix keeps growing); ``None`` when every byte has a writer."""
-    for i, seg in enumerate(segments):
-        if seg.owned or not seg.remaining:
-            continue
-        if seg.remaining <= piece + piece // 2:
-            seg.owned = True
-            return seg
-        new = Segment(seg.pos, seg.pos + piece, seg.pos, owned=True)
-        if seg.pos > seg.start:  # a journaled region with bytes done: keep them as a finished region
-            done = Segment(seg.start, seg.pos, seg.pos, crc=seg.crc)
-            segments[i:i + 1] = [done, new]
-            i += 1
-        else:
-            segments[i:i + 1] = [new]
-        segments.insert(i + 1, Segment(new.end, seg.end, new.end))
-        return new
-    return None
-
-
-def steal(segments: list[Segment], minimum: int = MIN_SEGMENT) -> Segment | None:
-    """Take the second half of the largest remaining piece under way as a new piece (its
-    ``end`` shrinks), for the tail of the file; ``None`` when nothing is worth splitting."""
-    victim = max((s for s in segments if s.owned), key=lambda s: s.remaining, default=None)
-    if victim is None or victim.remaining < 2 * minimum:
-        return None
-    middle = victim.pos + victim.remaining // 2
-    new = Segment(middle, victim.end, middle, owned=True)
-    victim.end = middle
-    segments.insert(segments.index(victim) + 1, new)
-    return new
-
-
-def compact(segments: list[Segment], marked: int = 0) -> list[list[int]]:
-    """The journal's form: finished regions below ``marked`` (where a journaled mark vouches
-    for every byte) merged without a CRC, every other region as it is, with its CRC."""
-    out: list[list[int]] = []
-    for seg in segments:
-        covered = seg.pos == seg.end <= marked
-        if covered and out and len(out[-1]) == 3 and out[-1][2] == out[-1][1] == seg.start:
-            out[-1][1] = out[-1][2] = seg.end
-        else:
-            out.append([seg.start, seg.end, seg.pos] if covered else seg.as_list())
-    return out
-
-
-def contiguous(segments: list[Segment]) -> int:
-    """Bytes from 0 that are all written."""
-    end = 0
-    for s in sorted(segments, key=lambda s: s.start):
-        if s.start > end:
-            break
-        end = max(end, s.pos)
-        if s.pos < s.end:
-            break
-    return end
-
-
-def check_on_disk(path: str, total: int, journaled: list[list[int]],
-                  marks: list[list[Any]] | None) -> tuple[list[Segment], Any, int, list[tuple[int, int]]]:
-    """Re-read what the journal says is written and keep only what still agrees (blocking).
-
-    Returns the regions to continue (a region whose bytes changed is to be written again
-    from its start; the prefix from its last agreeing mark), the sha256 of the first
-    ``hashed`` bytes, ``hashed``, and the byte ranges found changed."""
-    segments = split(total, journaled)
-    prefix = contiguous(segments)
-    vouched = max((int(m[0]) for m in marks or [] if int(m[0]) <= prefix), default=0)
-    hasher, good = verify_prefix(path, vouched, marks)
-    changed = [(good, vouched)] if good < vouched else []
-    out: list[Segment] = []
-    with read_partial(path) as f:
-        for seg in segments:
-            if seg.crc is None and seg.pos > good:  # the marks vouch for bytes up to ``good`` only
-                if seg.start < good:
-                    out.append(Segment(seg.start, good, good, crc=None))
-                begin = max(seg.start, good)
-                out.append(Segment(begin, seg.end, begin))
-                if seg.pos > vouched:  # a region journaled without a CRC and past every mark
-                    changed.append((max(begin, vouched), seg.pos))
-                continue
-            if seg.crc is not None and seg.pos > seg.start and _crc_of(f, seg.start, seg.pos) != seg.crc:
-                changed.append((seg.start, seg.pos))
-                seg = Segment(seg.start, seg.end, seg.start)
-            out.append(seg)
-    return out, hasher, good, changed
-
-
-def _crc_of(f: Any, start: int, end: int) -> int:
-    crc, f_at = 0, f.seek(start)
-    while f_at < end:
-        block = f.read(min(HASH_BLOCK, end - f_at))
-        if not block:
-            return -1
-        crc, f_at = zlib.crc32(block, crc), f_at + len(block)
-    return crc
 
 
 class SegmentsChanged(Exception):

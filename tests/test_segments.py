@@ -17,7 +17,7 @@ from conftest import run_cli
 import bgdl_nb as bg
 from bgdl_nb._attempt import CHECKPOINT_BYTES
 from bgdl_nb._journal import read_journal
-from bgdl_nb._segments import MIN_SEGMENT, Segment, compact, split, steal, take
+from bgdl_nb._regions import MIN_SEGMENT, Segment, compact, split, steal, take
 
 from helpers import sha256_of, wait_until
 
@@ -233,7 +233,7 @@ def test_regions_that_changed_on_disk_are_found_and_only_they_are_fetched_again(
     import random
     import zlib
 
-    from bgdl_nb._segments import check_on_disk
+    from bgdl_nb._regions import check_on_disk
 
     data = random.Random(7).randbytes(12 * MB)
     path = tmp_path / "partial"
