@@ -1,4 +1,4 @@
-"""One download attempt: a request, what its response means, the bytes, the final rename.
+"""One download attempt: a request, what its response means, the bytes (then :func:`~bgdl_nb._finalise.finalise`).
 
 An :class:`Attempt` works on the engine's private record of one task (:class:`TaskRun`)
 and tells the engine everything through a :class:`Reporter`: events, changed fields,
@@ -19,26 +19,25 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._digests import Digest
 from ._events import EventKind
-from ._exceptions import ChecksumMismatch, InvalidDestination, NetworkError, UnexpectedResponse
+from ._exceptions import NetworkError, UnexpectedResponse
 from ._files import (
     CHECKPOINT_BYTES,
     MARK_BYTES,
     WRITEBACK_BYTES,
     HashWorker,
-    hash_prefix,
     open_partial,
     partial_size,
     truncate_partial,
     unlink,
     verify_prefix,
 )
-from ._finalise import Finaliser
+from ._finalise import Finaliser, finalise, hasher_at
 from ._reads import NEAR
+from ._regions import MIN_SEGMENT, Segment, check_on_disk, compact
 from ._resume import Outcome, Validator, accepts_ranges, decide, resume_headers, validator_from_headers
 from ._run import LINK_REFUSED, Reporter, RestartNeeded, RetryableStatus, TaskRun, link_refused
-from ._segments import MIN_SEGMENT, Segment, Segmented, SegmentsChanged, check_on_disk, compact
+from ._segments import Segmented, SegmentsChanged
 from ._transfer import LowSpeed
 
 if TYPE_CHECKING:
@@ -61,7 +60,7 @@ SPLIT_WARMUP = 0.25
 SPLIT_WINDOW = 0.25
 """Seconds over which one connection's speed is measured before a split is decided."""
 
-__all__ = ["CHECKPOINT_BYTES", "Attempt", "finalise"]
+__all__ = ["CHECKPOINT_BYTES", "Attempt"]
 
 
 class _SpeedProbe:
@@ -96,18 +95,6 @@ def _open_at(path: str, offset: int | None) -> int:
         os.close(fd)
         raise
     return fd
-
-
-async def _hasher_at(run: TaskRun, offset: int) -> Any:
-    """A sha256 object that has seen the first ``offset`` bytes of the partial file."""
-    if run.hasher is not None and run.hashed == offset:
-        if run.hashing is not None:
-            await asyncio.wrap_future(run.hashing)
-        return run.hasher
-    if offset == 0:
-        return hashlib.sha256()
-    with run.working_locally("reading the partial file back for its digest"):
-        return await asyncio.to_thread(hash_prefix, run.record.partial_path, offset)
 
 
 class Attempt:
@@ -287,7 +274,7 @@ class Attempt:
         hasher, hashed = hashlib.sha256(), 0  # the digest follows the contiguous prefix
         if at:  # the prefix is hashed already; its mark vouches for it
             segments = [Segment(0, at, at, crc=None), Segment(at, rec.total, at)]
-            hasher, hashed = await _hasher_at(run, at), at
+            hasher, hashed = await hasher_at(run, at), at
         if first is None and rec.segments:
             with run.working_locally("checking the partial file's pieces"):
                 found, hasher, hashed, changed = await asyncio.to_thread(
@@ -328,7 +315,7 @@ class Attempt:
         the bytes so far are written, journaled and handed to the hasher, and the rest of
         the body is for :meth:`_segmented`."""
         run, rec = self.run, self.run.record
-        hasher = await _hasher_at(run, offset)
+        hasher = await hasher_at(run, offset)
         run.hasher, run.hashed, run.hashing = None, -1, None  # until this attempt's bytes are handed over
         # creating a file can wait on the file system's journal for milliseconds while other
         # files are synced: it happens beside the loop, not on it
@@ -408,40 +395,3 @@ class Attempt:
     def _progress(self, written: int) -> None:
         self.report.emit(EventKind.PROGRESS, bytes_written=written, total_bytes_written=self.run.received,
                          total_bytes_expected=self.run.record.total)
-
-
-async def finalise(run: TaskRun, report: Reporter, target: Path, finaliser: Finaliser) -> None:
-    """Verify the digest, then (with other files finishing at the same time) make the bytes
-    durable, journal the intent, and rename into place."""
-    with run.working_locally("putting the finished file in place"):
-        await _finalise(run, report, target, finaliser)
-
-
-async def _finalise(run: TaskRun, report: Reporter, target: Path, finaliser: Finaliser) -> None:
-    rec = run.record
-    hasher = await _hasher_at(run, rec.offset)
-    digest = hasher.hexdigest()
-    if rec.sha256 and digest != rec.sha256.lower():
-        unlink(rec.partial_path)
-        raise ChecksumMismatch(
-            f"{rec.url} downloaded to {rec.offset} bytes with sha256 {digest}, expected {rec.sha256}; "
-            "nothing was kept. Check the expected digest or whether the source changed",
-            expected=rec.sha256, actual=digest)
-    if rec.expected_hash:  # another algorithm: one read of the finished bytes, off the loop
-        wanted = Digest.parse(rec.expected_hash)
-        actual = await asyncio.to_thread(wanted.of_file, rec.partial_path)
-        if actual != wanted.hexdigest:
-            unlink(rec.partial_path)
-            raise ChecksumMismatch(
-                f"{rec.url} downloaded to {rec.offset} bytes with {wanted.algorithm} {actual}, expected "
-                f"{wanted.hexdigest}; nothing was kept. Check the expected digest or whether the source changed",
-                expected=str(wanted), actual=f"{wanted.algorithm}:{actual}")
-    if rec.destination and target.exists() and not rec.overwrite:
-        raise InvalidDestination(
-            f"{target} appeared while the download ran; it was left untouched. Remove it, or pass "
-            "overwrite=True; the download can continue from the error's resume_data")
-    await finaliser.finalise(rec.partial_path, target, lambda: report.update(digest=digest, location=str(target)),
-                             report.release_claim)
-    run.hasher, run.hashed, run.hashing = None, -1, None
-    report.emit(EventKind.FINISHED, total_bytes_written=rec.offset, total_bytes_expected=rec.total,
-                detail=str(target))

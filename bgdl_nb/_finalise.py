@@ -11,6 +11,9 @@ files that finished while the previous batch was being written go together, with
 hand-off to make all their bytes durable (``syncfs`` of the file system for a large
 batch, an fsync per file otherwise), one journal commit for all their intents, and one
 hand-off for the renames and one sync per directory.
+
+:func:`finalise` is a task's last step, after its last byte: the digest it was given is
+checked (a file that does not match is never put in place), then the file joins a batch.
 """
 
 from __future__ import annotations
@@ -18,15 +21,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ._exceptions import UnsafeFile
-from ._files import check_ours, fsync_path
+from ._digests import Digest
+from ._events import EventKind
+from ._exceptions import ChecksumMismatch, InvalidDestination, UnsafeFile
+from ._files import check_ours, fsync_path, hash_prefix, unlink
 
-__all__ = ["Finaliser"]
+if TYPE_CHECKING:
+    from ._run import Reporter, TaskRun
+
+__all__ = ["Finaliser", "finalise", "hasher_at"]
 
 _SYNCFS_FROM = 4  # a batch of this many files or more is made durable with one syncfs
 
@@ -187,3 +197,54 @@ class Finaliser:
     async def close(self) -> None:
         if self._worker is not None:
             await asyncio.gather(self._worker, return_exceptions=True)
+
+
+# a task's finished file -------------------------------------------------------------
+
+async def hasher_at(run: TaskRun, offset: int) -> Any:
+    """A sha256 object that has seen the first ``offset`` bytes of the partial file."""
+    if run.hasher is not None and run.hashed == offset:
+        if run.hashing is not None:
+            await asyncio.wrap_future(run.hashing)
+        return run.hasher
+    if offset == 0:
+        return hashlib.sha256()
+    with run.working_locally("reading the partial file back for its digest"):
+        return await asyncio.to_thread(hash_prefix, run.record.partial_path, offset)
+
+
+async def finalise(run: TaskRun, report: Reporter, target: Path, finaliser: Finaliser) -> None:
+    """Verify the digest, then (with other files finishing at the same time) make the bytes
+    durable, journal the intent, and rename into place."""
+    with run.working_locally("putting the finished file in place"):
+        await _finalise(run, report, target, finaliser)
+
+
+async def _finalise(run: TaskRun, report: Reporter, target: Path, finaliser: Finaliser) -> None:
+    rec = run.record
+    hasher = await hasher_at(run, rec.offset)
+    digest = hasher.hexdigest()
+    if rec.sha256 and digest != rec.sha256.lower():
+        unlink(rec.partial_path)
+        raise ChecksumMismatch(
+            f"{rec.url} downloaded to {rec.offset} bytes with sha256 {digest}, expected {rec.sha256}; "
+            "nothing was kept. Check the expected digest or whether the source changed",
+            expected=rec.sha256, actual=digest)
+    if rec.expected_hash:  # another algorithm: one read of the finished bytes, off the loop
+        wanted = Digest.parse(rec.expected_hash)
+        actual = await asyncio.to_thread(wanted.of_file, rec.partial_path)
+        if actual != wanted.hexdigest:
+            unlink(rec.partial_path)
+            raise ChecksumMismatch(
+                f"{rec.url} downloaded to {rec.offset} bytes with {wanted.algorithm} {actual}, expected "
+                f"{wanted.hexdigest}; nothing was kept. Check the expected digest or whether the source changed",
+                expected=str(wanted), actual=f"{wanted.algorithm}:{actual}")
+    if rec.destination and target.exists() and not rec.overwrite:
+        raise InvalidDestination(
+            f"{target} appeared while the download ran; it was left untouched. Remove it, or pass "
+            "overwrite=True; the download can continue from the error's resume_data")
+    await finaliser.finalise(rec.partial_path, target, lambda: report.update(digest=digest, location=str(target)),
+                             report.release_claim)
+    run.hasher, run.hashed, run.hashing = None, -1, None
+    report.emit(EventKind.FINISHED, total_bytes_written=rec.offset, total_bytes_expected=rec.total,
+                detail=str(target))
