@@ -1,30 +1,31 @@
-"""The engine: runs a session's tasks, keeps the journal, and emits.
+"""The engine: runs a session's tasks: its lifecycle, scheduling, and each task's run.
 
 Everything here runs on one event loop (the engine thread's, or the transfer
 service's): no locks are needed, and the journal sees one writer. The engine owns its
-task records (:class:`~bgdl_nb._attempt.TaskRun`) and knows nothing of delegates,
-sessions or the public ``DownloadTask``: it emits every event, with a snapshot of the
-task it concerns, to one :class:`Sink`, plus live byte counts a few times a second.
-Hosts (``_hosts/``) turn that into public task views and delegate calls.
+task records (:class:`~bgdl_nb._run.TaskRun`) and knows nothing of delegates, sessions or
+the public ``DownloadTask``. It is one object, written by concept in four modules:
 
-The engine
+* :mod:`bgdl_nb._engine_base` — the records: a state changes only through ``_move``
+  (the transition table of :mod:`bgdl_nb._states`, journaled, then published), and the
+  questions hosts ask (snapshots, the backlog, who writes a destination);
+* :mod:`bgdl_nb._publisher` — journal first, publish second: the group commit, the one
+  :class:`~bgdl_nb._publisher.Sink`, and the halt of a journal that cannot be written;
+* :mod:`bgdl_nb._control` — what hosts ask of tasks (create in batches, resume,
+  suspend, cancel, priority, relink);
+* this module — opening and closing, scheduling through the pure policy of
+  :mod:`bgdl_nb._scheduler` (a waiting task always has a :class:`~bgdl_nb._waits.Wait`),
+  the ticker (live counts from :mod:`bgdl_nb._meter`, liveness, claim refreshes), and a
+  task's run: attempts (:mod:`bgdl_nb._attempt`, through a
+  :class:`~bgdl_nb._transport.Transport`) retried after :mod:`bgdl_nb._retrying`.
 
-* schedules through the pure policy of :mod:`bgdl_nb._scheduler` (slots, hosts,
-  priority, begin dates, discretionary work, backoff, disk), and a waiting task always
-  has a :class:`~bgdl_nb._waits.Wait` (text for people, an enum for programs);
-* runs attempts (:mod:`bgdl_nb._attempt`) and retries them after
-  :mod:`bgdl_nb._retrying` (how long to wait, or to give up), resetting the count whenever one made progress;
-* changes a task's state only through :meth:`Engine._move`, which checks the transition
-  table of :mod:`bgdl_nb._states`, journals, then emits (journal first, notify second);
-* ends every task whose run raised, whatever the exception, in ``COMPLETED`` with an
-  error the user can read: no task hangs.
+Every task whose run raised, whatever the exception, ends in ``COMPLETED`` with an
+error the user can read: no task hangs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import math
 import os
@@ -32,27 +33,26 @@ import random
 import secrets
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._attempt import CHECKPOINT_BYTES, Attempt
 from ._bandwidth import TokenBucket
-from ._claims import CLAIM_SUFFIX
 from ._config import Configuration
-from ._engine_base import EngineBase, Sink, _NullSink
-from ._events import Event, EventKind
+from ._control import Controls, write_error
+from ._events import EventKind
 from ._exceptions import (
     BgdlError,
-    Cancelled,
     DiskFull,
     InvalidDestination,
     NetworkError,
-    TransferError,
     TransferTimeout,
 )
-from ._files import HashWorker, beside, disk_size, free_disk, inbox_path, partial_path_for, unlink
+from ._files import HashWorker, disk_size, free_disk, inbox_path
 from ._finalise import Finaliser
-from ._journal import Store, TaskRecord
+from ._journal import Store
 from ._liveness import Liveness, stalled_error
+from ._meter import ByteMeter
+from ._publisher import NullSink, Publisher, Sink
 from ._redact import add_secret_params
 from ._report import Report
 from ._retrying import after_failure, after_restart
@@ -71,7 +71,7 @@ log = logging.getLogger("bgdl_nb")
 _COUNTS_INTERVAL = 0.25
 
 
-class Engine(EngineBase):
+class Engine(Controls):
     """Runs the tasks of one session on the current event loop."""
 
     def __init__(self, config: Configuration, store: Store, key: bytes, work_dir: Path,
@@ -82,7 +82,8 @@ class Engine(EngineBase):
         self.key = key
         self.work_dir = work_dir  # partial files without a destination, and the inbox
         self.identifier = config.identifier
-        self.sink: Sink = sink or _NullSink()
+        self.out = Publisher(store, config.identifier, sink or NullSink(), stop=self._stop_all,
+                             go_on=self._schedule_soon)
         self._runs: dict[int, TaskRun] = {}
         self._running: set[int] = set()
         self._destinations: dict[str, int] = {}  # destination -> unfinished task writing it
@@ -94,8 +95,7 @@ class Engine(EngineBase):
                                    free_disk=free_disk, disk_size=disk_size,
                                    discretionary_window=config.discretionary_window)
         self.bucket = TokenBucket(config.bandwidth_limit, now=time.monotonic())
-        self.bytes_moved = 0  # every byte received by this engine (the service's throughput)
-        self._seen: dict[int, int] = {}  # received as last published by the counts ticker
+        self.meter = ByteMeter()  # live counts, and every byte received (the service's throughput)
         self.liveness = Liveness(config.http_maximum_connections_per_host, config.timeout_interval_for_request)
         self._ticker: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
@@ -104,8 +104,6 @@ class Engine(EngineBase):
         self._closing = False
         self.hashing = HashWorker()
         self.finaliser = Finaliser(self.flush)
-        self._pending = []
-        self._flusher = None
         self._delivered = int(store.get_meta("delivered_seq") or 0) if store.durable else 0
         self._nonce = secrets.token_hex(8)
         self._claimed = {}
@@ -177,9 +175,7 @@ class Engine(EngineBase):
 
     def close_store(self) -> None:
         self._last_flush()
-        self._closed_store = True
-        if self._halt_retry is not None:
-            self._halt_retry.cancel()
+        self.out.close()
         with contextlib.suppress(BgdlError):  # what it could not commit, _last_flush said
             self.store.close()
 
@@ -197,189 +193,6 @@ class Engine(EngineBase):
             self._changed.clear()
             await self._changed.wait()
 
-    # task control ------------------------------------------------------------------------
-
-    def create(self, record: TaskRecord, task_identifier: int | None = None) -> int:
-        """Create a task (suspended) from ``record``, as ``task_identifier`` when one was
-        reserved for it (:meth:`create_many`)."""
-        record.task_identifier = (self.store.next_task_identifiers()[0] if task_identifier is None
-                                  else task_identifier)
-        record.created = time.time()
-        record.state = TaskState.SUSPENDED
-        if not record.partial_path:
-            record.partial_path = partial_path_for(record.destination, record.task_identifier, self.work_dir)
-        if record.destination and os.path.lexists(beside(record.destination, CLAIM_SUFFIX)):
-            # one writer per destination, across sessions, processes and machines: a claim
-            # already there is judged now (refused while its task can still write); else the
-            # task claims its destination when it first runs, so creating costs no file
-            try:
-                self._claim(record)
-            except OSError as exc:  # nothing is journaled yet: the task does not exist
-                raise _write_error(exc, record.destination, "run the same command again", url=record.url) from None
-            self._claimed[record.task_identifier] = time.monotonic()
-        self.store.put_task(record)
-        run = TaskRun(record, received=record.offset)
-        self._runs[record.task_identifier] = run
-        if record.destination:
-            self._destinations[record.destination] = record.task_identifier
-        self._emit(EventKind.CREATED, run, total_bytes_written=record.offset,
-                   total_bytes_expected=record.total, detail=record.url)
-        return record.task_identifier
-
-    def create_many(self, records: list[TaskRecord], resume: bool) -> list[int]:
-        """Create (and resume) many tasks at once: one call for the caller, one plan. The
-        tasks' identifiers are returned; their snapshots travel with their events."""
-        tids = [self.create(record, tid) for record, tid in
-                zip(records, self.store.next_task_identifiers(len(records)), strict=True)]
-        if resume:
-            self.resume_many(tids)
-        return tids
-
-    def resume_many(self, tids: list[int]) -> None:
-        """Resume several tasks, then plan once."""
-        self._schedule([run for run in map(self._runs.__getitem__, tids) if self._resume(run)])
-
-    def resume(self, tid: int) -> None:
-        run = self._runs[tid]
-        if self._resume(run):
-            self._schedule([run])
-
-    def _resume(self, run: TaskRun) -> bool:
-        """Queue a suspended task; True when it is queued (its ``resumed`` row comes with
-        the plan that follows, :meth:`_schedule`)."""
-        if run.record.state is not TaskState.SUSPENDED or self._closing:
-            return False
-        try:
-            return self._queue_resumed(run)
-        except Exception as exc:  # a bug must end the task visibly, never leave it half resumed
-            self._internal_error(run, exc)
-            return False
-
-    def _internal_error(self, run: TaskRun, exc: Exception) -> None:
-        """Fail ``run`` for a bug in bgdl_nb, with a message a person can act on."""
-        log.exception("bgdl_nb engine error in task %s", run.task_identifier, exc_info=exc)
-        self.scheduler.remove(run.task_identifier)
-        self._fail(run, TransferError(f"internal error in bgdl_nb ({type(exc).__name__}: {exc}); the download can "
-                                      "continue from the error's resume_data; please report it",
-                                      url=run.record.url, task_identifier=run.task_identifier))
-
-    def _queue_resumed(self, run: TaskRun) -> bool:
-        run.resumed_once = True
-        held = self._held.get(run.task_identifier)
-        if held is not None:  # another session already transfers this file: wait for it
-            self._mark_resumed([run], {})
-            self._wait(run, Wait(WaitReason.SHARED, held))
-            return False
-        self._enqueue(run)
-        return True
-
-    def _mark_resumed(self, runs: list[TaskRun], waiting: dict[int, Wait | None]) -> None:
-        """The ``resumed`` rows of ``runs``, each with the reason it waits after the plan
-        (taken out of ``waiting``): one row where a resumed and a waiting row said it in two."""
-        for run in runs:
-            why = waiting.pop(run.task_identifier, None)
-            self._move(run, TaskState.RUNNING, EventKind.RESUMED, total_bytes_written=run.record.offset,
-                       detail=None if why is None else str(why), reason=None if why is None else why.reason.value)
-            run.waiting = why
-
-    def note(self, kind: EventKind, detail: str, tid: int | None = None, **fields: Any) -> Event:
-        """Journal an event that no transfer emits (a reattach, a launch; of task ``tid`` when
-        given, an unpacked archive) and emit it."""
-        return self._emit(kind, None if tid is None else self._runs.get(tid), detail=detail, **fields)
-
-    def suspend(self, tid: int) -> None:
-        run = self._runs[tid]
-        if run.record.state is not TaskState.RUNNING:
-            return
-        self._stop_job(tid)
-        self._move(run, TaskState.SUSPENDED, EventKind.SUSPENDED, total_bytes_written=run.received,
-                   total_bytes_expected=run.record.total)
-        self._schedule()
-
-    def suspend_many(self, tids: list[int]) -> None:
-        for tid in tids:
-            self.suspend(tid)
-
-    def cancel(self, tid: int) -> None:
-        run = self._runs[tid]
-        if run.record.state not in (TaskState.COMPLETED, TaskState.CANCELING):
-            asyncio.get_running_loop().create_task(self._finish_cancel(run, keep_partial=False))
-
-    async def cancel_with_resume_data(self, tid: int) -> bytes | None:
-        run = self._runs[tid]
-        if run.record.state in (TaskState.COMPLETED, TaskState.CANCELING):
-            return None
-        return await self._finish_cancel(run, keep_partial=True)
-
-    async def cancel_all(self) -> None:
-        """Cancel every unfinished task (``invalidate_and_cancel``)."""
-        await asyncio.gather(*(self._finish_cancel(r, keep_partial=False) for r in list(self._runs.values())
-                               if r.record.state not in (TaskState.COMPLETED, TaskState.CANCELING)))
-
-    async def _finish_cancel(self, run: TaskRun, *, keep_partial: bool) -> bytes | None:
-        rec = run.record
-        self._move(run, TaskState.CANCELING, None)
-        job = self._stop_job(rec.task_identifier)
-        if job is not None:
-            await asyncio.gather(job, return_exceptions=True)
-        self._emit(EventKind.CANCELED, run, total_bytes_written=run.received, total_bytes_expected=rec.total)
-        data = self._resume_data(run) if keep_partial else None
-        if data is None:
-            unlink(rec.partial_path)
-        self._complete(run, Cancelled(f"task {rec.task_identifier} was cancelled", url=rec.url,
-                                      task_identifier=rec.task_identifier, resume_data=data))
-        self._schedule()
-        return data
-
-    def expect_digest(self, tid: int, sha256: str | None, expected_hash: str | None) -> None:
-        """A digest given after the task was created (the same fetch() run again with one):
-        its file is checked against it at the end, as against one given at creation (a
-        sha256 is computed over every byte either way)."""
-        run = self._runs[tid]
-        if run.record.state is not TaskState.COMPLETED:
-            self._set(run, sha256=sha256, expected_hash=expected_hash)
-
-    def relink(self, tid: int, url: str) -> None:
-        """A new link to the task's file (its URL apart from secret query values: a link
-        signed again): the task goes on with it from the bytes it has. A transfer under way
-        stops and starts again from its durable offset, so the old link is not used again."""
-        run = self._runs[tid]
-        rec = run.record
-        if rec.state is TaskState.COMPLETED or rec.url == url:
-            return
-        self._set(run, url=url, current_url=None)
-        self.note(EventKind.RELINKED, "a new link to the same file; the download continues with it", tid,
-                  total_bytes_written=rec.offset)
-        if tid in self._jobs:
-            self._stop_job(tid)
-            self._enqueue(run)
-            self._schedule()
-
-    def note_unpacked(self, tid: int | None, size: int, detail: str) -> None:
-        """The control behind fetch(unpack=True)'s row of the event log for task ``tid``."""
-        self.note(EventKind.UNPACKED, detail, tid, total_bytes_written=size)
-
-    def set_priority(self, tid: int, priority: float) -> None:
-        self._set(self._runs[tid], priority=priority)
-        self.scheduler.set_priority(tid, priority)
-        self._schedule()
-
-    def set_bandwidth_limit(self, rate: float | None) -> None:
-        self.bucket.set_rate(rate, time.monotonic())
-
-    def pause(self) -> None:
-        """Stop every transfer and start none until :meth:`unpause`; tasks stay RUNNING,
-        waiting with reason "session paused"."""
-        self.scheduler.pause()
-        for tid in list(self._jobs):
-            self._stop_job(tid)
-            self._enqueue(self._runs[tid])
-        self._schedule()
-
-    def unpause(self) -> None:
-        self.scheduler.unpause()
-        self._schedule()
-
     # scheduling --------------------------------------------------------------------------
 
     def _enqueue(self, run: TaskRun) -> None:
@@ -393,6 +206,9 @@ class Engine(EngineBase):
             not_before=rec.launch_delay_until, not_before_reason=launch if rec.launch_delay_until else RETRY,
             remaining_bytes=max(0, (known or 0) - rec.offset), disk=folder,
             deadline=rec.created + self.config.timeout_interval_for_resource))
+
+    def _schedule_soon(self) -> None:
+        asyncio.get_running_loop().call_soon(self._schedule)
 
     def _schedule(self, resumed: list[TaskRun] | None = None) -> None:
         """Apply the policy's plan: start tasks, publish waiting reasons, expire tasks.
@@ -472,12 +288,7 @@ class Engine(EngineBase):
             if time.monotonic() - self._claims_refreshed >= self.config.claim_lease / 4:
                 self._claims_refreshed = time.monotonic()
                 await self._refresh_claims([tid for tid in self._jobs if self._runs[tid].record.destination])
-            counts = {}
-            for tid in list(self._jobs):
-                received = self._runs[tid].received
-                if self._seen.get(tid) != received:
-                    self.bytes_moved += max(0, received - self._seen.get(tid, received))
-                    self._seen[tid] = counts[tid] = received
+            counts = self.meter.read([self._runs[tid] for tid in self._jobs])
             if counts:
                 self.sink.counts(counts)
             await self._review_liveness()
@@ -562,7 +373,7 @@ class Engine(EngineBase):
             exc.task_identifier = tid
             self._fail(run, exc)
         except OSError as exc:
-            self._fail(run, _write_error(exc, rec.destination or rec.partial_path, "resume from the error's "
+            self._fail(run, write_error(exc, rec.destination or rec.partial_path, "resume from the error's "
                                          "resume_data", url=rec.url, task_identifier=tid))
         except Exception as exc:  # a bug must end the task visibly, never leave it RUNNING
             self._internal_error(run, exc)
@@ -570,11 +381,3 @@ class Engine(EngineBase):
             if self._jobs.get(tid) is asyncio.current_task():
                 del self._jobs[tid]
             self._schedule()
-
-
-def _write_error(exc: OSError, where: str, then: str, **fields: Any) -> BgdlError:
-    """What a failed write in the destination's folder means to the user: a full disk
-    (with what to do ``then``, once space is freed) or the system's own reason."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFull(f"no space left for {where}; free some space and {then}", **fields)
-    return TransferError(f"writing {where} failed: {exc.strerror or exc}; {then} once that is fixed", **fields)

@@ -1,18 +1,18 @@
-"""The engine's task records, its journal writes and its one sink.
+"""The engine's task records: every change of a task ends here.
 
-:class:`EngineBase` is the half of the engine that every path ends in: it changes a
-task's record only through :meth:`EngineBase._set` (journaled), its state only through
-:meth:`EngineBase._move` (the transition table of :mod:`bgdl_nb._states`, the new state
-and its event in one transaction), and publishes every event, journaled first, to the
-:class:`Sink` with a :class:`~bgdl_nb._snapshots.TaskSnapshot` of the task. It also answers the questions hosts
-ask (snapshots, the backlog, who writes a destination). Scheduling and running tasks
-are in :mod:`bgdl_nb._engine`.
+:class:`EngineBase` changes a task's record only through :meth:`EngineBase._set`
+(journaled), its state only through :meth:`EngineBase._move` (the transition table of
+:mod:`bgdl_nb._states`, the new state and its event in one transaction), and hands every
+event to its :class:`~bgdl_nb._publisher.Publisher`, which publishes it with a
+:class:`~bgdl_nb._snapshots.TaskSnapshot` of the task once the journal committed. It
+also answers the questions hosts ask (snapshots, the backlog, who writes a destination,
+reads of a file still downloading) and links a transfer shared with another session.
+The controls are in :mod:`bgdl_nb._control`, scheduling and running in :mod:`bgdl_nb._engine`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -27,19 +27,22 @@ from ._events import Event, EventKind
 from ._exceptions import BgdlError, ChecksumMismatch, InvalidInput
 from ._files import partial_size, unlink
 from ._journal import Store, TaskRecord
+from ._meter import ByteMeter
+from ._publisher import Publisher, Sink, snapshot_of
 from ._reads import Want, covered, reader_view, written_ranges
-from ._redact import redact_text, redact_url
+from ._redact import redact_url
 from ._resume import ResumeState, Validator, encode_resume_data
 from ._run import TaskRun, host_of
 from ._scheduler import Scheduler
 from ._snapshots import TaskSnapshot
 from ._states import TaskState, check_transition
 from ._transfer import AiohttpTransport
+from ._waits import Wait
 
 if TYPE_CHECKING:
     from ._transport import Transport
 
-__all__ = ["GROUP_COMMIT_WINDOW", "EngineBase", "Sink"]
+__all__ = ["EngineBase"]
 
 log = logging.getLogger("bgdl_nb")
 
@@ -47,46 +50,19 @@ _PUBLIC = {"earliest_begin_date": "earliest_begin_date", "expected_bytes": "coun
            "expected_send_bytes": "count_of_bytes_client_expects_to_send"}
 _CONFIGURABLE = frozenset(_PUBLIC)
 
-GROUP_COMMIT_WINDOW = 0.01
-"""Seconds journal writes gather in one transaction before it commits and its events are
-published. A process killed meanwhile loses at most this much of the journal: offsets
-read lower (re-fetching a little more), never higher than the bytes on disk."""
-
-class Sink(Protocol):
-    """Where an engine's output goes (a host, or the service's broadcaster)."""
-
-    def event(self, event: Event, snapshot: TaskSnapshot | None) -> None:
-        """A journaled event, and the task it concerns after the change."""
-
-    def counts(self, counts: dict[int, int]) -> None:
-        """Live byte counts of transferring tasks that moved since the last call."""
-
-    def halted(self, error: BgdlError) -> None:
-        """The journal cannot be written (``error`` says why): transfers stopped."""
-
-
-class _NullSink:
-    def event(self, event: Event, snapshot: TaskSnapshot | None) -> None:
-        pass
-
-    def counts(self, counts: dict[int, int]) -> None:
-        pass
-
-    def halted(self, error: BgdlError) -> None:
-        pass
+class _Plan(Protocol):
+    def __call__(self, resumed: list[TaskRun] | None = None) -> None: ...
 
 
 class EngineBase:
     """Records, journal and sink; see :class:`bgdl_nb._engine.Engine` for the rest."""
-
-    _closed_store = False
 
     config: Configuration
     store: Store
     key: bytes
     work_dir: Path
     identifier: str | None
-    sink: Sink
+    out: Publisher  # the journal's group commit and the sink
     scheduler: Scheduler
     bucket: TokenBucket
     _runs: dict[int, TaskRun]
@@ -94,33 +70,25 @@ class EngineBase:
     _jobs: dict[int, asyncio.Task[None]]
     _destinations: dict[str, int]
     _held: dict[int, str]
-    _seen: dict[int, int]
+    meter: ByteMeter
     _changed: asyncio.Event
     transport: Transport | None  # how responses are opened (bgdl_nb's aiohttp one unless given)
-    _pending: list[tuple[Event, TaskRun | None]]  # published once the group commits
-    _flusher: asyncio.TimerHandle | None
     _delivered: int
     _nonce: str  # tells apart the tasks of two sessions without a journal in one process
     _claimed: dict[int, float]  # when (monotonic) this engine last claimed or refreshed a task's destination
-    _halted_since = 0.0
-    # scheduling, which :class:`~bgdl_nb._engine.Engine` does: start what the plan says,
-    # stop a task's transfer, queue a task
-    _schedule: Callable[[], None]
+    _closing: bool  # the engine is closing: nothing new starts
+    # scheduling, which :class:`~bgdl_nb._engine.Engine` does: plan (and give tasks just
+    # queued their resumed rows), stop a task's transfer, queue a task, say why it waits
+    _schedule: _Plan
     _stop_job: Callable[[int], asyncio.Task[None] | None]
     _enqueue: Callable[[TaskRun], None]
+    _wait: Callable[[TaskRun, Wait], None]
 
     # reading -----------------------------------------------------------------------------
 
     def snapshot(self, tid: int) -> TaskSnapshot:
         """What a host needs to mirror task ``tid`` (a shallow copy: cheap, and encoded at once)."""
-        return self._snapshot_of(self._runs[tid])
-
-    @staticmethod
-    def _snapshot_of(run: TaskRun) -> TaskSnapshot:
-        run.version += 1
-        waiting = run.waiting
-        return TaskSnapshot(dict(vars(run.record)), run.received, run.version,
-                            None if waiting is None else str(waiting), None if waiting is None else waiting.reason.value)
+        return snapshot_of(self._runs[tid])
 
     def snapshots(self) -> list[TaskSnapshot]:
         return [self.snapshot(tid) for tid in self._runs]
@@ -180,7 +148,7 @@ class EngineBase:
         if self.store.durable and seq > self._delivered:
             self._delivered = seq
             self.store.set_meta("delivered_seq", str(seq))
-            self._flush_soon()
+            self.out.flush_soon()
         if finished_path:
             inbox = (self.work_dir / "inbox").resolve()
             path = Path(finished_path).resolve()
@@ -252,7 +220,7 @@ class EngineBase:
         tid = rec.task_identifier
         self.scheduler.remove(tid)
         self._held.pop(tid, None)
-        self._seen.pop(tid, None)
+        self.meter.forget(tid)
         run.waiting = None
         if rec.destination and self._destinations.get(rec.destination) == tid:
             del self._destinations[rec.destination]
@@ -288,8 +256,8 @@ class EngineBase:
             return
         with self.store.atomic():  # the new state and its event commit together
             self._set(run, state=state, **(changes or {}))
-            event = self._journal(kind, run, event_fields)
-        self._publish(event, run)
+            event = self.out.journal(kind, run, event_fields)
+        self.out.publish(event, run)
 
     def _transport(self) -> Transport:
         if self.transport is None:
@@ -303,101 +271,35 @@ class EngineBase:
             (self._running.add if changes["state"] is TaskState.RUNNING else self._running.discard)(
                 run.task_identifier)
         self.store.update_task(run.task_identifier, **changes)
-        self._flush_soon()
+        self.out.flush_soon()
 
     def _emit(self, kind: EventKind, run: TaskRun | None, **fields: Any) -> Event:
-        """Journal an event, then publish it."""
-        event = self._journal(kind, run, fields)
-        self._publish(event, run)
-        return event
-
-    def _journal(self, kind: EventKind, run: TaskRun | None, fields: dict[str, Any]) -> Event:
-        for name in ("detail", "error"):  # event rows are shown and exported: no secrets in them
-            if fields.get(name):
-                fields[name] = redact_text(fields[name])
-        return self.store.append_event(Event(0, time.time(), self.identifier,
-                                             None if run is None else run.task_identifier, kind.value, **fields))
-
-    def _publish(self, event: Event, run: TaskRun | None) -> None:
-        """Hand the event to the sink once its transaction committed (group commit: the
-        commit and the hand-over happen together at most ``GROUP_COMMIT_WINDOW`` later)."""
-        self._pending.append((event, run))
-        self._flush_soon()
-
-    def _flush_soon(self) -> None:
-        """Commit what was written within ``GROUP_COMMIT_WINDOW`` from now."""
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().call_later(GROUP_COMMIT_WINDOW, self._flush_later)
-
-    def _flush_later(self) -> None:
-        with contextlib.suppress(BgdlError):  # a journal that cannot be written halts the engine (flush)
-            self.flush()
+        """Journal an event, then publish it (:class:`~bgdl_nb._publisher.Publisher`)."""
+        return self.out.emit(kind, run, **fields)
 
     def flush(self) -> None:
-        """Commit the journal's open group, then publish its events, in order.
+        """Commit the journal's open group, then publish its events (a journal that cannot
+        be written halts the engine, and this raises why)."""
+        self.out.flush()
 
-        A journal that cannot be written (its disk full, its folder read-only) halts the
-        engine: every transfer stops, its partial file kept, and the sink is told the error,
-        which this raises too. Committing is tried again every few seconds, and by every
-        command; once it works the engine goes on by itself."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-            self._flusher = None
-        try:
-            self.store.flush()  # journal first, notify second
-        except BgdlError as exc:
-            self._halt(exc)
-            raise
-        if self.halted is not None:
-            self._unhalt()
-        pending, self._pending = self._pending, []
-        if not pending:
-            return
-        batch = getattr(self.sink, "batch", None)
-        taken: dict[int, TaskSnapshot] = {}  # one picture per task per group: as it is after the group
-        with batch() if batch is not None else contextlib.nullcontext():  # one hand-over for the group
-            for event, run in pending:
-                snapshot = None
-                if run is not None:
-                    snapshot = taken.get(run.task_identifier)
-                    if snapshot is None:
-                        snapshot = taken[run.task_identifier] = self._snapshot_of(run)
-                try:
-                    self.sink.event(event, snapshot)
-                except Exception:  # a display or a slow client must never break a transfer
-                    log.exception("bgdl_nb event sink failed")
+    @property
+    def sink(self) -> Sink:
+        return self.out.sink
 
-    # a journal that cannot be written ----------------------------------------------------
+    @sink.setter
+    def sink(self, sink: Sink) -> None:
+        self.out.sink = sink
 
-    halted: BgdlError | None = None
-    """Why the journal cannot be written now (the engine transfers nothing meanwhile)."""
-    _halt_retry: asyncio.TimerHandle | None = None
+    @property
+    def halted(self) -> BgdlError | None:
+        """Why the journal cannot be written now (the engine transfers nothing meanwhile)."""
+        return self.out.halted
 
-    def _halt(self, error: BgdlError) -> None:
-        if self.halted is None:
-            log.error("bgdl_nb: %s; transfers stop until it can be written", error)
-            for tid in list(self._jobs):
-                self._stop_job(tid)  # its bytes stay; it continues from its journaled offset
-                self._enqueue(self._runs[tid])
-            self._halted_since = time.monotonic()
-            self.sink.halted(error)
-        self.halted = error
-        if self._halt_retry is None and not self._closed_store:
-            wait = min(30.0, 2.0 + (time.monotonic() - self._halted_since) / 4)  # 2 s, slower as it lasts
-            self._halt_retry = asyncio.get_running_loop().call_later(wait, self._retry_journal)
-
-    def _retry_journal(self) -> None:
-        self._halt_retry = None
-        if self.halted is not None and not self._closed_store:
-            self._flush_later()
-
-    def _unhalt(self) -> None:
-        log.info("bgdl_nb: the journal can be written again; transfers continue")
-        self.halted = None
-        if self._halt_retry is not None:
-            self._halt_retry.cancel()
-            self._halt_retry = None
-        asyncio.get_running_loop().call_soon(self._schedule)
+    def _stop_all(self) -> None:
+        """The journal cannot be written: every transfer stops, queued to go on later."""
+        for tid in list(self._jobs):
+            self._stop_job(tid)  # its bytes stay; it continues from its journaled offset
+            self._enqueue(self._runs[tid])
 
     # a transfer shared with another session (the service links them) ---------------------
 

@@ -34,14 +34,14 @@ class Report:
     def checkpoint(self, offset: int) -> None:
         self.engine.store.set_offset(self.run.task_identifier, offset)
         self.run.record.offset = offset
-        self.engine._flush_soon()
+        self.engine.out.flush_soon()
 
     def restart(self, reason: str) -> None:
         self.engine._restart(self.run, reason)
 
     def mark(self, offset: int, digest: str) -> None:
         rec = self.run.record
-        if offset > rec.offset or self.engine._closed_store:  # restarted meanwhile, or the session is gone
+        if offset > rec.offset or self.engine.out.closed:  # restarted meanwhile, or the session is gone
             return
         self.engine._set(self.run, marks=add_mark(rec.marks, offset, digest))
 

@@ -154,7 +154,7 @@ class Service:
             await asyncio.sleep(0.25)
             now = time.monotonic()
             for hosted in self.hosted.values():
-                moved = hosted.engine.bytes_moved
+                moved = hosted.engine.meter.total
                 if hosted._last is not None and now > hosted._last[0]:
                     hosted.rate = max(0.0, (moved - hosted._last[1]) / (now - hosted._last[0]))
                 hosted._last = (now, moved)
