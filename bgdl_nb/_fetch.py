@@ -25,12 +25,13 @@ from typing import Any
 from ._config import Configuration
 from ._exceptions import BgdlError, FetchError, InvalidDestination, InvalidInput
 from ._files import nearest_existing
+from ._hosts.registry import open_here
 from ._listing import Wanted, file_name_for, served_name, wanted_files
 from ._manifest import Manifest, files_here
 from ._private import private_tree
 from ._progress import CallbackFeed, Display, Follower, finished_batches, progress_display
 from ._redact import redact_url
-from ._session import Session, _registry, _registry_lock
+from ._session import Session
 from ._states import TaskState
 from ._task import DownloadTask
 
@@ -224,8 +225,7 @@ def _fetch_files(wanted: list[Wanted], dest_dir: Path, config: Configuration, ma
         dest_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InvalidDestination(f"cannot create the destination folder {dest_dir}: {exc.strerror or exc}") from None
-    with _registry_lock:
-        shared = (str(config.resolved_state_dir()), str(config.identifier)) in _registry
+    shared = open_here(config)
     session = Session(config)
     handed_off = False
     try:

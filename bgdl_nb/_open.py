@@ -126,11 +126,11 @@ def open_entry(entry: dict[str, Any], folder: Path, config: Configuration, *, ti
     what else :func:`bgdl_nb.fetch` reads of an entry), downloading it in the background
     session of ``config`` as :func:`open` does."""
     from ._fetch import fetch
-    from ._session import Session, _registry, _registry_lock
+    from ._hosts.registry import open_here
+    from ._session import Session
     if not config.is_background:
         raise InvalidInput("bg.open() needs a background configuration (its download outlives the kernel)")
-    with _registry_lock:
-        shared = (str(config.resolved_state_dir()), str(config.identifier)) in _registry
+    shared = open_here(config)
     session = Session(config)
     try:
         # fetch() finds or creates the task (one per URL and file), or finds the file done

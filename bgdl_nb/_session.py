@@ -5,28 +5,25 @@ before any I/O and before any journal record), then hands it to its host
 (:mod:`bgdl_nb._hosts`), which it only picks: the transfer service for background
 sessions (unless ``use_service=False``), the engine thread of this process otherwise.
 Within a process, sessions created with the same background identifier share one host
-(re-running a notebook cell reattaches instead of failing), and the newest session's
-delegate receives the callbacks.
+(:mod:`bgdl_nb._hosts.registry`: re-running a notebook cell reattaches instead of
+failing), and the newest session's delegate receives the callbacks.
 """
 
 from __future__ import annotations
 
-import atexit
 import datetime as _dt
 import os
-import stat
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._checks import check_headers, check_url
+from ._checks import check_destination, check_headers, check_url, timestamp
 from ._config import Configuration
 from ._delegate import SessionDelegate
 from ._digests import expected_digests
 from ._events import Event
 from ._exceptions import InvalidDestination, InvalidInput, InvalidResumeData, SessionInvalidated
-from ._files import name_max, nearest_existing
+from ._hosts.registry import forget, host_for
 from ._journal import TaskRecord
 from ._redact import add_secret_params, redact_url, same_file
 from ._resume import decode_resume_data, load_key
@@ -37,62 +34,8 @@ if TYPE_CHECKING:
 
     from ._hosts.base import Host
 
-__all__ = ["Session", "check_destination"]
+__all__ = ["Session"]
 
-_registry: dict[tuple[str, str], Host] = {}  # background identifier -> its host in this process
-_live: set[Host] = set()  # every open host, closed at interpreter exit
-_registry_lock = threading.RLock()
-
-
-def check_destination(destination: str | os.PathLike[str], *, overwrite: bool,
-                      folders: dict[Path, tuple[Path, int]] | None = None) -> Path:
-    """Validate a destination file path without creating anything. ``folders`` keeps what
-    was learnt of each folder (its nearest existing ancestor, writable, and its name limit)
-    across the destinations of one call, so a batch checks each folder once."""
-    path = Path(destination).expanduser().absolute()
-    known = None if folders is None else folders.get(path.parent)
-    parent, limit = known or (nearest_existing(path.parent), 0)
-    if known is None:
-        limit = name_max(parent)
-    if len(os.fsencode(path.name)) > limit:
-        raise InvalidDestination(f"the file name {path.name[:40]}… is {len(os.fsencode(path.name))} bytes long; this "
-                                 f"file system allows {limit}: choose a shorter name")
-    try:
-        mode: int | None = os.stat(path).st_mode
-    except OSError:
-        mode = None
-    if mode is not None and stat.S_ISDIR(mode):
-        raise InvalidDestination(f"destination {path} is a directory; give a file path inside it")
-    if known is None:
-        if not parent.is_dir():
-            raise InvalidDestination(f"destination {path} cannot be created: {parent} is not a directory")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise InvalidDestination(f"destination {path} is not writable (no write permission on {parent})")
-        if folders is not None:
-            folders[path.parent] = (parent, limit)
-    if mode is not None and not overwrite:
-        raise InvalidDestination(
-            f"destination {path} already exists and was left untouched; remove it, choose another path, "
-            "or pass overwrite=True to replace it atomically once the download is complete")
-    return path
-
-
-def _new_host(config: Configuration, session: Session, delegate: SessionDelegate | None) -> Host:
-    if config.runs_in_service:
-        from ._hosts.service.client import ServiceHost
-        return ServiceHost(config, session, delegate)
-    from ._hosts.thread import ThreadHost  # the engine and aiohttp load only where the engine runs
-    return ThreadHost(config, session, delegate)
-
-
-def _timestamp(value: float | _dt.datetime | None) -> float | None:
-    if value is None or isinstance(value, (int, float)):
-        return value
-    if isinstance(value, _dt.datetime):
-        if value.tzinfo is None:
-            value = value.astimezone()
-        return value.timestamp()
-    raise InvalidInput(f"earliest_begin_date must be a datetime or seconds since the epoch, not {value!r}")
 
 
 class Session:
@@ -117,23 +60,7 @@ class Session:
         self.configuration = (configuration or Configuration.default())._copy_for_session()
         add_secret_params(self.configuration.secret_query_params)  # before any task is shown
         self.delegate = delegate
-        config = self.configuration
-        if config.is_background:
-            key = (str(config.resolved_state_dir()), str(config.identifier))
-            with _registry_lock:
-                host = _registry.get(key)
-                if host is not None and not host.closed:
-                    host.attach_session(self, delegate)
-                else:
-                    host = _new_host(config, self, delegate)
-                    _registry[key] = host
-                _live.add(host)
-            self._host = host
-        else:
-            from ._hosts.thread import ThreadHost
-            self._host = ThreadHost(config, self, delegate)
-            with _registry_lock:
-                _live.add(self._host)
+        self._host = host_for(self.configuration, self, delegate)
 
     # properties --------------------------------------------------------------------------
 
@@ -246,7 +173,7 @@ class Session:
         return TaskRecord(
             0, req.url, headers=dict(req.headers), destination=None if dest is None else str(dest),
             description=description, priority=float(priority),
-            earliest_begin_date=_timestamp(earliest_begin_date),
+            earliest_begin_date=timestamp(earliest_begin_date),
             expected_bytes=count_of_bytes_client_expects_to_receive,
             sha256=None if digest is None else digest.sha256,
             expected_hash=None if digest is None or digest.sha256 else str(digest), overwrite=overwrite,
@@ -334,7 +261,7 @@ class Session:
         for incremental reads in a loop or a dashboard."""
         from .notebook.frame import events_frame
         if isinstance(since, _dt.datetime):
-            stamp = _timestamp(since) or 0.0
+            stamp = timestamp(since) or 0.0
             return events_frame(e for e in self.event_log() if e.time > stamp)
         from .notebook.frame import columns_frame
         return columns_frame(self._live_host.event_columns(since))
@@ -438,11 +365,7 @@ class Session:
 
     def _close(self, mode: str) -> None:
         host = self._host
-        with _registry_lock:
-            for key, value in list(_registry.items()):
-                if value is host:
-                    del _registry[key]
-            _live.discard(host)
+        forget(host)
         host.close(mode)
 
     def __enter__(self) -> Session:
@@ -455,17 +378,3 @@ class Session:
         kind = f"background {self.identifier!r}" if self.identifier else "default"
         state = "closed" if self._host.closed else f"{len(self._host.tasks)} tasks"
         return f"<Session {kind}, {state}>"
-
-
-@atexit.register
-def _detach_all() -> None:
-    """At interpreter exit, journal the last offsets and release the locks."""
-    with _registry_lock:
-        hosts = list(_live)
-        _registry.clear()
-        _live.clear()
-    for host in hosts:
-        try:
-            host.close("detach")
-        except Exception:
-            pass

@@ -183,8 +183,8 @@ class DownloadTask:
 
     @earliest_begin_date.setter
     def earliest_begin_date(self, value: float | _dt.datetime | None) -> None:
-        from ._session import _timestamp
-        self._configure(earliest_begin_date=_timestamp(value))
+        from ._checks import timestamp
+        self._configure(earliest_begin_date=timestamp(value))
 
     @property
     def count_of_bytes_client_expects_to_send(self) -> int | None:

@@ -23,9 +23,9 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     path = tmp_path_factory.mktemp("state")
     monkeypatch.setenv("BGDL_STATE_DIR", str(path))
     yield path
+    from bgdl_nb._hosts.registry import detach_all
     from bgdl_nb._hosts.service.client import stop_service
-    from bgdl_nb._session import _detach_all
-    _detach_all()
+    detach_all()
     stop_service(path)  # a test's transfer service never outlives the test
 
 

@@ -52,7 +52,7 @@ def test_destination_under_a_file(session, tmp_path):
 
 def test_destination_not_writable(tmp_path):
     """As a user without write permission (root checks this as nobody, in a forked child)."""
-    from bgdl_nb._session import check_destination
+    from bgdl_nb._checks import check_destination
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
     if os.geteuid() != 0:
