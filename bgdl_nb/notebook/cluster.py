@@ -21,8 +21,9 @@ require("ipywidgets")
 
 import ipywidgets as w  # noqa: E402
 
+from .clicks import serve_clicks  # noqa: E402
 from .describe import _format_eta, format_bytes  # noqa: E402
-from .widgets import _serve_clicks, _Speed  # noqa: E402
+from .widgets import _Speed  # noqa: E402
 
 if TYPE_CHECKING:
     from .._cluster import ClusterJob
@@ -49,7 +50,7 @@ class ClusterPanel:
                         for name in ("pause", "resume", "cancel")}
         for name, button in self.buttons.items():
             button.on_click(lambda _b, name=name: self._act(name))
-            _serve_clicks(button)
+            serve_clicks(button)
         self.widget = w.VBox([self.header, self.overall, self.workers,
                               w.HBox(list(self.buttons.values())), self.note])
         self.refresh(force=True)

@@ -13,7 +13,7 @@ second click lands on the task named on that row. A task the user acted on stays
 
 Each row has pause, resume and cancel buttons that act on the task itself; a waiting
 task shows why it waits. The buttons' messages are served on a kernel subshell thread
-of their own (ipykernel 7), so they work while the cell that showed the panel is still
+of their own (ipykernel 7, :mod:`bgdl_nb.notebook.clicks`), so they work while the cell that showed the panel is still
 running (a blocking ``fetch()``); where a kernel has no subshells, a panel shown by a
 running cell says that its buttons act once the cell is done.
 """
@@ -33,6 +33,7 @@ import ipywidgets as w  # noqa: E402
 
 from .._exceptions import BgdlError  # noqa: E402
 from .._task import DownloadTask, TaskState  # noqa: E402
+from .clicks import serve_clicks  # noqa: E402
 from .describe import _format_eta, describe, format_bytes, one_per_file  # noqa: E402
 
 if TYPE_CHECKING:
@@ -72,53 +73,6 @@ class _Speed:
         return self.value
 
 
-_click_lock = threading.Lock()
-_click_channel: list[str | None] = []  # the subshell serving panel buttons, made once per kernel
-
-
-def _button_subshell() -> str | None:
-    """A kernel subshell that serves the panel's button clicks while the main thread is
-    busy running a cell, or None when the kernel has no subshells (not ipykernel 7)."""
-    with _click_lock:
-        if _click_channel:
-            return _click_channel[0]
-        subshell: str | None = None
-        try:
-            from concurrent.futures import Future
-
-            from IPython.core import getipython
-
-            module: Any = getipython
-            kernel = getattr(module.get_ipython(), "kernel", None)
-            channel = getattr(kernel, "shell_channel_thread", None)
-            if channel is not None and hasattr(channel.manager, "_create_subshell"):
-                made: Future[str] = Future()
-
-                def create() -> None:
-                    try:
-                        made.set_result(channel.manager._create_subshell())
-                    except BaseException as exc:  # handed to the waiting thread
-                        made.set_exception(exc)
-
-                channel.io_loop.add_callback(create)
-                subshell = made.result(timeout=5)
-        except Exception:  # any other kernel: clicks are served between cells
-            subshell = None
-        _click_channel.append(subshell)
-        return subshell
-
-
-def _serve_clicks(button: w.Button) -> bool:
-    """Route ``button``'s messages from the front end to the click subshell; True when
-    they will be served while a cell runs."""
-    subshell = _button_subshell()
-    comm = getattr(button, "comm", None)
-    if subshell is None or comm is None:
-        return False
-    comm._reply_subshell_for = lambda _data, _default: subshell
-    return True
-
-
 def _set(widget: w.Widget, name: str, value: object) -> int:
     """Set a trait only when it changes; return how many updates were sent."""
     if getattr(widget, name) != value:
@@ -143,7 +97,7 @@ class _Row:
         self.pause.on_click(lambda _: self._act(DownloadTask.suspend))
         self.play.on_click(lambda _: self._act(DownloadTask.resume))
         self.stop.on_click(lambda _: self._act(DownloadTask.cancel))
-        self.live = all([_serve_clicks(b) for b in (self.pause, self.play, self.stop)])
+        self.live = all([serve_clicks(b) for b in (self.pause, self.play, self.stop)])
         self.box = w.HBox([self.name, self.bar, self.state, self.rate, self.pause, self.play, self.stop])
         for widget, css in ((self.box, "bgdl-row"), (self.name, "bgdl-name"), (self.state, "bgdl-state")):
             widget.add_class(css)  # stable handles for styles and browser tests
