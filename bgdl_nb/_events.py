@@ -77,8 +77,9 @@ class Event:
     detail
         Human-readable specifics: why a task waits, why it restarted, where it redirected.
     reason
-        For ``waiting`` rows, the :class:`~bgdl_nb.WaitReason` value (data, not text to
-        parse); ``None`` otherwise.
+        Why the task waits from this row on, as a :class:`~bgdl_nb.WaitReason` value
+        (data, not text to parse): on ``waiting`` rows, and on a ``resumed`` row whose
+        task could not start at once; ``None`` otherwise.
     """
 
     seq: int
