@@ -48,15 +48,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
-import functools
 import hashlib
 import os
 import re
-import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
@@ -65,52 +62,12 @@ from urllib.parse import urlencode
 from aiohttp import web
 from multidict import MultiMapping
 
+from .content import BLOCK, content, resource_sha256, resource_url
+
 __all__ = ["Origin", "RequestRecord", "content", "resource_sha256", "resource_url"]
 
-BLOCK = 64 * 1024
-_HEADER = struct.Struct(">8sQQ")  # magic, version, block index
 _EPOCH = 1767225600  # 2026-01-01T00:00:00Z: Last-Modified of version 0
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
-@functools.lru_cache(maxsize=64)
-def _base_block(name: str, version: int) -> bytes:
-    return hashlib.shake_256(f"bgdl-demo:{name}:{version}".encode()).digest(BLOCK)
-
-
-def _block(name: str, version: int, index: int) -> bytes:
-    base = _base_block(name, version)
-    return _HEADER.pack(b"BGDLDEMO", version, index) + base[_HEADER.size:]
-
-
-def content(name: str, size: int, version: int = 0, start: int = 0, end: int | None = None,
-            chunk: int = 4 * BLOCK) -> Iterator[bytes]:
-    """Yield bytes ``start``..``end`` (exclusive) of a resource, in pieces of about ``chunk``."""
-    end = size if end is None else min(end, size)
-    pos = start
-    while pos < end:
-        first = pos // BLOCK
-        last = min((pos + chunk - 1) // BLOCK, (end - 1) // BLOCK)
-        data = b"".join(_block(name, version, i) for i in range(first, last + 1))
-        offset = pos - first * BLOCK
-        piece = data[offset: offset + min(end - pos, len(data) - offset)]
-        yield piece
-        pos += len(piece)
-
-
-@functools.lru_cache(maxsize=256)
-def resource_sha256(name: str, size: int, version: int = 0) -> str:
-    """The hex sha256 of a whole resource, as a client should end up with."""
-    digest = hashlib.sha256()
-    for piece in content(name, size, version, chunk=16 * BLOCK):
-        digest.update(piece)
-    return digest.hexdigest()
-
-
-def resource_url(base_url: str, name: str, size: int, **switches: object) -> str:
-    """The URL of resource ``name`` of ``size`` bytes on the origin at ``base_url``."""
-    query = urlencode({"size": size, **{k: v for k, v in switches.items() if v is not None}})
-    return f"{base_url}/files/{name}?{query}"
 
 
 @dataclass

@@ -1,13 +1,19 @@
 """A session the transfer service hosts (:class:`Hosted`: its endpoint, the clients attached
-to it, what they were last sent) and one attached client connection (:class:`Client`)."""
+to it, what they were last sent), one attached client connection (:class:`Client`), and
+the settings a client chose for a session (:func:`chosen_settings`: what the service
+keeps in the session's journal and compares when another client reattaches)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
+import json
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..._config import Configuration
 from ..._states import TaskState
 from .protocol import encode
 
@@ -18,7 +24,27 @@ if TYPE_CHECKING:
     from ..endpoint import Endpoint
     from .server import Service
 
-__all__ = ["Client", "Hosted", "changed_fields"]
+__all__ = ["CONFIG_FIELDS", "Client", "Hosted", "changed_fields", "chosen_settings"]
+
+
+# what a client sends of its configuration: every setting but where the session lives
+CONFIG_FIELDS = {f.name for f in dataclasses.fields(Configuration)} - {"identifier", "state_directory", "use_service"}
+
+
+@functools.cache
+def _default_fields() -> dict[str, Any]:
+    """A background configuration's defaults, in the JSON form clients send settings in."""
+    defaults = Configuration.background("defaults")
+    as_sent: dict[str, Any] = json.loads(json.dumps({name: getattr(defaults, name) for name in CONFIG_FIELDS}))
+    return as_sent
+
+
+def chosen_settings(fields: dict[str, Any]) -> dict[str, Any]:
+    """The settings a client chose, as opposed to left at their defaults (and to its
+    environment, which says where the client runs, not how the session downloads): a
+    kernel that reattaches by identifier alone, as a launched handler does, chooses none."""
+    defaults = _default_fields()
+    return {k: v for k, v in fields.items() if k in defaults and k != "environment" and v != defaults[k]}
 
 
 class Client:

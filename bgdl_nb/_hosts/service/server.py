@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import dataclasses
-import functools
 import json
 import logging
 import os
@@ -41,7 +39,7 @@ from ..._resume import load_key
 from ..._snapshots import TaskSnapshot
 from ..commands import Ack, Create, Events, control_from_wire, records_from_wire
 from ..endpoint import Endpoint
-from .hosted import Client, Hosted, changed_fields
+from .hosted import CONFIG_FIELDS, Client, Hosted, changed_fields, chosen_settings
 from .launch import launch
 from .protocol import (
     PROTOCOL_VERSION,
@@ -61,25 +59,6 @@ log = logging.getLogger("bgdl_nb.service")
 
 _ORDERED = frozenset({"create_many", "control", "cancel_with_resume_data", "detach"})
 """Requests whose events are published before their reply (so the client sees the effect)."""
-_CONFIG_FIELDS = {f.name for f in dataclasses.fields(Configuration)} - {"identifier", "state_directory", "use_service"}
-
-
-@functools.cache
-def _default_fields() -> dict[str, Any]:
-    """A background configuration's defaults, in the JSON form clients send settings in."""
-    defaults = Configuration.background("defaults")
-    as_sent: dict[str, Any] = json.loads(json.dumps({name: getattr(defaults, name) for name in _CONFIG_FIELDS}))
-    return as_sent
-
-
-def _chosen(fields: dict[str, Any]) -> dict[str, Any]:
-    """The settings a client chose, as opposed to left at their defaults (and to its
-    environment, which says where the client runs, not how the session downloads): a
-    kernel that reattaches by identifier alone, as a launched handler does, chooses none."""
-    defaults = _default_fields()
-    return {k: v for k, v in fields.items() if k in defaults and k != "environment" and v != defaults[k]}
-
-
 class Service:
     """The service's state and request handlers; :meth:`run` is its whole life."""
 
@@ -195,7 +174,7 @@ class Service:
                 chosen = json.loads(store.get_meta("config") or "{}")
             return Configuration.background(identifier, state_directory=self.state_dir,
                                             **{k: (tuple(v) if isinstance(v, list) else v)
-                                               for k, v in chosen.items() if k in _CONFIG_FIELDS})
+                                               for k, v in chosen.items() if k in CONFIG_FIELDS})
 
         endpoint = Endpoint(Configuration.background(identifier, state_directory=self.state_dir), self.key,
                             holder=f"transfer service pid {os.getpid()}", state_dir=self.state_dir, settings=settings)
@@ -298,7 +277,7 @@ class Service:
             identifier, state_directory=self.state_dir).journal_path().exists()
         fields = request.get("config", {})
         loaded = self.hosted.get(identifier)
-        changed = {} if loaded is None else {k: v for k, v in _chosen(fields).items() if loaded.fields.get(k) != v}
+        changed = {} if loaded is None else {k: v for k, v in chosen_settings(fields).items() if loaded.fields.get(k) != v}
         kept: list[str] = []
         if loaded is not None and changed:
             if loaded.clients or loaded.engine.busy:
