@@ -27,11 +27,7 @@ from typing import Any
 from ._exceptions import InvalidDestination
 from ._files import _NOFOLLOW, beside, unlink
 
-__all__ = ["CLAIM_LEASE", "CLAIM_SUFFIX", "claim", "claim_path", "release"]
-
-
-CLAIM_SUFFIX = ".bgdl-claim"
-"""The claim file of ``dest`` is ``beside(dest, CLAIM_SUFFIX)`` (:func:`claim_path`)."""
+__all__ = ["CLAIM_LEASE", "claim", "claim_path", "release"]
 
 
 def claim_path(destination: str | os.PathLike[str]) -> Path:
@@ -41,7 +37,7 @@ def claim_path(destination: str | os.PathLike[str]) -> Path:
 
 @functools.lru_cache(maxsize=4096)  # asked when a task claims its destination and when it lets it go
 def _claim_path(destination: str) -> Path:
-    return Path(beside(destination, CLAIM_SUFFIX))
+    return Path(beside(destination, ".bgdl-claim"))
 
 
 CLAIM_LEASE = 120.0

@@ -15,13 +15,14 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._claims import CLAIM_SUFFIX
+from ._claims import claim_path
 from ._engine_base import EngineBase
 from ._events import Event, EventKind
 from ._exceptions import BgdlError, Cancelled, DiskFull, TransferError
-from ._files import beside, partial_path_for, unlink
+from ._files import partial_path_for, unlink
 from ._journal import TaskRecord
 from ._run import TaskRun
 from ._states import TaskState
@@ -45,7 +46,7 @@ class Controls(EngineBase):
         record.state = TaskState.SUSPENDED
         if not record.partial_path:
             record.partial_path = partial_path_for(record.destination, record.task_identifier, self.work_dir)
-        if record.destination and os.path.lexists(beside(record.destination, CLAIM_SUFFIX)):
+        if record.destination and os.path.lexists(claim_path(record.destination)):
             # one writer per destination, across sessions, processes and machines: a claim
             # already there is judged now (refused while its task can still write); else the
             # task claims its destination when it first runs, so creating costs no file
@@ -63,11 +64,15 @@ class Controls(EngineBase):
                    total_bytes_expected=record.total, detail=record.url)
         return record.task_identifier
 
-    def create_many(self, records: list[TaskRecord], resume: bool) -> list[int]:
+    def create_many(self, records: Sequence[TaskRecord], resume: bool,
+                    numbered: Callable[[Sequence[TaskRecord]], None] | None = None) -> list[int]:
         """Create (and resume) many tasks at once: one call for the caller, one plan. The
-        tasks' identifiers are returned; their snapshots travel with their events."""
+        tasks' identifiers are returned; their snapshots travel with their events.
+        ``numbered`` is called with the records once they are numbered, before any starts."""
         tids = [self.create(record, tid) for record, tid in
                 zip(records, self.store.next_task_identifiers(len(records)), strict=True)]
+        if numbered is not None:
+            numbered(records)
         if resume:
             self.resume_many(tids)
         return tids
@@ -110,7 +115,7 @@ class Controls(EngineBase):
         self._enqueue(run)
         return True
 
-    def _mark_resumed(self, runs: list[TaskRun], waiting: dict[int, Wait | None]) -> None:
+    def _mark_resumed(self, runs: Sequence[TaskRun], waiting: dict[int, Wait | None]) -> None:
         """The ``resumed`` rows of ``runs``, each with the reason it waits after the plan
         (taken out of ``waiting``): one row where a resumed and a waiting row said it in two."""
         for run in runs:
@@ -212,9 +217,7 @@ class Controls(EngineBase):
         """Stop every transfer and start none until :meth:`unpause`; tasks stay RUNNING,
         waiting with reason "session paused"."""
         self.scheduler.pause()
-        for tid in list(self._jobs):
-            self._stop_job(tid)
-            self._enqueue(self._runs[tid])
+        self._stop_all()
         self._schedule()
 
     def unpause(self) -> None:

@@ -32,6 +32,7 @@ import os
 import random
 import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -210,18 +211,18 @@ class Engine(Controls):
     def _schedule_soon(self) -> None:
         asyncio.get_running_loop().call_soon(self._schedule)
 
-    def _schedule(self, resumed: list[TaskRun] | None = None) -> None:
+    def _schedule(self, resumed: Sequence[TaskRun] = ()) -> None:
         """Apply the policy's plan: start tasks, publish waiting reasons, expire tasks.
         ``resumed``: tasks just queued, given their ``resumed`` rows (with the plan's
         reason they wait) before anything of the plan happens to them."""
         if self._closing or self.halted is not None:  # nothing starts while the journal cannot be written
-            self._mark_resumed(resumed or [], {})
+            self._mark_resumed(resumed, {})
             return
         loop = asyncio.get_running_loop()
         try:
             plan = self.scheduler.poll()
         except Exception as exc:  # a bug in the policy must not leave tasks waiting for ever
-            self._mark_resumed(resumed or [], {})
+            self._mark_resumed(resumed, {})
             self._policy_failures += 1
             log.exception("bgdl_nb scheduler error (%d in a row)", self._policy_failures)
             if self._policy_failures < 3:
@@ -233,7 +234,7 @@ class Engine(Controls):
                     self._internal_error(run, exc)  # stopped instead of waiting for ever
             return
         self._policy_failures = 0
-        self._mark_resumed(resumed or [], plan.waiting)
+        self._mark_resumed(resumed, plan.waiting)
         for tid in plan.expired:
             run = self._runs[tid]
             waiting = f" while waiting: {run.waiting}" if run.waiting else ""

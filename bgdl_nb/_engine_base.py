@@ -16,7 +16,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -51,7 +51,7 @@ _PUBLIC = {"earliest_begin_date": "earliest_begin_date", "expected_bytes": "coun
 _CONFIGURABLE = frozenset(_PUBLIC)
 
 class _Plan(Protocol):
-    def __call__(self, resumed: list[TaskRun] | None = None) -> None: ...
+    def __call__(self, resumed: Sequence[TaskRun] = ()) -> None: ...
 
 
 class EngineBase:
@@ -296,7 +296,8 @@ class EngineBase:
         return self.out.halted
 
     def _stop_all(self) -> None:
-        """The journal cannot be written: every transfer stops, queued to go on later."""
+        """Stop every transfer, each queued to go on later from its bytes (a pause, or a
+        journal that cannot be written)."""
         for tid in list(self._jobs):
             self._stop_job(tid)  # its bytes stay; it continues from its journaled offset
             self._enqueue(self._runs[tid])

@@ -8,7 +8,7 @@ a request with :func:`control_from_wire` and :func:`records_from_wire`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -35,7 +35,7 @@ class Create:
 
     records: tuple[TaskRecord, ...]
     resume: bool = False
-    numbered: Callable[[tuple[TaskRecord, ...]], None] | None = None
+    numbered: Callable[[Sequence[TaskRecord]], None] | None = None
 
 
 @dataclass(frozen=True)

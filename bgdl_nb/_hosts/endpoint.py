@@ -139,12 +139,7 @@ class Endpoint:
             self.engine.flush()
         try:
             if isinstance(command, Create):
-                tids = self.engine.create_many(list(command.records), resume=False)
-                if command.numbered is not None:
-                    command.numbered(command.records)
-                if command.resume:
-                    self.engine.resume_many(tids)
-                return tids
+                return self.engine.create_many(command.records, command.resume, command.numbered)
             if isinstance(command, Control):
                 return getattr(self.engine, command.name)(*command.args)
             if isinstance(command, Ack):

@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -333,7 +334,7 @@ class Service:
                 delay = engine.config.launch_delay * 2 ** (hosted.launches - 1)
                 record.launch_delay_until = time.time() + delay
                 record.launch_delay_reason = f"launch rate limit ({delay:g} s after launch {hosted.launches})"
-        def link(numbered: tuple[TaskRecord, ...]) -> None:  # before they start: a shared transfer starts once
+        def link(numbered: Sequence[TaskRecord]) -> None:  # before they start: a shared transfer starts once
             for record in numbered:
                 self.sharing.link(hosted, vars(record))
 
