@@ -10,6 +10,7 @@ are listed in :class:`EventKind` with the circumstances that produce each.
 from __future__ import annotations
 
 import enum
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,16 +98,18 @@ class Event:
 
     def as_dict(self) -> dict[str, Any]:
         """The row as a dict of its columns."""
-        return {name: getattr(self, name) for name in EVENT_COLUMNS}  # every field is a plain value
+        return dict(zip(EVENT_COLUMNS, _values(self)))  # every field is a plain value
 
     def wire(self) -> list[Any]:
         """The row as its values in :data:`EVENT_COLUMNS` order (what the transfer service
         sends: no column name repeated per event)."""
-        return [self.seq, self.time, self.identifier, self.task_identifier, self.event, self.bytes_written,
-                self.total_bytes_written, self.total_bytes_expected, self.status, self.error, self.detail,
-                self.reason]
+        return list(_values(self))
 
     @classmethod
     def from_wire(cls, values: list[Any]) -> Event:
         """The event :meth:`wire` gave."""
         return cls(*values)
+
+
+_values = operator.attrgetter(*EVENT_COLUMNS)
+"""An event's values in column order (the fields are declared in that order: :meth:`Event.from_wire`)."""

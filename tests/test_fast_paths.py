@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl, urlsplit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bgdl_nb._events import EVENT_COLUMNS, Event
 from bgdl_nb._files import beside, name_max
 from bgdl_nb._hosts.commands import records_from_wire, records_to_wire
 from bgdl_nb._journal import TaskRecord
@@ -81,3 +82,17 @@ def test_new_records_travel_with_only_their_fields_that_differ_and_arrive_whole(
     wire = records_to_wire(records)
     assert all(set(item) >= {"task_identifier", "url"} for item in wire)
     assert list(records_from_wire(wire)) == records
+
+
+_events = st.builds(
+    Event, st.integers(0, 10**9), st.floats(0, 2e9), st.none() | st.just("s"), st.none() | st.integers(1, 10**6),
+    st.sampled_from(["created", "resumed", "progress"]), bytes_written=st.none() | st.integers(0, 10**9),
+    total_bytes_expected=st.none() | st.integers(0, 10**12), detail=st.none() | st.text(max_size=5),
+    reason=st.none() | st.just("waiting for a free slot"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(_events)
+def test_an_event_travels_as_its_values_in_column_order_and_arrives_whole(event):
+    assert Event.from_wire(event.wire()) == event
+    assert event.as_dict() == dict(zip(EVENT_COLUMNS, event.wire()))

@@ -30,8 +30,9 @@ BOOL_FIELDS = {"overwrite", "accepts_ranges", "discretionary"}
 TASK_COLUMNS = [f for f in TASK_FIELDS if f != "offset"]
 TOTAL = TASK_COLUMNS.index("total")
 COLUMN_AT = {name: at for at, name in enumerate(TASK_COLUMNS)}
-EVENT_INSERT = ("INSERT INTO events (seq, time, task_identifier, event, bytes_written, total_bytes_written, "
-                 "total_bytes_expected, status, error, detail, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+STORED_EVENT_COLUMNS = tuple(name for name in EVENT_COLUMNS if name != "identifier")  # one journal, one identifier
+EVENT_INSERT = (f"INSERT INTO events ({', '.join(STORED_EVENT_COLUMNS)}) "
+                f"VALUES ({', '.join('?' for _ in STORED_EVENT_COLUMNS)})")
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS tasks ({", ".join(
@@ -119,13 +120,11 @@ def load_tasks(conn: sqlite3.Connection) -> list[TaskRecord]:
     return [from_row([*names, "offset"], row) for row in cur.fetchall()]
 
 
-STORED_EVENT_COLUMNS = tuple(name for name in EVENT_COLUMNS if name != "identifier")  # one journal, one identifier
 
 
 def load_events(conn: sqlite3.Connection, identifier: str, since_seq: int,
                  task_identifier: int | None) -> list[Event]:
-    query = ("SELECT seq, time, task_identifier, event, bytes_written, total_bytes_written, "
-             "total_bytes_expected, status, error, detail, reason FROM events WHERE seq > ?")
+    query = f"SELECT {', '.join(STORED_EVENT_COLUMNS)} FROM events WHERE seq > ?"
     args: list[Any] = [since_seq]
     if task_identifier is not None:
         query += " AND task_identifier = ?"
