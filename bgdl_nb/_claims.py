@@ -27,7 +27,13 @@ from typing import Any
 from ._exceptions import InvalidDestination
 from ._files import _NOFOLLOW, beside, unlink
 
-__all__ = ["CLAIM_LEASE", "claim", "claim_path", "release"]
+__all__ = ["CLAIM_LEASE", "claim", "claim_name", "claim_path", "release"]
+
+
+def claim_name(destination: str | os.PathLike[str]) -> str:
+    """The claim file of a destination, as a string (what a batch of new tasks asks of
+    each destination: whether a claim is there already)."""
+    return beside(destination, ".bgdl-claim")
 
 
 def claim_path(destination: str | os.PathLike[str]) -> Path:
@@ -37,7 +43,7 @@ def claim_path(destination: str | os.PathLike[str]) -> Path:
 
 @functools.lru_cache(maxsize=4096)  # asked when a task claims its destination and when it lets it go
 def _claim_path(destination: str) -> Path:
-    return Path(beside(destination, ".bgdl-claim"))
+    return Path(claim_name(destination))
 
 
 CLAIM_LEASE = 120.0

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._claims import claim_path
+from ._claims import claim_name
 from ._engine_base import EngineBase
 from ._events import Event, EventKind
 from ._exceptions import BgdlError, Cancelled, DiskFull, TransferError
@@ -46,7 +46,7 @@ class Controls(EngineBase):
         record.state = TaskState.SUSPENDED
         if not record.partial_path:
             record.partial_path = partial_path_for(record.destination, record.task_identifier, self.work_dir)
-        if record.destination and os.path.lexists(claim_path(record.destination)):
+        if record.destination and os.path.lexists(claim_name(record.destination)):
             # one writer per destination, across sessions, processes and machines: a claim
             # already there is judged now (refused while its task can still write); else the
             # task claims its destination when it first runs, so creating costs no file
