@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,10 +82,13 @@ class _SpeedProbe:
         return (position - self.start[1]) / (now - self.start[0])
 
 
-def _open_at(path: str, offset: int | None) -> int:
+def _open_at(path: str, offset: int | None, claim: Callable[[], None]) -> int:
     """Open (or create, private) the partial file for writing at ``offset`` (blocking);
     ``None``: for positional writes (read too, for the digest), nothing truncated.
-    Never through a symbolic link, and only a file that is ours (:func:`open_partial`)."""
+    Never through a symbolic link, and only a file that is ours (:func:`open_partial`).
+    ``claim`` claims the destination first: the partial file's name is the task's own,
+    so nothing before this touched a file another task may want."""
+    claim()
     if offset is None:
         return open_partial(path, read=True)
     fd = open_partial(path)
@@ -203,7 +207,8 @@ class Attempt:
                 if decision.client_error:
                     raise UnexpectedResponse(f"{resp.url}: {decision.reason}", status=resp.status, url=rec.url)
                 return False
-            if decision.outcome is Outcome.COMPLETE:
+            if decision.outcome is Outcome.COMPLETE:  # every byte is here already: claimed before the rename
+                await asyncio.to_thread(self.report.claim)
                 await finalise(run, self.report, self.target, self.finaliser)
                 return True
             if decision.outcome is Outcome.RESTART:
@@ -289,7 +294,7 @@ class Attempt:
                                  total_bytes_expected=rec.total,
                                  detail=f"bytes of the partial file changed on disk since they were written "
                                         f"(bytes {ranges}); those are fetched again, the rest continues")
-        fd = await asyncio.to_thread(_open_at, rec.partial_path, None)
+        fd = await asyncio.to_thread(_open_at, rec.partial_path, None, self.report.claim)
         try:
             split = Segmented(run, self.report, self.config, fd, rec.total, rec.validator_value, opener, hasher,
                               segments=segments, hashed=hashed)
@@ -319,7 +324,7 @@ class Attempt:
         run.hasher, run.hashed, run.hashing = None, -1, None  # until this attempt's bytes are handed over
         # creating a file can wait on the file system's journal for milliseconds while other
         # files are synced: it happens beside the loop, not on it
-        fd = await asyncio.to_thread(_open_at, rec.partial_path, offset)
+        fd = await asyncio.to_thread(_open_at, rec.partial_path, offset, self.report.claim)
         # a small body is hashed here as it arrives: a hand-off to the hash thread per chunk
         # (two thread wake-ups) costs more than hashing a few hundred KiB on the loop
         inline = rec.total is not None and rec.total - offset <= INLINE_HASH_BYTES

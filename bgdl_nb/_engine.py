@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import random
 import secrets
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING
 
 from ._attempt import CHECKPOINT_BYTES, Attempt
 from ._bandwidth import TokenBucket
+from ._claims import claim_name
 from ._config import Configuration
 from ._control import Controls, write_error
 from ._events import EventKind
@@ -347,9 +347,10 @@ class Engine(Controls):
             await self.finaliser.settled(rec.partial_path)  # a rename a suspend interrupted ends first
             if rec.location and self._recover_finalised(run):
                 return  # renamed into place by a finalisation that a suspend interrupted
-            if rec.destination and time.monotonic() - self._claimed.get(tid, -math.inf) > self.config.claim_lease / 2:
-                await asyncio.to_thread(self._claim, rec)  # its claim may have lapsed meanwhile: still ours?
-                self._claimed[tid] = time.monotonic()
+            if rec.destination and os.path.lexists(claim_name(rec.destination)):
+                # a claim is there (this task's, or another's that may refuse it): judged before
+                # any request. Else the claim is made in the hand-off that opens the partial file
+                await asyncio.to_thread(self._claim_due, run)
             while True:
                 before = run.received
                 try:

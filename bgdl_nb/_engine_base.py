@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -193,6 +194,16 @@ class EngineBase:
         if journal is None:
             return {"journal": None, "identifier": self.identifier, "task": tid, "engine": self._nonce}
         return {"journal": str(journal), "identifier": self.identifier, "task": tid}
+
+    def _claim_due(self, run: TaskRun) -> None:
+        """Claim ``run``'s destination before its first byte is written, or make sure the
+        claim is still its own when it was last claimed or refreshed over half a lease ago
+        (a task suspended for long); blocking, called beside the loop."""
+        rec = run.record
+        if rec.destination and time.monotonic() - self._claimed.get(rec.task_identifier, -math.inf) \
+                > self.config.claim_lease / 2:
+            self._claim(rec)
+            self._claimed[rec.task_identifier] = time.monotonic()
 
     def _claim(self, rec: TaskRecord) -> None:
         """Claim (or refresh the claim on) ``rec``'s destination (blocking: file I/O)."""
