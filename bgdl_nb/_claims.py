@@ -1,8 +1,14 @@
 """Destination claims: which task may write a destination, across sessions, processes and machines.
 
-A task claims its destination before it writes a byte, with a small file beside it
-(``.<name>.bgdl-claim``, created with ``O_EXCL``) that names the task: its journal and
-identifier, or its engine's nonce, its pid and host, and a lease. Another task that wants
+A task claims its destination before it writes a byte. A new task's partial file carries
+the claim: its name is the destination's own (``.<name>.bgdl-part``, :func:`carrier_name`),
+its ``O_EXCL`` creation is the claim, and an extended attribute on it names the task (its
+journal and identifier, or its engine's nonce, its pid and host, and a lease). The rename
+that puts the finished file in place takes the claim away with it, so a file costs no
+claim file to write and none to remove. A task whose partial file has another name (one
+made from resume data), or a file system without user extended attributes, claims with a
+small file beside the destination instead (``.<name>.bgdl-claim``, written whole and
+linked into place) that holds the same owner. Another task that wants
 the same destination reads the claim and asks whether its task can still write
 (:func:`_claim_alive`): on this machine its journal or process tells; another machine's
 claim holds while its engine keeps refreshing it within the lease. A claim whose task can
@@ -20,6 +26,7 @@ import json
 import os
 import secrets
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +34,24 @@ from typing import Any
 from ._exceptions import InvalidDestination
 from ._files import _NOFOLLOW, beside, unlink
 
-__all__ = ["CLAIM_LEASE", "claim", "claim_name", "claim_path", "release"]
+__all__ = ["CLAIM_LEASE", "carrier_name", "claim", "claim_name", "claim_path", "claimed", "release"]
+
+_ATTRIBUTE = "user.bgdl_nb.claim"
+_CARRIER_SUFFIX = ".bgdl-part"
+_NO_ATTRIBUTES = {errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.ENOSYS}
+_being_placed: dict[str, bytes] = {}  # carrier -> the owner it will hold, while this process creates it
+_without_attributes: set[str] = set()  # folders whose file system refused a user attribute
+
+
+def carrier_name(destination: str | os.PathLike[str]) -> str:
+    """The partial file that carries a new task's claim on ``destination``."""
+    return beside(destination, _CARRIER_SUFFIX)
+
+
+def claimed(destination: str | os.PathLike[str]) -> bool:
+    """Whether a claim on ``destination`` may be there (a claim file or a carrier exists):
+    what a new task asks before it is created, so creating one costs no claim."""
+    return os.path.lexists(claim_name(destination)) or os.path.lexists(carrier_name(destination))
 
 
 def claim_name(destination: str | os.PathLike[str]) -> str:
@@ -85,48 +109,141 @@ def _claim_alive(owner: dict[str, Any], age: float) -> bool:
     return True
 
 
-def claim(destination: str | os.PathLike[str], owner: dict[str, Any], lease: float = CLAIM_LEASE) -> None:
+def claim(destination: str | os.PathLike[str], owner: dict[str, Any], lease: float = CLAIM_LEASE,
+          *, carried: bool = False) -> None:
     """Claim ``destination`` for the task ``owner`` names, across sessions, processes and
     machines: :class:`InvalidDestination` while another live task holds it; a claim whose
     task can no longer run (finished, journal gone, process dead, another machine's lease
-    lapsed) is taken over. The task's own claim is refreshed (its lease starts again)."""
-    path = claim_path(destination)
-    host = _hostname()
-    body = json.dumps({**owner, "pid": os.getpid(), "host": host, "lease": lease}).encode()
+    lapsed) is taken over. The task's own claim is refreshed (its lease starts again).
+    ``carried``: the task's partial file is the destination's carrier, and creating it is
+    the claim; else (or where the file system keeps no attributes) a claim file holds it."""
+    file, carrier = claim_name(destination), carrier_name(destination)
+    carried = carried and os.path.dirname(carrier) not in _without_attributes
+    body = json.dumps({**owner, "pid": os.getpid(), "host": _hostname(), "lease": lease}).encode()
     for _ in range(5):
-        if _place(path, body):
+        mine, other = (carrier, file) if carried else (file, carrier)
+        held = _read(other)  # the other kind of claim: another task's, or this task's own from before
+        if held is not None:
+            if _judge(destination, other, *held, owner):
+                return
+            continue
+        if carried:
+            if _place_carrier(carrier, body):
+                return
+            if os.path.dirname(carrier) in _without_attributes:  # learned just now: a claim file holds it
+                carried = False
+                continue
+        elif _place(Path(file), body):
             return
-        try:
-            raw = path.read_bytes()
-            age = time.time() - path.stat().st_mtime
-        except FileNotFoundError:
-            continue  # released meanwhile: try again
-        try:
-            other = json.loads(raw)
-        except ValueError:
-            other = None  # being written by its claimer right now, or damaged long ago
-        if other is None and age < 10:
-            raise InvalidDestination(f"{destination} is being claimed by another process right now; wait for it or "
-                                     "choose another destination")
-        if other and all(other.get(k) == owner.get(k) for k in _TASK_KEYS):
-            # our own claim, whichever host wrote it: a journaled task is known by its journal
-            # (this engine holds that journal's lock: a shard run again on another worker),
-            # an unjournaled one by its engine's nonce. It holds for another lease.
-            with contextlib.suppress(FileNotFoundError):
-                os.utime(path, follow_symlinks=False)  # the claim file itself, never a link's target
+        held = _read(mine)
+        if held is not None and _judge(destination, mine, *held, owner):
             return
-        if other and other.get("service") and other.get("service") == owner.get("service") \
-                and other.get("url") == owner.get("url") and _claim_alive(other, age):
-            return  # the same file from the same transfer service: it shares the one transfer
-        if other and _claim_alive(other, age):
-            who = f"task {other.get('task')} of session {other.get('identifier') or '(not journaled)'}"
-            lapses = "" if other.get("host") == host else (
-                f"; its claim was refreshed {age:.0f} s ago and lapses if that machine stops refreshing it")
-            raise InvalidDestination(
-                f"{destination} is claimed by {who} (pid {other.get('pid')} on {other.get('host')}), which "
-                f"will write it{lapses}; wait for it or cancel it, or choose another destination")
-        _remove_stale_claim(path, raw)
-    raise InvalidDestination(f"{destination}: could not claim it (its claim file {path} keeps changing)")
+    raise InvalidDestination(f"{destination}: could not claim it (its claim keeps changing)")
+
+
+def _read(path: str) -> tuple[bytes, float] | None:
+    """The owner a claim at ``path`` names (raw) and its age in seconds, or None when no
+    claim is there. A carrier is a partial file: its owner is an attribute; a carrier with
+    none is being created (by this process: the owner it is given), or was left behind."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.ELOOP, "not a regular file")
+        age = time.time() - st.st_mtime
+        if not path.endswith(_CARRIER_SUFFIX):
+            with open(os.open(path, os.O_RDONLY | _NOFOLLOW), "rb") as f:
+                return f.read(), age
+        if hasattr(os, "getuid") and st.st_uid != os.getuid():
+            from ._private import _user
+            raise InvalidDestination(f"{path} belongs to {_user(st.st_uid)}, not to you: another user's download "
+                                     "of this destination, or a file put in its way; it was left untouched. "
+                                     "Choose another destination")
+        try:
+            return os.getxattr(path, _ATTRIBUTE, follow_symlinks=False), age
+        except OSError as exc:
+            if exc.errno in _NO_ATTRIBUTES:
+                return None  # a file system without attributes: its partial files carry no claim
+            if exc.errno != errno.ENODATA:
+                raise
+        placing = _being_placed.get(path)  # this process is making it: the owner it will have
+        if placing is not None:
+            return placing, age
+        try:  # made meanwhile (the owner is set before the entry above goes), or by another process
+            return os.getxattr(path, _ATTRIBUTE, follow_symlinks=False), age
+        except OSError as exc:
+            if exc.errno != errno.ENODATA:
+                raise
+            return b"", age
+    except FileNotFoundError:
+        return None  # released meanwhile
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InvalidDestination(f"{path} is a symbolic link or a special file, not a file bgdl_nb wrote; "
+                                     "remove it, or choose another destination") from None
+        raise
+
+
+def _judge(destination: str | os.PathLike[str], path: str, raw: bytes, age: float, owner: dict[str, Any]) -> bool:
+    """Whether the claim at ``path`` (``raw``, ``age`` seconds old) lets ``owner`` write
+    ``destination``: True when it is the task's own (refreshed) or the same file from the
+    same transfer service; :class:`InvalidDestination` while another live task holds it;
+    False once a stale claim was removed (the caller tries again)."""
+    try:
+        other = json.loads(raw)
+    except ValueError:
+        other = None  # being written by its claimer right now, or damaged long ago
+    if other is None and age < 10:
+        raise InvalidDestination(f"{destination} is being claimed by another process right now; wait for it or "
+                                 "choose another destination")
+    if other and all(other.get(k) == owner.get(k) for k in _TASK_KEYS):
+        # our own claim, whichever host wrote it: a journaled task is known by its journal
+        # (this engine holds that journal's lock: a shard run again on another worker),
+        # an unjournaled one by its engine's nonce. It holds for another lease.
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(path, follow_symlinks=False)  # the claim itself, never a link's target
+        return True
+    if other and other.get("service") and other.get("service") == owner.get("service") \
+            and other.get("url") == owner.get("url") and _claim_alive(other, age):
+        return True  # the same file from the same transfer service: it shares the one transfer
+    if other and _claim_alive(other, age):
+        who = f"task {other.get('task')} of session {other.get('identifier') or '(not journaled)'}"
+        lapses = "" if other.get("host") == _hostname() else (
+            f"; its claim was refreshed {age:.0f} s ago and lapses if that machine stops refreshing it")
+        raise InvalidDestination(
+            f"{destination} is claimed by {who} (pid {other.get('pid')} on {other.get('host')}), which "
+            f"will write it{lapses}; wait for it or cancel it, or choose another destination")
+    _remove_stale_claim(Path(path), raw)
+    return False
+
+
+def _place_carrier(path: str, body: bytes) -> bool:
+    """Create the carrier at ``path`` (``O_EXCL``: the claim) and give it ``body`` as its
+    owner, or say ``False`` when a file is there, or when its file system keeps no
+    attributes (then the caller writes a claim file, and the partial file is made later).
+    Readers in this process see ``body`` from the start; another process that reads
+    between the creation and the attribute is told the destination is being claimed."""
+    folder = os.path.dirname(path)
+    if folder in _without_attributes:
+        return False
+    _being_placed[path] = body
+    try:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o600)
+        except FileExistsError:
+            return False
+        try:
+            os.setxattr(fd, _ATTRIBUTE, body)
+        except OSError as exc:
+            os.close(fd)
+            unlink(path)
+            if exc.errno not in _NO_ATTRIBUTES:
+                raise
+            _without_attributes.add(folder)
+            return False
+        os.close(fd)
+        return True
+    finally:
+        del _being_placed[path]
 
 
 def _place(path: Path, body: bytes) -> bool:
@@ -199,10 +316,19 @@ def _remove_stale_claim(path: Path, raw: bytes) -> None:
                 return  # another claimer removed it and a new claim stands there now
         except FileNotFoundError:
             return
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-        if b"".join(chunks) == raw:
+        if path.name.endswith(_CARRIER_SUFFIX):  # a partial file: its owner is an attribute
+            try:
+                current = os.getxattr(fd, _ATTRIBUTE)
+            except OSError as exc:
+                if exc.errno != errno.ENODATA:
+                    raise
+                current = b""
+        else:
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            current = b"".join(chunks)
+        if current == raw:
             unlink(path)
     finally:
         os.close(fd)

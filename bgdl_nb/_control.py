@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._claims import claim_name
+from ._claims import carrier_name, claimed
 from ._engine_base import EngineBase
 from ._events import Event, EventKind
 from ._exceptions import BgdlError, Cancelled, DiskFull, TransferError
@@ -44,9 +43,10 @@ class Controls(EngineBase):
                                   else task_identifier)
         record.created = time.time()
         record.state = TaskState.SUSPENDED
-        if not record.partial_path:
-            record.partial_path = partial_path_for(record.destination, record.task_identifier, self.work_dir)
-        if record.destination and os.path.lexists(claim_name(record.destination)):
+        if not record.partial_path:  # a new task's partial file carries its destination's claim
+            record.partial_path = carrier_name(record.destination) if record.destination else \
+                partial_path_for(None, record.task_identifier, self.work_dir)
+        if record.destination and claimed(record.destination):
             # one writer per destination, across sessions, processes and machines: a claim
             # already there is judged now (refused while its task can still write); else the
             # task claims its destination when it first runs, so creating costs no file

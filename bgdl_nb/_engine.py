@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from ._attempt import CHECKPOINT_BYTES, Attempt
 from ._bandwidth import TokenBucket
-from ._claims import claim_name
+from ._claims import claimed
 from ._config import Configuration
 from ._control import Controls, write_error
 from ._events import EventKind
@@ -347,7 +347,7 @@ class Engine(Controls):
             await self.finaliser.settled(rec.partial_path)  # a rename a suspend interrupted ends first
             if rec.location and self._recover_finalised(run):
                 return  # renamed into place by a finalisation that a suspend interrupted
-            if rec.destination and os.path.lexists(claim_name(rec.destination)):
+            if rec.destination and claimed(rec.destination):
                 # a claim is there (this task's, or another's that may refuse it): judged before
                 # any request. Else the claim is made in the hand-off that opens the partial file
                 await asyncio.to_thread(self._claim_due, run)

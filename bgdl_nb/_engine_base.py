@@ -16,17 +16,18 @@ import asyncio
 import functools
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._bandwidth import TokenBucket
-from ._claims import claim, release
+from ._claims import carrier_name, claim, release
 from ._config import Configuration
 from ._events import Event, EventKind
-from ._exceptions import BgdlError, ChecksumMismatch, InvalidInput
-from ._files import partial_size, unlink
+from ._exceptions import BgdlError, ChecksumMismatch, InvalidInput, UnsafeFile
+from ._files import partial_path_for, partial_size, unlink
 from ._journal import Store, TaskRecord
 from ._meter import ByteMeter
 from ._publisher import Publisher, Sink, snapshot_of
@@ -163,17 +164,35 @@ class EngineBase:
         run.wants.clear()  # its readers learn of the restart from the row above
         if partial_size(rec.partial_path) >= 0:
             # a new file, not the old one emptied: a reader holding the old one open reads
-            # the old version whole and is told; it never sees bytes of both
+            # the old version whole and is told; it never sees bytes of both. A partial file
+            # that carried the claim takes it along: the new one claims again as it is made
             unlink(rec.partial_path)
+            self._claimed.pop(rec.task_identifier, None)
         run.received = 0
         self._set(run, offset=0, validator_kind=None, validator_value=None, accepts_ranges=False, total=None,
                   segments=None, marks=None)
 
+    @staticmethod
+    def _ours(partial: str) -> bool:
+        """Whether ``partial`` is still the private file this task made (a link put in its
+        place is left exactly where it is, for the user to see)."""
+        try:
+            return partial_size(partial) >= 0
+        except UnsafeFile:
+            return False
+
     def _resume_data(self, run: TaskRun) -> bytes | None:
+        """Resume data for ``run``'s partial file, which the task is leaving (None when it
+        cannot be continued). A partial file that carried the destination's claim moves to
+        a name of its own first: the task ends, its claim with it; the bytes stay for the data."""
         rec = run.record
         if not rec.validator_kind or not rec.validator_value or not rec.accepts_ranges \
                 or not Path(rec.partial_path).exists():
             return None
+        if rec.destination and rec.partial_path == carrier_name(rec.destination) and self._ours(rec.partial_path):
+            aside = partial_path_for(rec.destination, rec.task_identifier, self.work_dir)
+            os.rename(rec.partial_path, aside)  # its owner attribute stays, and names no claim there
+            self._set(run, partial_path=aside)
         state = ResumeState(url=rec.url, headers=dict(rec.headers), partial_path=rec.partial_path,
                             offset=rec.offset, total=rec.total,
                             validator=Validator(rec.validator_kind, rec.validator_value),
@@ -209,7 +228,8 @@ class EngineBase:
         """Claim (or refresh the claim on) ``rec``'s destination (blocking: file I/O)."""
         assert rec.destination
         claim(rec.destination, {**self._owner(rec.task_identifier), "url": redact_url(rec.url),
-                                "service": self._service_dir}, lease=self.config.claim_lease)
+                                "service": self._service_dir}, lease=self.config.claim_lease,
+              carried=rec.partial_path == carrier_name(rec.destination))
 
     @functools.cached_property
     def _service_dir(self) -> str | None:

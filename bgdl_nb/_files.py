@@ -143,10 +143,13 @@ def nearest_existing(path: Path) -> Path:
 
 
 def _disk_usage(folder: str) -> Any:
+    """The usage of ``folder``'s file system, None when it does not say (ramfs and some
+    FUSE file systems give a size of 0: no limit is known, so none is assumed)."""
     try:
-        return shutil.disk_usage(nearest_existing(Path(folder)))
+        usage = shutil.disk_usage(nearest_existing(Path(folder)))
     except OSError:
         return None
+    return usage if usage.total > 0 else None
 
 
 def free_disk(folder: str) -> int | None:
@@ -184,9 +187,12 @@ def _name_max(folder: str) -> int:
 
 
 def partial_path_for(destination: str | None, task_identifier: int, work_dir: Path) -> str:
-    """Where a task's partial file lives: beside its destination (so the final rename
-    stays on one file system), or in the session's private work folder. A name near the
-    file system's limit is shortened in the partial's name (the final name is kept)."""
+    """A partial file name of the task's own (a random token in it): beside its destination
+    (so the final rename stays on one file system), or in the session's private work
+    folder. A new task with a destination writes to the destination's claim carrier
+    instead (:func:`bgdl_nb._claims.carrier_name`); this name is where its bytes move when
+    the task ends and leaves them to resume data. A name near the file system's limit is
+    shortened in the partial's name (the final name is kept)."""
     token = os.urandom(4).hex()
     if destination:
         return beside(destination, ".bgdl-part", token)

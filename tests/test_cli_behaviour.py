@@ -94,8 +94,8 @@ def test_finished_files_follow_the_umask_and_partials_stay_private(origin, tmp_p
     try:
         session = bg.Session(bg.Configuration.default(connections_per_file=1))
         task = session.download_task(origin.url("mode", 4 * MB, rate=4 * MB), tmp_path / "mode").resume()
-        wait_until(lambda: list(tmp_path.glob(".mode.*.bgdl-part")), what="the partial file")
-        partial = next(tmp_path.glob(".mode.*.bgdl-part"))
+        wait_until(lambda: list(tmp_path.glob(".mode*.bgdl-part")), what="the partial file")
+        partial = next(tmp_path.glob(".mode*.bgdl-part"))
         assert stat.S_IMODE(partial.stat().st_mode) == 0o600
         task.wait(30)
         assert stat.S_IMODE((tmp_path / "mode").stat().st_mode) == 0o644  # like wget and curl

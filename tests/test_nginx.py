@@ -114,7 +114,7 @@ def test_bgdl_fetch_killed_and_rerun_against_nginx(nginx, tmp_path, monkeypatch)
     out = tmp_path / "out"
     child = subprocess.Popen([sys.executable, "-m", "bgdl_nb.cli", "fetch", url, "-o", str(out), "--id", "ng",
                               "-q", "--connections", "1"], env=os.environ.copy())  # the single-stream resume
-    partials = lambda: [p for p in out.glob(".g.bin.*.bgdl-part") if p.stat().st_size > 2 * MB] \
+    partials = lambda: [p for p in out.glob(".g.bin*.bgdl-part") if p.stat().st_size > 2 * MB] \
         if out.exists() else []
     try:
         wait_until(lambda: bool(partials()) or child.poll() is not None, timeout=60, what="2 MiB on disk")

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 import bgdl_nb as bg
-from bgdl_nb._claims import claim_path
+from bgdl_nb._claims import carrier_name, claim_path
 from bgdl_nb._hosts.service.protocol import runtime_dir
 
 OTHER = "bgdl-other"
@@ -406,17 +406,28 @@ def test_a_lock_another_user_holds_in_tmp_never_blocks_a_takeover(other, origin,
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_two_takeovers_of_one_stale_claim_leave_one_claim(tmp_path):
+@pytest.mark.parametrize("carried", [False, True], ids=["claim-file", "carrier"])
+def test_two_takeovers_of_one_stale_claim_leave_one_claim(tmp_path, carried):
     """Without a shared lock folder, two processes that take over one stale claim at once
-    still end with exactly one of them holding it."""
+    still end with exactly one of them holding it (a claim file, or a partial file that
+    carries the claim)."""
     dest = tmp_path / "race.bin"
+    held = Path(carrier_name(dest)) if carried else claim_path(dest)
+
+    def stale(body: str) -> None:
+        if carried:
+            held.write_bytes(b"")
+            os.setxattr(held, "user.bgdl_nb.claim", body.encode())
+        else:
+            held.write_text(body)
+
     script = (
         "import os, sys\n"
         "from bgdl_nb._claims import claim\n"
         "from bgdl_nb._exceptions import InvalidDestination\n"
         "sys.stdin.readline()\n"
         "try:\n"
-        f"    claim({str(dest)!r}, {{'engine': str(os.getpid())}})\n"
+        f"    claim({str(dest)!r}, {{'engine': str(os.getpid())}}, carried={carried})\n"
         "    print('won', flush=True)\n"
         "except InvalidDestination as exc:\n"
         "    print('lost', exc, flush=True)\n"
@@ -424,7 +435,7 @@ def test_two_takeovers_of_one_stale_claim_leave_one_claim(tmp_path):
     for _ in range(20):
         dead = subprocess.Popen(["true"])
         dead.wait()
-        claim_path(dest).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+        stale(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
         racers = [subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    text=True) for _ in range(2)]
         for racer in racers:
@@ -440,4 +451,25 @@ def test_two_takeovers_of_one_stale_claim_leave_one_claim(tmp_path):
         for racer in racers:
             racer.communicate("done\n", timeout=60)
         assert sorted(outcomes) == ["lost", "won"], outcomes
-        claim_path(dest).unlink()
+        held.unlink()
+
+
+def test_a_partial_file_another_user_put_at_the_destination_is_refused_and_left_untouched(other, shared, origin):
+    """A new task's partial file has a name anyone can tell from the destination: in a
+    folder others may write to, another user can make it first. It is refused, naming its
+    owner, before a byte is written, and their file stays as it was."""
+    os.chmod(shared, 0o1777)  # sticky, like /tmp
+    dest = shared / "data.bin"
+    planted = Path(carrier_name(dest))
+
+    def plant(**_: Any) -> None:
+        planted.write_bytes(b"theirs")
+        os.chmod(planted, 0o644)
+        os.setxattr(planted, "user.bgdl_nb.claim", json.dumps({"pid": 1, "host": "elsewhere"}).encode())
+
+    as_other(other, plant)
+    with bg.Session(bg.Configuration.default()) as session:
+        with pytest.raises(bg.InvalidDestination, match=rf"belongs to {OTHER} \(uid \d+\), not to you.*left untouched"):
+            session.download_task(origin.url("data.bin", 4096), dest)
+    assert planted.read_bytes() == b"theirs" and planted.stat().st_uid == other.pw_uid
+    assert not dest.exists() and origin.requests_for("data.bin") == []
