@@ -32,12 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from ._exceptions import InvalidDestination
-from ._files import _NOFOLLOW, beside, unlink
+from ._files import _NOFOLLOW, PARTIAL_SUFFIX, beside, unlink
 
 __all__ = ["CLAIM_LEASE", "carrier_name", "claim", "claim_name", "claim_path", "claimed", "release"]
 
 _ATTRIBUTE = "user.bgdl_nb.claim"
-_CARRIER_SUFFIX = ".bgdl-part"
 _NO_ATTRIBUTES = {errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.ENOSYS}
 _being_placed: dict[str, bytes] = {}  # carrier -> the owner it will hold, while this process creates it
 _without_attributes: set[str] = set()  # folders whose file system refused a user attribute
@@ -45,7 +44,7 @@ _without_attributes: set[str] = set()  # folders whose file system refused a use
 
 def carrier_name(destination: str | os.PathLike[str]) -> str:
     """The partial file that carries a new task's claim on ``destination``."""
-    return beside(destination, _CARRIER_SUFFIX)
+    return beside(destination, PARTIAL_SUFFIX)
 
 
 def claimed(destination: str | os.PathLike[str]) -> bool:
@@ -128,9 +127,10 @@ def claim(destination: str | os.PathLike[str], owner: dict[str, Any], lease: flo
                 return
             continue
         if carried:
-            if _place_carrier(carrier, body):
+            placed = _place_carrier(carrier, body)
+            if placed:
                 return
-            if os.path.dirname(carrier) in _without_attributes:  # learned just now: a claim file holds it
+            if placed is None:  # its file system keeps no attributes (learned just now): a claim file holds it
                 carried = False
                 continue
         elif _place(Path(file), body):
@@ -138,7 +138,8 @@ def claim(destination: str | os.PathLike[str], owner: dict[str, Any], lease: flo
         held = _read(mine)
         if held is not None and _judge(destination, mine, *held, owner):
             return
-    raise InvalidDestination(f"{destination}: could not claim it (its claim keeps changing)")
+    raise InvalidDestination(f"{destination}: could not claim it: other processes kept claiming and letting it go "
+                             f"while this one tried ({file} or {carrier}); run it again, or choose another destination")
 
 
 def _read(path: str) -> tuple[bytes, float] | None:
@@ -148,9 +149,9 @@ def _read(path: str) -> tuple[bytes, float] | None:
     try:
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.ELOOP, "not a regular file")
+            raise _not_a_claim(path)
         age = time.time() - st.st_mtime
-        if not path.endswith(_CARRIER_SUFFIX):
+        if not path.endswith(PARTIAL_SUFFIX):
             with open(os.open(path, os.O_RDONLY | _NOFOLLOW), "rb") as f:
                 return f.read(), age
         if hasattr(os, "getuid") and st.st_uid != os.getuid():
@@ -159,28 +160,37 @@ def _read(path: str) -> tuple[bytes, float] | None:
                                      "of this destination, or a file put in its way; it was left untouched. "
                                      "Choose another destination")
         try:
-            return os.getxattr(path, _ATTRIBUTE, follow_symlinks=False), age
+            held = _attribute(path)
         except OSError as exc:
             if exc.errno in _NO_ATTRIBUTES:
                 return None  # a file system without attributes: its partial files carry no claim
-            if exc.errno != errno.ENODATA:
-                raise
-        placing = _being_placed.get(path)  # this process is making it: the owner it will have
-        if placing is not None:
-            return placing, age
-        try:  # made meanwhile (the owner is set before the entry above goes), or by another process
-            return os.getxattr(path, _ATTRIBUTE, follow_symlinks=False), age
-        except OSError as exc:
-            if exc.errno != errno.ENODATA:
-                raise
-            return b"", age
+            raise
+        if held is None:  # being made by this process (the owner it will have), made meanwhile (the
+            # owner is set before that entry goes), or by another process that has not named itself yet
+            held = _being_placed.get(path) or _attribute(path) or b""
+        return held, age
     except FileNotFoundError:
         return None  # released meanwhile
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise InvalidDestination(f"{path} is a symbolic link or a special file, not a file bgdl_nb wrote; "
-                                     "remove it, or choose another destination") from None
+        if exc.errno == errno.ELOOP:  # a link put there between the lstat and the open
+            raise _not_a_claim(path) from None
         raise
+
+
+def _not_a_claim(path: str) -> InvalidDestination:
+    return InvalidDestination(f"{path} is a symbolic link or a special file, not a file bgdl_nb wrote; remove it, "
+                              "or choose another destination")
+
+
+def _attribute(target: str | int) -> bytes | None:
+    """The owner attribute of a carrier (a path, or an open descriptor), None when it has none."""
+    try:
+        return os.getxattr(target, _ATTRIBUTE, follow_symlinks=False) if isinstance(target, str) \
+            else os.getxattr(target, _ATTRIBUTE)
+    except OSError as exc:
+        if exc.errno != errno.ENODATA:
+            raise
+        return None
 
 
 def _judge(destination: str | os.PathLike[str], path: str, raw: bytes, age: float, owner: dict[str, Any]) -> bool:
@@ -216,15 +226,12 @@ def _judge(destination: str | os.PathLike[str], path: str, raw: bytes, age: floa
     return False
 
 
-def _place_carrier(path: str, body: bytes) -> bool:
+def _place_carrier(path: str, body: bytes) -> bool | None:
     """Create the carrier at ``path`` (``O_EXCL``: the claim) and give it ``body`` as its
-    owner, or say ``False`` when a file is there, or when its file system keeps no
-    attributes (then the caller writes a claim file, and the partial file is made later).
-    Readers in this process see ``body`` from the start; another process that reads
-    between the creation and the attribute is told the destination is being claimed."""
-    folder = os.path.dirname(path)
-    if folder in _without_attributes:
-        return False
+    owner; ``False`` when a file is there, None when its file system keeps no attributes
+    (the folder is remembered; the caller writes a claim file, and the partial file is
+    made later). Readers in this process see ``body`` from the start; another process that
+    reads between the creation and the attribute is told the destination is being claimed."""
     _being_placed[path] = body
     try:
         try:
@@ -238,8 +245,8 @@ def _place_carrier(path: str, body: bytes) -> bool:
             unlink(path)
             if exc.errno not in _NO_ATTRIBUTES:
                 raise
-            _without_attributes.add(folder)
-            return False
+            _without_attributes.add(os.path.dirname(path))
+            return None
         os.close(fd)
         return True
     finally:
@@ -316,13 +323,8 @@ def _remove_stale_claim(path: Path, raw: bytes) -> None:
                 return  # another claimer removed it and a new claim stands there now
         except FileNotFoundError:
             return
-        if path.name.endswith(_CARRIER_SUFFIX):  # a partial file: its owner is an attribute
-            try:
-                current = os.getxattr(fd, _ATTRIBUTE)
-            except OSError as exc:
-                if exc.errno != errno.ENODATA:
-                    raise
-                current = b""
+        if path.name.endswith(PARTIAL_SUFFIX):  # a partial file: its owner is an attribute
+            current = _attribute(fd) or b""
         else:
             chunks = []
             while chunk := os.read(fd, 1 << 16):

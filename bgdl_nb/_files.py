@@ -23,9 +23,9 @@ from typing import Any
 from ._exceptions import UnsafeFile
 from ._private import private_dir
 
-__all__ = ["CHECKPOINT_BYTES", "HashWorker", "beside", "check_ours", "disk_size", "free_disk", "fsync_path", "hash_prefix",
-           "inbox_path", "name_max", "nearest_existing", "open_partial", "partial_path_for", "partial_size",
-           "truncate_partial", "unlink"]
+__all__ = ["CHECKPOINT_BYTES", "PARTIAL_SUFFIX", "HashWorker", "beside", "check_ours", "disk_size", "free_disk",
+           "fsync_path", "hash_prefix", "inbox_path", "name_max", "nearest_existing", "open_partial", "partial_path_for",
+           "partial_size", "truncate_partial", "unlink"]
 
 HASH_BLOCK = 4 * 1024 * 1024
 
@@ -35,6 +35,9 @@ process re-fetches at most this much per connection (plus what was in flight).""
 
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+PARTIAL_SUFFIX = ".bgdl-part"
+"""How every partial file's name ends."""
 
 
 def _not_ours(st: os.stat_result) -> str | None:
@@ -195,9 +198,9 @@ def partial_path_for(destination: str | None, task_identifier: int, work_dir: Pa
     shortened in the partial's name (the final name is kept)."""
     token = os.urandom(4).hex()
     if destination:
-        return beside(destination, ".bgdl-part", token)
+        return beside(destination, PARTIAL_SUFFIX, token)
     folder = private_dir(work_dir / "partial", "the partial files' folder")
-    return os.path.join(folder, f"{task_identifier}-{token}.bgdl-part")
+    return os.path.join(folder, f"{task_identifier}-{token}{PARTIAL_SUFFIX}")
 
 
 def beside(destination: str | os.PathLike[str], suffix: str, token: str = "") -> str:

@@ -134,3 +134,29 @@ def fill_disk(folder: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+def read_empty_while_claiming(destinations: list[Path], read: Callable[[Path], bytes | None],
+                              claim_one: Callable[[Path], None]) -> list[Path]:
+    """Claim each of ``destinations`` in turn while a thread reads each claim as soon as it
+    is there (``read`` gives None until then): the destinations whose claim it read empty."""
+    empty: list[Path] = []
+    finished = threading.Event()
+
+    def watch() -> None:
+        for dest in destinations:
+            while not finished.is_set():
+                raw = read(dest)
+                if raw is not None:
+                    empty.extend([dest] if not raw else [])
+                    break
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for dest in destinations:
+            claim_one(dest)
+    finally:
+        finished.set()
+        watcher.join(30)
+    return empty

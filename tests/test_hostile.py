@@ -12,7 +12,7 @@ import pytest
 
 import bgdl_nb as bg
 
-from helpers import fill_disk, sha256_of, wait_for_bytes, wait_until
+from helpers import fill_disk, read_empty_while_claiming, sha256_of, wait_for_bytes, wait_until
 
 MB = 1024 * 1024
 
@@ -346,33 +346,18 @@ def test_a_claim_whose_task_can_no_longer_run_is_taken_over(origin, tmp_path):
 def test_a_claim_file_is_never_seen_half_written(tmp_path):
     # a task claims at its first run while other tasks are being created and judge the claims
     # already there: one that read an empty claim refused its destination as "being claimed"
-    import threading
-
     from bgdl_nb._claims import claim, claim_path
 
+    def read(dest: Path) -> bytes | None:
+        try:
+            return claim_path(dest).read_bytes()
+        except FileNotFoundError:
+            return None
+
     destinations = [tmp_path / f"f{i}" for i in range(2000)]
-    empty, finished = [], threading.Event()
-
-    def watch() -> None:
-        for dest in destinations:
-            path = claim_path(dest)
-            while not finished.is_set():
-                try:
-                    raw = path.read_bytes()
-                except FileNotFoundError:
-                    continue
-                empty.extend([dest] if not raw else [])
-                break
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        for dest in destinations:
-            claim(dest, {"journal": None, "identifier": "race", "task": 1, "engine": "nonce"})
-    finally:
-        finished.set()
-        watcher.join(30)
-    assert not empty
+    assert not read_empty_while_claiming(
+        destinations, read, lambda dest: claim(dest, {"journal": None, "identifier": "race", "task": 1,
+                                                      "engine": "nonce"}))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(claim_path(d).name for d in destinations)
 
 
