@@ -82,16 +82,18 @@ class _SpeedProbe:
         return (position - self.start[1]) / (now - self.start[0])
 
 
-def _open_at(path: str, offset: int | None, claim: Callable[[], None]) -> int:
+def _open_at(path: str, offset: int | None, claim: Callable[..., int | None]) -> int:
     """Open (or create, private) the partial file for writing at ``offset`` (blocking);
     ``None``: for positional writes (read too, for the digest), nothing truncated.
     Never through a symbolic link, and only a file that is ours (:func:`open_partial`).
     ``claim`` claims the destination first: the partial file's name is the task's own,
-    so nothing before this touched a file another task may want."""
-    claim()
+    so nothing before this touched a file another task may want; a new partial file
+    that carries the claim comes back from it open, and is not opened again."""
+    fd = claim(keep=True)
+    if fd is None:
+        fd = open_partial(path, read=offset is None)
     if offset is None:
-        return open_partial(path, read=True)
-    fd = open_partial(path)
+        return fd
     try:
         os.ftruncate(fd, offset)
         os.lseek(fd, offset, os.SEEK_SET)

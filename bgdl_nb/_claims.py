@@ -109,13 +109,15 @@ def _claim_alive(owner: dict[str, Any], age: float) -> bool:
 
 
 def claim(destination: str | os.PathLike[str], owner: dict[str, Any], lease: float = CLAIM_LEASE,
-          *, carried: bool = False) -> None:
+          *, carried: bool = False, keep: bool = False) -> int | None:
     """Claim ``destination`` for the task ``owner`` names, across sessions, processes and
     machines: :class:`InvalidDestination` while another live task holds it; a claim whose
     task can no longer run (finished, journal gone, process dead, another machine's lease
     lapsed) is taken over. The task's own claim is refreshed (its lease starts again).
     ``carried``: the task's partial file is the destination's carrier, and creating it is
-    the claim; else (or where the file system keeps no attributes) a claim file holds it."""
+    the claim; else (or where the file system keeps no attributes) a claim file holds it.
+    ``keep``: return the carrier this call created, open to read and write, for the caller
+    to write and close (the partial file is not opened a second time); else None."""
     file, carrier = claim_name(destination), carrier_name(destination)
     carried = carried and os.path.dirname(carrier) not in _without_attributes
     body = json.dumps({**owner, "pid": os.getpid(), "host": _hostname(), "lease": lease}).encode()
@@ -124,20 +126,24 @@ def claim(destination: str | os.PathLike[str], owner: dict[str, Any], lease: flo
         held = _read(other)  # the other kind of claim: another task's, or this task's own from before
         if held is not None:
             if _judge(destination, other, *held, owner):
-                return
+                return None
             continue
         if carried:
-            placed = _place_carrier(carrier, body)
-            if placed:
-                return
-            if placed is None:  # its file system keeps no attributes (learned just now): a claim file holds it
+            try:
+                fd = _place_carrier(carrier, body)
+            except _Unattributed:  # its file system keeps no attributes (learned just now): a claim file holds it
                 carried = False
                 continue
+            if fd is not None:
+                if keep:
+                    return fd
+                os.close(fd)
+                return None
         elif _place(Path(file), body):
-            return
+            return None
         held = _read(mine)
         if held is not None and _judge(destination, mine, *held, owner):
-            return
+            return None
     raise InvalidDestination(f"{destination}: could not claim it: other processes kept claiming and letting it go "
                              f"while this one tried ({file} or {carrier}); run it again, or choose another destination")
 
@@ -226,29 +232,33 @@ def _judge(destination: str | os.PathLike[str], path: str, raw: bytes, age: floa
     return False
 
 
-def _place_carrier(path: str, body: bytes) -> bool | None:
-    """Create the carrier at ``path`` (``O_EXCL``: the claim) and give it ``body`` as its
-    owner; ``False`` when a file is there, None when its file system keeps no attributes
-    (the folder is remembered; the caller writes a claim file, and the partial file is
-    made later). Readers in this process see ``body`` from the start; another process that
-    reads between the creation and the attribute is told the destination is being claimed."""
+class _Unattributed(Exception):
+    """The carrier's file system keeps no user attributes."""
+
+
+def _place_carrier(path: str, body: bytes) -> int | None:
+    """Create the carrier at ``path`` (``O_EXCL``: the claim), give it ``body`` as its
+    owner and return it open to read and write; None when a file is there;
+    :class:`_Unattributed` when its file system keeps no attributes (the folder is
+    remembered; the caller writes a claim file, and the partial file is made later).
+    Readers in this process see ``body`` from the start; another process that reads
+    between the creation and the attribute is told the destination is being claimed."""
     _being_placed[path] = body
     try:
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o600)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | _NOFOLLOW, 0o600)
         except FileExistsError:
-            return False
+            return None
         try:
             os.setxattr(fd, _ATTRIBUTE, body)
-        except OSError as exc:
+        except BaseException as exc:
             os.close(fd)
             unlink(path)
-            if exc.errno not in _NO_ATTRIBUTES:
-                raise
-            _without_attributes.add(os.path.dirname(path))
-            return None
-        os.close(fd)
-        return True
+            if isinstance(exc, OSError) and exc.errno in _NO_ATTRIBUTES:
+                _without_attributes.add(os.path.dirname(path))
+                raise _Unattributed() from None
+            raise
+        return fd
     finally:
         del _being_placed[path]
 

@@ -214,22 +214,25 @@ class EngineBase:
             return {"journal": None, "identifier": self.identifier, "task": tid, "engine": self._nonce}
         return {"journal": str(journal), "identifier": self.identifier, "task": tid}
 
-    def _claim_due(self, run: TaskRun) -> None:
+    def _claim_due(self, run: TaskRun, keep: bool = False) -> int | None:
         """Claim ``run``'s destination before its first byte is written, or make sure the
         claim is still its own when it was last claimed or refreshed over half a lease ago
-        (a task suspended for long); blocking, called beside the loop."""
+        (a task suspended for long); blocking, called beside the loop. ``keep``: return
+        the partial file when claiming created it, open (see :func:`~bgdl_nb._claims.claim`)."""
         rec = run.record
         if rec.destination and time.monotonic() - self._claimed.get(rec.task_identifier, -math.inf) \
                 > self.config.claim_lease / 2:
-            self._claim(rec)
+            fd = self._claim(rec, keep=keep)
             self._claimed[rec.task_identifier] = time.monotonic()
+            return fd
+        return None
 
-    def _claim(self, rec: TaskRecord) -> None:
+    def _claim(self, rec: TaskRecord, keep: bool = False) -> int | None:
         """Claim (or refresh the claim on) ``rec``'s destination (blocking: file I/O)."""
         assert rec.destination
-        claim(rec.destination, {**self._owner(rec.task_identifier), "url": redact_url(rec.url),
-                                "service": self._service_dir}, lease=self.config.claim_lease,
-              carried=rec.partial_path == carrier_name(rec.destination))
+        return claim(rec.destination, {**self._owner(rec.task_identifier), "url": redact_url(rec.url),
+                                       "service": self._service_dir}, lease=self.config.claim_lease,
+                     carried=rec.partial_path == carrier_name(rec.destination), keep=keep)
 
     @functools.cached_property
     def _service_dir(self) -> str | None:

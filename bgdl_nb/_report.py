@@ -52,8 +52,8 @@ class Report:
         self.engine.scheduler.release_slot(self.run.task_identifier)
         asyncio.get_running_loop().call_soon(self.engine._schedule)  # the next task starts now, not after the rename
 
-    def claim(self) -> None:
-        self.engine._claim_due(self.run)
+    def claim(self, keep: bool = False) -> int | None:
+        return self.engine._claim_due(self.run, keep)
 
     def release_claim(self) -> None:
         rec = self.run.record

@@ -138,11 +138,13 @@ class Reporter(Protocol):
     def learned_total(self, total: int) -> None:
         """The resource's length became known (the disk preflight uses it)."""
 
-    def claim(self) -> None:
+    def claim(self, keep: bool = False) -> int | None:
         """Claim the task's destination (or check that a claim older than half its lease
         is still its own) before a byte is written; :class:`InvalidDestination` while
         another task holds it. Blocking: called beside the loop, in the hand-off that
-        opens the partial file, so a new file costs no hand-off of its own for its claim."""
+        opens the partial file, so a new file costs no hand-off of its own for its claim.
+        ``keep``: return the partial file when the claim created it (its carrier), open
+        to read and write, for the caller to close; else None."""
 
     def release_claim(self) -> None:
         """The file is in place: give up its destination's claim (blocking; beside the loop)."""

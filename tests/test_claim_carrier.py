@@ -98,6 +98,31 @@ def test_a_carrier_is_never_seen_without_its_owner_in_the_process_that_makes_it(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(Path(carrier_name(d)).name for d in destinations)
 
 
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_claiming_hands_back_the_carrier_it_made_so_it_is_opened_once(tmp_path):
+    """The hand-off that opens a new partial file claims by creating it: the claim gives the
+    new file back open, and the second claim of the same task makes none and gives none."""
+    dest = tmp_path / "once.bin"
+    owner = {"journal": None, "identifier": "once", "task": 1, "engine": "nonce"}
+    fd = claim(dest, owner, carried=True, keep=True)
+    assert isinstance(fd, int)
+    try:
+        assert os.fstat(fd).st_ino == os.lstat(carrier_name(dest)).st_ino  # the carrier itself
+        assert os.write(fd, b"first bytes") == 11
+        assert json.loads(os.getxattr(fd, _ATTRIBUTE))["identifier"] == "once"  # named before it came back
+    finally:
+        os.close(fd)
+    before = _open_descriptors()
+    assert claim(dest, owner, carried=True, keep=True) is None  # its own claim, refreshed: nothing made
+    assert claim(tmp_path / "other.bin", owner, carried=True) is None  # made, and closed here
+    assert _open_descriptors() == before
+    assert Path(carrier_name(dest)).read_bytes() == b"first bytes"
+    assert Path(carrier_name(tmp_path / "other.bin")).exists()
+
+
 @pytest.fixture
 def no_attributes(tmp_path: Path):
     """A folder on ramfs, which keeps no user extended attributes (mounting needs root)."""

@@ -466,16 +466,20 @@ def test_an_unexpected_exception_at_any_engine_step_ends_its_task_visibly(origin
 
     monkeypatch.setattr(owner, attribute, faulty)
     with bg.Session(bg.Configuration.default(connections_per_file=1, max_retries=1, retry_backoff=0.1)) as session:
-        # larger than INLINE_HASH_BYTES, so the chunks go through the hash thread
-        first = session.download_task(origin.url("first.bin", 2_000_000), tmp_path / "first.bin").resume()
-        second = session.download_task(origin.url("second.bin", 2_000_000), tmp_path / "second.bin").resume()
+        # larger than INLINE_HASH_BYTES, so the chunks go through the hash thread. The second
+        # starts once the first has ended: two files finishing together share one batch of
+        # renames, and a fault there rightly fails both
         outcomes = []
-        for task in (first, second):
+        tasks = []
+        for name in ("first.bin", "second.bin"):
+            task = session.download_task(origin.url(name, 2_000_000), tmp_path / name).resume()
+            tasks.append(task)
             try:
                 task.wait(30)
                 outcomes.append("done")
             except bg.BgdlError as exc:
                 outcomes.append(type(exc).__name__)
+        first, second = tasks
         assert calls["n"] >= 1
         assert all(t.state is bg.TaskState.COMPLETED for t in (first, second))  # none left running
         assert "done" in outcomes  # the session went on
