@@ -8,7 +8,9 @@ that puts the finished file in place takes the claim away with it, so a file cos
 claim file to write and none to remove. A task whose partial file has another name (one
 made from resume data), or a file system without user extended attributes, claims with a
 small file beside the destination instead (``.<name>.bgdl-claim``, written whole and
-linked into place) that holds the same owner. Another task that wants
+linked into place) that holds the same owner. A claimer places its own kind first and
+only then looks for the other kind: of two claimers of different kinds racing for one
+destination, at least one sees the other (and takes its own claim back). Another task that wants
 the same destination reads the claim and asks whether its task can still write
 (:func:`_claim_alive`): on this machine its journal or process tells; another machine's
 claim holds while its engine keeps refreshing it within the lease. A claim whose task can
@@ -123,27 +125,37 @@ def claim(destination: str | os.PathLike[str], owner: dict[str, Any], lease: flo
     body = json.dumps({**owner, "pid": os.getpid(), "host": _hostname(), "lease": lease}).encode()
     for _ in range(5):
         mine, other = (carrier, file) if carried else (file, carrier)
-        held = _read(other)  # the other kind of claim: another task's, or this task's own from before
-        if held is not None:
-            if _judge(destination, other, *held, owner):
-                return None
-            continue
+        fd = None
         if carried:
             try:
                 fd = _place_carrier(carrier, body)
             except _Unattributed:  # its file system keeps no attributes (learned just now): a claim file holds it
                 carried = False
                 continue
-            if fd is not None:
-                if keep:
-                    return fd
-                os.close(fd)
+            placed = fd is not None
+        else:
+            placed = _place(Path(file), body)
+        if not placed:  # a claim of this kind is there: the task's own (refreshed), another's, or a stale one
+            held = _read(mine)
+            if held is not None and _judge(destination, mine, *held, owner):
                 return None
-        elif _place(Path(file), body):
-            return None
-        held = _read(mine)
-        if held is not None and _judge(destination, mine, *held, owner):
-            return None
+            continue
+        # placed: only now look for the other kind, so that of two claimers of different kinds
+        # racing (each places, then looks) at least one sees the other's claim
+        try:
+            held = _read(other)
+            if held is not None:
+                _judge(destination, other, *held, owner)  # raises while another task holds it; a stale one goes
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            unlink(mine)  # just made: nothing of the task is in it yet
+            raise
+        if keep:
+            return fd
+        if fd is not None:
+            os.close(fd)
+        return None
     raise InvalidDestination(f"{destination}: could not claim it: other processes kept claiming and letting it go "
                              f"while this one tried ({file} or {carrier}); run it again, or choose another destination")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -154,3 +155,35 @@ def test_where_no_attribute_can_be_kept_a_claim_file_holds_the_claim(origin, tmp
         assert task.wait(30) == dest
     assert sha256_of(dest) == origin.sha256("plain.bin", 4 * MB)
     assert sorted(p.name for p in no_attributes.iterdir()) == ["plain.bin"]
+
+
+def test_of_two_claimers_of_different_kinds_at_most_one_holds_the_destination(tmp_path):
+    """A new task claims by creating its carrier, a task from resume data with a claim file.
+    Racing for the same destinations, each places its own claim first and looks for the
+    other's after: at least one sees the other, so never do both go on to write."""
+    destinations = [tmp_path / f"r{i}" for i in range(400)]
+    owners = [{"journal": None, "identifier": f"racer-{kind}", "task": 1, "engine": kind}
+              for kind in ("carried", "file")]
+    won: list[set[Path]] = [set(), set()]
+    start = threading.Barrier(2)
+
+    def racer(index: int) -> None:
+        start.wait(10)
+        for dest in destinations:
+            try:
+                claim(dest, owners[index], carried=index == 0)
+            except bg.InvalidDestination:
+                continue
+            won[index].add(dest)
+
+    threads = [threading.Thread(target=racer, args=(i,)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not won[0] & won[1], sorted(p.name for p in won[0] & won[1])[:10]
+    assert won[0] | won[1]  # the race had winners
+    for dest in destinations:  # a destination nobody holds has no claim left behind
+        held = [os.path.lexists(carrier_name(dest)), os.path.lexists(claim_name(dest))]
+        assert sum(held) == (dest in won[0] | won[1]), (dest.name, held)
