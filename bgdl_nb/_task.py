@@ -28,6 +28,7 @@ from ._states import TaskState
 if TYPE_CHECKING:
     from ._hosts.base import Call, Host
     from ._journal import TaskRecord
+    from ._snapshots import TaskSnapshot
 
 __all__ = ["DownloadTask", "Progress", "Request", "Response", "TaskState"]
 
@@ -308,6 +309,32 @@ class DownloadTask:
         return f"<DownloadTask {self.task_identifier} {self.state.value} {size} {redact_url(self._record.url)}>"
 
     # host side -------------------------------------------------------------------------
+
+    def _show(self, snap: TaskSnapshot, *, made_from_it: bool = False) -> bool:
+        """Show the engine's picture ``snap`` of this task: its record, live count and why
+        it waits (the caller settles the waiters of a COMPLETED one). False, and nothing
+        changed, when it is older than the picture shown (a reply overtaken by events).
+        ``made_from_it``: this view was just made from ``snap``'s record."""
+        if not made_from_it:
+            if snap.version < self._version:
+                return False
+            vars(self._record).update(snap.fields)
+        self._version = snap.version
+        self._record.state = TaskState(self._record.state)
+        self._received = snap.received
+        self.waiting_reason = snap.waiting_reason
+        self._reopen()  # the engine goes on: a wait that a halt ended may wait again
+        return True
+
+    def _count(self, received: int) -> None:
+        """A live byte count from the engine, between its snapshots."""
+        if not self.done():
+            self._received = received
+
+    def _new_source(self) -> None:
+        """Snapshots now come from another engine (a restarted service), whose versions
+        start again."""
+        self._version = 0
 
     def _interrupt(self, error: BgdlError) -> None:
         """The engine stopped transferring for a reason of the whole session (its journal

@@ -128,7 +128,6 @@ class TaskMirror:
         fields = snap.fields
         tid = snap.task_identifier
         task = self.tasks.get(tid)
-        version = snap.version
         if task is None:
             if not snap.complete:  # an update of a task this view never had in full: nothing to apply it to
                 log.warning("bgdl_nb: an update for unknown task %s was dropped", tid)
@@ -137,17 +136,11 @@ class TaskMirror:
             self.tasks[tid] = task
             if TaskState(fields["state"]) is not TaskState.COMPLETED:
                 self.current.add(tid)
-        elif version < task._version:
+            task._show(snap, made_from_it=True)
+        elif not task._show(snap):
             return task  # an older picture than the one shown (a reply overtaken by events)
-        else:
-            vars(task._record).update(fields)
-        task._version = version
-        task._record.state = TaskState(task._record.state)
-        task._received = snap.received
-        task.waiting_reason = snap.waiting_reason
-        task._reopen()  # the engine goes on: a wait that a halt ended may wait again
         destination = fields["destination"]
-        if task._record.state is TaskState.COMPLETED:
+        if task.state is TaskState.COMPLETED:
             if destination and self._destinations.get(destination) == tid:
                 del self._destinations[destination]
             task._settle()
@@ -164,7 +157,7 @@ class TaskMirror:
         """Snapshots now come from another engine (a restarted service): its versions start
         again, so the ones shown no longer rank them."""
         for task in self.tasks.values():
-            task._version = 0
+            task._new_source()
 
     def view(self, snap: TaskSnapshot) -> DownloadTask:
         """The view of a task a reply names: the one events already filled when there is
@@ -174,8 +167,8 @@ class TaskMirror:
     def counts(self, counts: dict[int, int]) -> None:
         for tid, received in counts.items():
             task = self.tasks.get(int(tid))
-            if task is not None and not task.done():
-                task._received = received
+            if task is not None:
+                task._count(received)
 
     def destination_busy(self, destination: str) -> int | None:
         return self._destinations.get(destination)
