@@ -49,11 +49,10 @@ INLINE_HASH_BYTES = 1024 * 1024
 """Bodies up to this size are hashed on the event loop as they arrive, not on the hash thread."""
 
 SPLIT_BELOW = 200_000_000
-"""Bytes a second under which one connection is deemed held back (by the server, a CDN's
-per-connection cap or a long path), so that an automatically split file adds connections.
-A faster connection keeps the file to itself: split, a file's digest must read its bytes
-back from the page cache and every region keeps a CRC, which on a machine of few cores
-costs more than a second connection could add."""
+"""Bytes a second under which one connection is deemed held back (a server's or CDN's cap,
+a long path), so that an automatically split file adds connections. A faster one keeps the
+file: split, the digest reads the bytes back and every region keeps a CRC, which on few
+cores costs more than a second connection adds."""
 
 SPLIT_WARMUP = 0.25
 """Seconds of a new connection (slow start, the first bytes) not counted in its speed."""
@@ -83,12 +82,10 @@ class _SpeedProbe:
 
 
 def _open_at(path: str, offset: int | None, claim: Callable[..., int | None]) -> int:
-    """Open (or create, private) the partial file for writing at ``offset`` (blocking);
-    ``None``: for positional writes (read too, for the digest), nothing truncated.
-    Never through a symbolic link, and only a file that is ours (:func:`open_partial`).
-    ``claim`` claims the destination first: the partial file's name is the task's own,
-    so nothing before this touched a file another task may want; a new partial file
-    that carries the claim comes back from it open, and is not opened again."""
+    """Open (or create, private, never through a link) the partial file to write at
+    ``offset``, or with ``None`` for positional writes and reads (blocking). ``claim``
+    claims the destination first; a new partial file that carries the claim comes back
+    from it open."""
     fd = claim(keep=True)
     if fd is None:
         fd = open_partial(path, read=offset is None)
@@ -117,8 +114,7 @@ class Attempt:
         self.target = target
 
     def _partial_size(self) -> int:
-        """The partial file's size, -1 when it is missing; :class:`UnsafeFile` when it is
-        no longer the file we made (a symbolic link, say)."""
+        """The partial file's size, -1 when missing; :class:`UnsafeFile` when not ours."""
         return partial_size(self.run.record.partial_path)
 
     def check_partial(self) -> int:
